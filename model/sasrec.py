@@ -1,0 +1,214 @@
+"""SASRec-style causal self-attention recommender with an exact attention API.
+
+Conventions shared by everything in attnmon:
+- histories are LEFT-padded LongTensors [B, L] of model item indices, 0 = padding,
+  the most recent item in the last column (see ``model.data.left_pad``);
+- the *attention row* of an event is the last query position's attention over the
+  history, per layer and head: [B, layers, heads, L], padding exactly 0, rows sum to 1.
+
+The attention is computed by this module's own code (no fused kernel that hides the
+weights), so the weights returned are the very ones that produced the scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclasses.dataclass(frozen=True)
+class SASRecConfig:
+    """Architecture; stored as JSON beside the weights, never encoded in a file name."""
+
+    n_items: int  # catalogue size, padding excluded; embeddings have n_items + 1 rows
+    max_len: int = 200  # longest history read; longer ones keep their most recent items
+    hidden: int = 64  # model width d
+    layers: int = 2  # self-attention blocks
+    heads: int = 2  # attention heads per block; hidden must divide evenly
+    dropout: float = 0.2  # on embeddings, attention outputs and feed-forward outputs
+
+    def __post_init__(self) -> None:
+        if self.n_items < 1:
+            raise ValueError(f"n_items must be >= 1, got {self.n_items}")
+        if self.max_len < 1 or self.hidden < 1 or self.layers < 1 or self.heads < 1:
+            raise ValueError("max_len, hidden, layers and heads must be >= 1")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_json(cls, payload: dict) -> SASRecConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(payload) - known
+        if unknown:
+            raise ValueError(f"unknown SASRecConfig fields: {sorted(unknown)}")
+        return cls(**payload)
+
+
+class Attention(NamedTuple):
+    weights: torch.Tensor  # [B, layers, heads, L] last query row; padding 0; rows sum to 1
+    scores: torch.Tensor  # [B, n_items + 1] next-item scores; padding column is -inf
+
+
+_MASKED = -1e30  # finite, so a row with no visible key stays finite; exp() of it is exactly 0
+
+
+class _Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + Attn(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.heads = config.heads
+        self.head_dim = config.hidden // config.heads
+        self.attn_norm = nn.LayerNorm(config.hidden)
+        self.qkv = nn.Linear(config.hidden, 3 * config.hidden)
+        self.out = nn.Linear(config.hidden, config.hidden)
+        self.ffn_norm = nn.LayerNorm(config.hidden)
+        self.ffn = nn.Sequential(
+            nn.Linear(config.hidden, config.hidden),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, config.hidden),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, l, _ = x.shape
+        return x.view(b, l, self.heads, self.head_dim).transpose(1, 2)  # [B, H, L, dh]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, L, d]; mask [B, 1, L, L] True where a query may see a key.
+
+        Returns the new x and the attention weights [B, H, L, L].
+        """
+        q, k, v = self._split_qkv(self.attn_norm(x))
+        logits = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        weights = torch.softmax(logits.masked_fill(~mask, _MASKED), dim=-1)
+        # No dropout on the weights themselves: it costs a third of a CPU training step,
+        # and the rows we monitor are then exactly the rows the values are mixed with.
+        context = weights @ v  # [B, H, L, dh]
+        b, _, l, _ = context.shape
+        x = x + self.dropout(self.out(context.transpose(1, 2).reshape(b, l, -1)))
+        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
+        return x, weights
+
+    def _split_qkv(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = self.qkv(normed).chunk(3, dim=-1)
+        return self._split(q), self._split(k), self._split(v)
+
+    def last_row_weights(self, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+        """Attention of the last position only: [B, H, L]. Skips values, output and FFN."""
+        d = x.shape[-1]
+        normed = self.attn_norm(x)
+        w_q, w_k, _ = self.qkv.weight.split(d, dim=0)
+        b_q, b_k, _ = self.qkv.bias.split(d, dim=0)
+        q = F.linear(normed[:, -1:], w_q, b_q)  # [B, 1, d]
+        k = F.linear(normed, w_k, b_k)  # [B, L, d]
+        logits = (self._split(q) @ self._split(k).transpose(-1, -2)).squeeze(2) / math.sqrt(self.head_dim)
+        return torch.softmax(logits.masked_fill(~key_valid[:, None, :], _MASKED), dim=-1)
+
+
+class SASRec(nn.Module):
+    """Causal self-attention over item histories; tied input/output item embeddings.
+
+    Takes tensors, owns no device: move the module and its inputs together.
+    """
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.items = nn.Embedding(config.n_items + 1, config.hidden, padding_idx=0)
+        self.positions = nn.Embedding(config.max_len, config.hidden)
+        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.layers))
+        self.final_norm = nn.LayerNorm(config.hidden)
+        self.dropout = nn.Dropout(config.dropout)
+        nn.init.normal_(self.items.weight, std=config.hidden**-0.5)
+        with torch.no_grad():
+            self.items.weight[0].zero_()
+
+    # -- shared pieces ---------------------------------------------------------------
+    def _embed(self, histories: torch.Tensor) -> torch.Tensor:
+        length = histories.shape[1]
+        if length > self.config.max_len:
+            raise ValueError(f"histories have {length} columns; max_len is {self.config.max_len}")
+        # Absolute positions of a right-aligned window: the last column is always max_len - 1,
+        # so a trimmed batch (fewer columns) embeds exactly like the full-width one.
+        position_ids = torch.arange(self.config.max_len - length, self.config.max_len, device=histories.device)
+        x = self.items(histories) * math.sqrt(self.config.hidden) + self.positions(position_ids)
+        return self.dropout(x) * (histories != 0).unsqueeze(-1)
+
+    @staticmethod
+    def _mask(histories: torch.Tensor) -> torch.Tensor:
+        """[B, 1, L, L]: a query sees itself and earlier real items, never padding or the future."""
+        length = histories.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=histories.device).tril()
+        return causal & (histories != 0)[:, None, None, :]
+
+    def _encode(self, histories: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Hidden states [B, L, d] and each block's attention [B, H, L, L]."""
+        x = self._embed(histories)
+        mask = self._mask(histories)
+        valid = (histories != 0).unsqueeze(-1)
+        all_weights = []
+        for block in self.blocks:
+            x, weights = block(x, mask)
+            x = x * valid  # keep padding rows at zero so they cannot leak anywhere
+            all_weights.append(weights)
+        return self.final_norm(x), all_weights
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = hidden @ self.items.weight.T
+        logits[..., 0] = float("-inf")  # padding is never recommended
+        return logits
+
+    # -- training ----------------------------------------------------------------------
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Full-softmax cross-entropy at every real position. inputs/targets [B, L]."""
+        hidden, _ = self._encode(inputs)
+        real = targets != 0  # scoring only real positions saves most of the [B, L, V] logits
+        # Padding is left out of the softmax by slicing it off, not by writing -inf into
+        # the logits (an in-place write on a [N, V] matrix costs a full extra copy).
+        logits = hidden[real] @ self.items.weight[1:].T
+        return F.cross_entropy(logits, targets[real] - 1)
+
+    # -- serving -------------------------------------------------------------------------
+    def scores(self, histories: torch.Tensor) -> torch.Tensor:
+        """Next-item scores [B, n_items + 1] from the last position."""
+        hidden, _ = self._encode(histories)
+        return self._logits(hidden[:, -1])
+
+    def attention(self, histories: torch.Tensor) -> Attention:
+        """The last position's attention per layer and head, with the scores it produced."""
+        hidden, per_block = self._encode(histories)
+        weights = torch.stack([w[:, :, -1, :] for w in per_block], dim=1)  # [B, layers, H, L]
+        return Attention(weights=weights, scores=self._logits(hidden[:, -1]))
+
+    def attention_rows(self, histories: torch.Tensor) -> torch.Tensor:
+        """Fast path for monitoring: the same weights as ``attention`` [B, layers, H, L].
+
+        Two savings, both exact: columns that are padding for the whole batch are dropped
+        (masked keys contribute exactly 0), and the last block computes only its last
+        query row's softmax (no values, output projection, feed-forward or scores).
+        """
+        batch, width = histories.shape
+        real = histories != 0
+        first_used = int(real.any(dim=0).nonzero()[0]) if bool(real.any()) else width - 1
+        trimmed = histories[:, first_used:]
+        valid = trimmed != 0
+        x = self._embed(trimmed)
+        mask = self._mask(trimmed)
+        rows = []
+        for block in self.blocks[:-1]:
+            x, weights = block(x, mask)
+            x = x * valid.unsqueeze(-1)
+            rows.append(weights[:, :, -1, :])
+        rows.append(self.blocks[-1].last_row_weights(x, valid))
+        out = histories.new_zeros((batch, self.config.layers, self.config.heads, width), dtype=x.dtype)
+        out[..., first_used:] = torch.stack(rows, dim=1)
+        return out

@@ -1,0 +1,277 @@
+"""Every metric attnmon exports: names, help, labels and buckets live here and only here.
+
+Per-event attention statistics are exported as Prometheus histograms by a custom
+collector that folds whole batches into numpy bucket counts: one event makes
+statistics x layers x cohort-dimensions observations (7 x 2 x 4 = 56 by default), and
+observing them one by one through prometheus-client would cost more than the model.
+Drift verdicts already live in the judge; they are exported at scrape time by a
+collector that reads the latest report rather than copying values into gauges.
+
+Every metric takes ``registry`` so a test can build a fresh ``CollectorRegistry``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from monitor.events import Reason
+from monitor.stats import STATISTICS
+
+PREFIX = "attnmon"
+# Histogram buckets for statistics in [0, 1]: equal width, matching the judge's bins.
+RATIO_BUCKETS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+STAGES = ("decode", "recompute", "stats", "fold", "judge", "checkpoint", "batch")
+OUTCOMES = ("processed", "dead_lettered")
+STATISTIC_LABELS = ("model_version", "dimension", "cohort", "layer")
+DRIFT_LABELS = ("kind", "model_version", "reference_version", "dimension", "cohort", "statistic", "layer")
+COHORT_VERDICT_LABELS = ("kind", "model_version", "reference_version", "dimension", "cohort")
+PAIRED_LABELS = ("model_version", "previous_version", "dimension", "cohort")
+
+
+def statistic_metric(statistic: str) -> str:
+    """Histogram name of one attention statistic, e.g. attnmon_attention_entropy_ratio."""
+    return f"{PREFIX}_attention_{statistic}_ratio"
+
+
+STATISTIC_HELP = {
+    "entropy": "Entropy of the last position's attention over the history, divided by log(history length).",
+    "max_weight": "Largest attention weight of the last position over the history.",
+    "topk_mass": "Attention mass on the k most attended history items.",
+    "gini": "Gini coefficient of the attention weights (0 uniform, 1 all on one item).",
+    "effective_span": "Fraction of the history, counted from the most recent item, that holds 90% of the attention.",
+    "recent_mass": "Attention mass on the most recent items of the history.",
+    "genre_entropy": "Entropy of the attention mass aggregated by item genre, divided by log(number of genres).",
+}
+
+# Names of every metric, for the test that dashboards and rules use only real ones.
+FIXED_METRICS = (
+    "attnmon_events_total",
+    "attnmon_events_held",
+    "attnmon_history_items_unknown_total",
+    "attnmon_history_truncated_total",
+    "attnmon_stage_duration_seconds",
+    "attnmon_batch_events",
+    "attnmon_event_to_metric_latency_seconds",
+    "attnmon_consumer_lag_records",
+    "attnmon_model_info",
+    "attnmon_model_load_seconds",
+    "attnmon_model_load_failures_total",
+    "attnmon_model_update_timestamp_seconds",
+    "attnmon_ready",
+    "attnmon_last_checkpoint_timestamp_seconds",
+    "attnmon_judge_runs_total",
+    "attnmon_drift_score",
+    "attnmon_drift_p_value",
+    "attnmon_drift_threshold",
+    "attnmon_drift_samples",
+    "attnmon_drift_verdict",
+    "attnmon_drift_cohort_verdict",
+    "attnmon_update_paired_divergence",
+    "attnmon_update_paired_pairs",
+    "attnmon_update_paired_verdict",
+    "attnmon_baseline_ready",
+)
+
+
+def all_metric_names() -> set[str]:
+    """Every family name the agent exports (histograms also expose _bucket/_sum/_count)."""
+    return set(FIXED_METRICS) | {statistic_metric(s) for s in STATISTICS}
+
+
+class AttentionHistograms(Collector):
+    """Bulk-folded histograms of every statistic per (version, dimension, cohort, layer).
+
+    Label values are bounded upstream: versions are those the registry could load (the
+    oldest beyond ``max_versions`` are dropped), cohorts come capped from the assigner.
+    """
+
+    def __init__(self, *, statistics: Sequence[str] = STATISTICS, max_versions: int = 4) -> None:
+        self.statistics = tuple(statistics)
+        self.bounds = np.asarray(RATIO_BUCKETS, dtype=np.float32)
+        self.max_versions = max_versions
+        self._lock = threading.Lock()
+        # (version, dimension) -> (labels, counts [cohorts, stats, layers, buckets], sums [cohorts, stats, layers])
+        self._series: OrderedDict[tuple[str, str], tuple[list[str], np.ndarray, np.ndarray]] = OrderedDict()
+
+    def fold(self, version: str, dimension: str, codes: np.ndarray, labels: Sequence[str], values: np.ndarray) -> None:
+        """Add a batch: codes [B] cohort codes in this dimension, values [B, stats, layers]."""
+        n_stats, n_layers, n_buckets = len(self.statistics), values.shape[2], len(self.bounds)
+        n_codes = len(labels)
+        # Non-cumulative bucket of each value: index of the first bound >= value.
+        bucket = np.searchsorted(self.bounds, values, side="left").clip(max=n_buckets - 1)
+        flat = ((codes[:, None, None] * n_stats + np.arange(n_stats)[None, :, None]) * n_layers
+                + np.arange(n_layers)[None, None, :]) * n_buckets + bucket
+        counts = np.bincount(flat.ravel(), minlength=n_codes * n_stats * n_layers * n_buckets)
+        sums = np.zeros((n_codes, n_stats, n_layers))
+        np.add.at(sums, codes, values)
+        with self._lock:
+            key = (version, dimension)
+            if key not in self._series:
+                self._series[key] = ([], np.zeros((0, n_stats, n_layers, n_buckets), np.int64),
+                                     np.zeros((0, n_stats, n_layers)))
+                self._evict_versions()
+            _, old_counts, old_sums = self._series[key]
+            grown = n_codes - old_counts.shape[0]
+            if grown > 0:  # cohort labels are append-only; codes index into them
+                old_counts = np.concatenate([old_counts, np.zeros((grown, *old_counts.shape[1:]), np.int64)])
+                old_sums = np.concatenate([old_sums, np.zeros((grown, *old_sums.shape[1:]))])
+            old_counts += counts.reshape(n_codes, n_stats, n_layers, n_buckets)
+            old_sums += sums
+            self._series[key] = (list(labels), old_counts, old_sums)
+
+    def _evict_versions(self) -> None:
+        versions = list(OrderedDict.fromkeys(v for v, _ in self._series))
+        for stale in versions[: max(0, len(versions) - self.max_versions)]:
+            for key in [k for k in self._series if k[0] == stale]:
+                del self._series[key]
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            snapshot = [(k, list(lbl), c.copy(), s.copy()) for k, (lbl, c, s) in self._series.items()]
+        bound_labels = [str(b) for b in RATIO_BUCKETS]
+        for s_index, statistic in enumerate(self.statistics):
+            family = HistogramMetricFamily(
+                statistic_metric(statistic), STATISTIC_HELP.get(statistic, statistic), labels=STATISTIC_LABELS
+            )
+            for (version, dimension), labels, counts, sums in snapshot:
+                for code, cohort in enumerate(labels):
+                    for layer in range(counts.shape[2]):
+                        cumulative = np.cumsum(counts[code, s_index, layer])
+                        total = int(cumulative[-1])
+                        if total == 0:
+                            continue
+                        buckets = [(b, float(c)) for b, c in zip(bound_labels, cumulative, strict=True)]
+                        buckets.append(("+Inf", float(total)))
+                        family.add_metric(
+                            [version, dimension, cohort, str(layer)], buckets, float(sums[code, s_index, layer])
+                        )
+            yield family
+
+
+class DriftCollector(Collector):
+    """Exports the latest drift and model-update verdicts at scrape time.
+
+    ``source`` returns plain rows (dicts keyed by the label names plus values), so this
+    module need not know the judge's types.
+    """
+
+    def __init__(self, source: Callable[[], dict[str, list[dict]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        rows = self._source()
+        per_key = {
+            "attnmon_drift_score": ("Jensen-Shannon distance between the current window and the baseline.", "score"),
+            "attnmon_drift_p_value": ("Benjamini-Hochberg adjusted p-value of the chi-square test against the baseline.", "p_adjusted"),
+            "attnmon_drift_threshold": ("Minimum Jensen-Shannon distance for a drift verdict.", "threshold"),
+            "attnmon_drift_samples": ("Events in the last judged window.", "samples"),
+            "attnmon_drift_verdict": ("1 while the statistic is judged drifting (after hysteresis), else 0.", "drifting"),
+        }
+        for name, (help_text, field) in per_key.items():
+            family = GaugeMetricFamily(name, help_text, labels=DRIFT_LABELS)
+            for row in rows.get("keys", ()):
+                family.add_metric([str(row[label]) for label in DRIFT_LABELS], float(row[field]))
+            yield family
+        cohort = GaugeMetricFamily(
+            "attnmon_drift_cohort_verdict", "1 while any statistic of the cohort is judged drifting.",
+            labels=COHORT_VERDICT_LABELS,
+        )
+        for row in rows.get("cohorts", ()):
+            cohort.add_metric([str(row[label]) for label in COHORT_VERDICT_LABELS], float(row["drifting"]))
+        yield cohort
+        paired = {
+            "attnmon_update_paired_divergence": ("Mean per-event Jensen-Shannon distance between the new and the previous version's attention on the same events.", "mean_js"),
+            "attnmon_update_paired_pairs": ("Events compared pairwise between the new and the previous version.", "pairs"),
+            "attnmon_update_paired_verdict": ("1 while the paired comparison says the model changed attention, else 0.", "changed"),
+        }
+        for name, (help_text, field) in paired.items():
+            family = GaugeMetricFamily(name, help_text, labels=PAIRED_LABELS)
+            for row in rows.get("paired", ()):
+                family.add_metric([str(row[label]) for label in PAIRED_LABELS], float(row[field]))
+            yield family
+        ready = GaugeMetricFamily(
+            "attnmon_baseline_ready", "1 once the version's baseline for the cohort is frozen.",
+            labels=("model_version", "dimension", "cohort"),
+        )
+        for row in rows.get("baselines", ()):
+            ready.add_metric([row["model_version"], row["dimension"], row["cohort"]], float(row["ready"]))
+        yield ready
+
+
+class AgentMetrics:
+    """The agent's ordinary metrics, pre-created so every outcome series exists at 0."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events = Counter(
+            "attnmon_events", "Prediction events by outcome and reason.", ("outcome", "reason"), registry=registry
+        )
+        self.events.labels("processed", "ok")
+        for reason in Reason:
+            self.events.labels("dead_lettered", reason.value)
+        self.held = Gauge(
+            "attnmon_events_held", "Events waiting for their model version to appear.", registry=registry
+        )
+        self.unknown_items = Counter(
+            "attnmon_history_items_unknown", "History items the model version does not know (dropped).",
+            ("model_version",), registry=registry,
+        )
+        self.truncated = Counter(
+            "attnmon_history_truncated", "Histories longer than the model reads (oldest items ignored).",
+            ("model_version",), registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "attnmon_stage_duration_seconds", "Wall time per pipeline stage per batch.", ("stage",),
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        self.batch_events = Histogram(
+            "attnmon_batch_events", "Events per processed batch.",
+            buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048), registry=registry,
+        )
+        self.latency = Histogram(
+            "attnmon_event_to_metric_latency_seconds", "From the event's timestamp to its statistics being observed.",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.lag = Gauge(
+            "attnmon_consumer_lag_records", "Records between the consumer's position and the partition end.",
+            ("topic", "partition"), registry=registry,
+        )
+        self.model_info = Gauge(
+            "attnmon_model_info", "1 for each model version loaded in memory.", ("model_version", "label"),
+            registry=registry,
+        )
+        self.model_load_seconds = Histogram(
+            "attnmon_model_load_seconds", "Time to verify and load a model version.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=registry,
+        )
+        self.model_load_failures = Counter(
+            "attnmon_model_load_failures", "Model versions that could not be loaded, by cause.", ("cause",),
+            registry=registry,
+        )
+        for cause in ("missing", "invalid"):
+            self.model_load_failures.labels(cause)
+        self.model_update = Gauge(
+            "attnmon_model_update_timestamp_seconds", "When a model version first appeared in the stream after another.",
+            ("model_version", "previous_version"), registry=registry,
+        )
+        self.ready = Gauge("attnmon_ready", "1 when partitions are assigned and a model is loaded.", registry=registry)
+        self.last_checkpoint = Gauge(
+            "attnmon_last_checkpoint_timestamp_seconds", "When state and offsets were last checkpointed.",
+            registry=registry,
+        )
+        self.judge_runs = Counter("attnmon_judge_runs", "Drift judgements run.", registry=registry)
+        self.attention = AttentionHistograms()
+        registry.register(self.attention)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(stage).observe(seconds)

@@ -1,0 +1,378 @@
+"""The agent's core, without Kafka: records in; attention statistics folded into
+metrics, per-cohort drift windows and baselines; offsets tracked for commit.
+
+    record bytes -> decode (bad: dead-letter + count)
+      -> group by model_version (unknown: held for a grace period, then dead-lettered)
+      -> raw item ids -> model indices (unknown items dropped and counted)
+      -> recompute attention rows (fast path, length-sorted chunks)
+      -> statistics [B, stats, layers]
+      -> fold into Prometheus histograms and the judge, per cohort dimension
+      -> after a model update: recompute the previous version on a sample of the
+         same events and fold the paired divergence
+
+The daemon (``monitor.daemon``) drives this with a Kafka source; ``attnmon demo``
+drives it with an in-process source. Either way the same code runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from monitor.baseline import SeriesKey
+from monitor.cohorts import CohortAssigner
+from monitor.events import DEFAULT_LIMITS, Event, EventLimits, InvalidEvent, Reason, decode
+from monitor.judge import Judge, JudgeReport
+from monitor.metrics import AgentMetrics
+from monitor.offsets import OffsetTracker
+from monitor.paired import PairedComparison, PairedReport, PairKey
+from monitor.recompute import recompute
+from monitor.registry import ModelRegistry, ServedModel
+from monitor.stats import STATISTICS, StatsConfig, compute, paired_divergence
+
+log = logging.getLogger(__name__)
+
+
+class RecordLike(Protocol):
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+DeadLetter = Callable[[RecordLike, Reason, str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    max_batch: int = 64  # rows per forward pass
+    unknown_version_grace_s: float = 30.0  # how long an event may wait for its model version
+    max_held: int = 10_000  # events waiting at most; beyond it they are dead-lettered at once
+    paired_fraction: float = 0.2  # share of a new version's events also run through the previous version
+    paired_max_per_batch: int = 64  # cap on those per batch, so an update cannot halve throughput
+    max_versions_remembered: int = 32  # stream order of versions kept for update detection
+    stats: StatsConfig = StatsConfig()
+    limits: EventLimits = DEFAULT_LIMITS
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_held < 0 or self.paired_max_per_batch < 0:
+            raise ValueError("max_batch must be >= 1; max_held and paired_max_per_batch >= 0")
+        if not 0.0 <= self.paired_fraction <= 1.0:
+            raise ValueError("paired_fraction must be in [0, 1]")
+        if self.unknown_version_grace_s < 0:
+            raise ValueError("unknown_version_grace_s must be >= 0")
+
+
+@dataclasses.dataclass
+class _Held:
+    record: RecordLike
+    event: Event
+    since: float
+
+
+class Pipeline:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        assigner: CohortAssigner,
+        judge: Judge,
+        paired: PairedComparison,
+        metrics: AgentMetrics,
+        dead_letter: DeadLetter,
+        config: PipelineConfig = PipelineConfig(),
+        *,
+        clock: Callable[[], float] = time.time,
+        seed: int = 0,
+    ) -> None:
+        self.registry = registry
+        self.assigner = assigner
+        self.judge = judge
+        self.paired = paired
+        self.metrics = metrics
+        self.config = config
+        self.offsets = OffsetTracker()
+        self._dead_letter = dead_letter
+        self._clock = clock
+        self._rng = np.random.default_rng(seed)
+        self._held: deque[_Held] = deque()
+        self._versions_seen: list[str] = []  # stream order of first appearance
+        self._previous: dict[str, str] = {}  # version -> the version it replaced
+        self._processed = metrics.events.labels("processed", "ok")
+        self._drift_rows: dict[str, list[dict]] = {}
+        self._latest_keys: dict[tuple[str, SeriesKey], dict] = {}
+        self._latest_pairs: dict[PairKey, dict] = {}
+        self.last_report: JudgeReport | None = None
+        self.last_paired: PairedReport | None = None
+
+    # -- intake --------------------------------------------------------------------------
+    def process(self, records: Sequence[RecordLike]) -> int:
+        """Fold a polled batch in; returns how many events were folded."""
+        started = time.perf_counter()
+        by_version: dict[str, list[tuple[RecordLike, Event]]] = {}
+        for record in records:
+            self.offsets.seen((record.topic, record.partition), record.offset)
+            try:
+                event = decode(record.value, self.config.limits)  # type: ignore[arg-type]
+            except InvalidEvent as err:
+                self._reject(record, err.reason, err.detail)
+                continue
+            by_version.setdefault(event.model_version, []).append((record, event))
+        self.metrics.observe_stage("decode", time.perf_counter() - started)
+        folded = 0
+        for version, items in by_version.items():
+            served = self.registry.get(version)
+            if served is None:
+                self._hold(items)
+            else:
+                folded += self._fold(served, items)
+        folded += self.retry_held()
+        self.metrics.batch_events.observe(len(records))
+        self.metrics.observe_stage("batch", time.perf_counter() - started)
+        return folded
+
+    def _reject(self, record: RecordLike, reason: Reason, detail: str) -> None:
+        self._dead_letter(record, reason, detail)
+        self.metrics.events.labels("dead_lettered", reason.value).inc()
+
+    def _hold(self, items: list[tuple[RecordLike, Event]]) -> None:
+        now = time.monotonic()
+        for record, event in items:
+            if len(self._held) >= self.config.max_held:
+                self._reject(record, Reason.UNKNOWN_MODEL_VERSION, f"{event.model_version!r}: hold buffer full")
+                continue
+            self._held.append(_Held(record, event, now))
+            self.offsets.hold((record.topic, record.partition), record.offset)
+        self.metrics.held.set(len(self._held))
+
+    def retry_held(self) -> int:
+        """Fold held events whose version has appeared; dead-letter those out of time."""
+        if not self._held:
+            return 0
+        now = time.monotonic()
+        waiting: deque[_Held] = deque()
+        ready: dict[str, list[tuple[RecordLike, Event]]] = {}
+        for held in self._held:
+            self.offsets.release((held.record.topic, held.record.partition), held.record.offset)
+            version = held.event.model_version
+            if version in ready or self.registry.get(version) is not None:
+                ready.setdefault(version, []).append((held.record, held.event))
+            elif now - held.since > self.config.unknown_version_grace_s:
+                self._reject(held.record, Reason.UNKNOWN_MODEL_VERSION,
+                             f"no model version {version!r} within {self.config.unknown_version_grace_s:.0f}s")
+            else:
+                waiting.append(held)
+                self.offsets.hold((held.record.topic, held.record.partition), held.record.offset)
+        self._held = waiting
+        self.metrics.held.set(len(waiting))
+        folded = 0
+        for version, items in ready.items():
+            served = self.registry.get(version)
+            if served is not None:
+                folded += self._fold(served, items)
+        return folded
+
+    # -- folding -------------------------------------------------------------------------
+    def _fold(self, served: ServedModel, items: list[tuple[RecordLike, Event]]) -> int:
+        version = served.version
+        now = self._clock()
+        self._note_version(version, now)
+        histories: list[np.ndarray] = []
+        raw_histories: list[np.ndarray] = []
+        kept: list[Event] = []
+        unknown_items = truncated = 0
+        for record, event in items:
+            raw = np.fromiter(event.history, dtype=np.int64, count=len(event.history))
+            indices = served.to_indices(raw)
+            known = indices >= 0
+            if not known.all():
+                unknown_items += int((~known).sum())
+                indices, raw = indices[known], raw[known]
+                if len(indices) == 0:
+                    self._reject(record, Reason.UNKNOWN_ITEMS, f"none of {len(event.history)} history items is known to {version}")
+                    continue
+            truncated += len(indices) > served.max_len
+            histories.append(indices)
+            raw_histories.append(raw)
+            kept.append(event)
+        if unknown_items:
+            self.metrics.unknown_items.labels(version).inc(unknown_items)
+        if truncated:
+            self.metrics.truncated.labels(version).inc(truncated)
+        if not kept:
+            return 0
+
+        started = time.perf_counter()
+        statistics = self._statistics(served, histories)
+        self.metrics.observe_stage("recompute", time.perf_counter() - started)
+
+        started = time.perf_counter()
+        lengths = np.fromiter((min(len(h), served.max_len) for h in histories), dtype=np.int64, count=len(histories))
+        codes = self.assigner.assign([e.context for e in kept], lengths)
+        labels = self.assigner.labels()
+        for column, dimension in enumerate(self.assigner.dimensions):
+            column_codes = codes[:, column]
+            dim_labels = labels[dimension]
+            self.metrics.attention.fold(version, dimension, column_codes, dim_labels, statistics)
+            for code in np.unique(column_codes):
+                members = statistics[column_codes == code]  # [b, stats, layers]
+                for s_index, statistic in enumerate(STATISTICS):
+                    for layer in range(members.shape[2]):
+                        key = SeriesKey(version, dimension, dim_labels[code], statistic, layer)
+                        self.judge.observe(key, members[:, s_index, layer], now)
+        wall = self._clock()
+        for event in kept:
+            self.metrics.latency.observe(max(0.0, wall - event.ts / 1000.0))
+        self._processed.inc(len(kept))
+        self.metrics.observe_stage("fold", time.perf_counter() - started)
+
+        previous = self._previous.get(version)
+        if previous is not None and version in self.judge.updates:
+            self._pair(served, previous, raw_histories, codes, labels)
+        return len(kept)
+
+    def _statistics(self, served: ServedModel, histories: list[np.ndarray]) -> np.ndarray:
+        """[B, stats, layers] for the histories, in their order."""
+        model = served.checkpoint.model
+        out: np.ndarray | None = None
+        stats_seconds = 0.0
+        for chunk in recompute(model, histories, max_len=served.max_len, max_batch=self.config.max_batch):
+            t0 = time.perf_counter()
+            values = compute(chunk.weights, chunk.lengths, chunk.item_index, served.genre_matrix, self.config.stats)
+            if out is None:
+                out = np.empty((len(histories), *values.shape[1:]), dtype=np.float32)
+            out[chunk.rows] = values
+            stats_seconds += time.perf_counter() - t0
+        self.metrics.observe_stage("stats", stats_seconds)
+        assert out is not None
+        return out
+
+    def _note_version(self, version: str, now: float) -> None:
+        if version in self._previous or version in self._versions_seen:
+            return
+        if self._versions_seen:
+            previous = self._versions_seen[-1]
+            self._previous[version] = previous
+            self.judge.start_update(version, previous, now)
+            self.metrics.model_update.labels(version, previous).set(now)
+            log.warning("model update: %s replaces %s in the stream", version, previous)
+        self._versions_seen.append(version)
+        del self._versions_seen[: -self.config.max_versions_remembered]
+
+    def _pair(self, served: ServedModel, previous: str, raw_histories: list[np.ndarray],
+              codes: np.ndarray, labels: dict[str, tuple[str, ...]]) -> None:
+        """Recompute both versions on a sample of the same events and fold their divergence."""
+        old = self.registry.get(previous)
+        if old is None:
+            return
+        count = min(self.config.paired_max_per_batch, int(np.ceil(self.config.paired_fraction * len(raw_histories))))
+        if count == 0:
+            return
+        picked = self._rng.choice(len(raw_histories), size=count, replace=False)
+        width = min(served.max_len, old.max_len)
+        pairs_raw = []
+        rows_kept = []
+        for row in picked:
+            raw = raw_histories[row][-width:]
+            old_idx, new_idx = old.to_indices(raw), served.to_indices(raw)
+            if (old_idx < 0).any() or (new_idx < 0).any():
+                continue  # the versions disagree on the vocabulary: positions would not pair up
+            pairs_raw.append((old_idx, new_idx))
+            rows_kept.append(row)
+        if not rows_kept:
+            return
+        old_rows = self._mean_rows(old, [p[0] for p in pairs_raw], width)
+        new_rows = self._mean_rows(served, [p[1] for p in pairs_raw], width)
+        lengths = np.asarray([len(p[0]) for p in pairs_raw], dtype=np.int64)
+        js_per_layer = []
+        overlap_per_layer = []
+        for layer in range(min(old_rows.shape[1], new_rows.shape[1])):
+            js, overlap = paired_divergence(old_rows[:, layer], new_rows[:, layer], lengths, self.config.stats.top_k)
+            js_per_layer.append(js)
+            overlap_per_layer.append(overlap)
+        js = np.mean(js_per_layer, axis=0)
+        overlap = np.mean(overlap_per_layer, axis=0)
+        kept_codes = codes[np.asarray(rows_kept)]
+        for column, dimension in enumerate(self.assigner.dimensions):
+            for code in np.unique(kept_codes[:, column]):
+                members = kept_codes[:, column] == code
+                self.paired.observe(PairKey(served.version, dimension, labels[dimension][code]),
+                                    js[members], overlap[members])
+
+    def _mean_rows(self, served: ServedModel, histories: list[np.ndarray], width: int) -> np.ndarray:
+        """Head-averaged rows [B, layers, width] (head averaging: invariant to head permutations)."""
+        out = np.zeros((len(histories), served.checkpoint.config.layers, width), dtype=np.float32)
+        for chunk in recompute(served.checkpoint.model, histories, max_len=width, max_batch=self.config.max_batch):
+            w = chunk.weights.shape[-1]
+            out[chunk.rows, :, width - w:] = chunk.weights.mean(axis=2)
+        return out
+
+    # -- judgement -----------------------------------------------------------------------
+    def run_judgement(self) -> tuple[JudgeReport, PairedReport]:
+        started = time.perf_counter()
+        now = self._clock()
+        report = self.judge.judge(now)
+        paired = self.paired.judge(now)
+        self.last_report, self.last_paired = report, paired
+        for result in report.results:
+            self._latest_keys[(result.kind, result.key)] = {
+                "kind": result.kind, "model_version": result.key.model_version,
+                "reference_version": result.reference_version, "dimension": result.key.dimension,
+                "cohort": result.key.cohort, "statistic": result.key.statistic, "layer": result.key.layer,
+                "score": result.score, "p_adjusted": result.p_adjusted, "threshold": result.threshold,
+                "samples": result.samples, "drifting": int(result.drifting),
+            }
+        for result in paired.results:
+            self._latest_pairs[result.key] = {
+                "model_version": result.key.new_version, "previous_version": self._previous.get(result.key.new_version, ""),
+                "dimension": result.key.dimension, "cohort": result.key.cohort,
+                "mean_js": result.mean_js, "pairs": result.total_pairs, "changed": int(result.model_caused),
+            }
+        self._prune_rows()
+        self._drift_rows = {
+            "keys": list(self._latest_keys.values()),
+            "cohorts": [
+                {"kind": c.kind, "model_version": c.model_version, "reference_version": c.reference_version,
+                 "dimension": c.dimension, "cohort": c.cohort, "drifting": int(c.drifting)}
+                for c in report.cohorts
+            ],
+            "paired": list(self._latest_pairs.values()),
+        }
+        self.metrics.judge_runs.inc()
+        self.metrics.observe_stage("judge", time.perf_counter() - started)
+        for verdict in report.cohorts:
+            if verdict.drifting:
+                log.info("drift %s: version %s vs %s, %s=%s, series %s", verdict.kind, verdict.model_version,
+                         verdict.reference_version, verdict.dimension, verdict.cohort, verdict.drifting_series)
+        return report, paired
+
+    def _prune_rows(self) -> None:
+        """Keep exported rows to versions still remembered, so label sets stay bounded."""
+        alive = set(self._versions_seen)
+        self._latest_keys = {k: v for k, v in self._latest_keys.items() if k[1].model_version in alive}
+        self._latest_pairs = {k: v for k, v in self._latest_pairs.items() if k.new_version in alive}
+
+    def drift_rows(self) -> dict[str, list[dict]]:
+        """Rows for ``metrics.DriftCollector`` (read by the scrape thread; replaced, never mutated)."""
+        return self._drift_rows
+
+    # -- state ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "judge": self.judge.to_state(),
+            "paired": self.paired.to_state(),
+            "cohorts": self.assigner.state(),
+            "versions_seen": list(self._versions_seen),
+            "previous": dict(self._previous),
+        }
+
+    def restore(self, state: dict[str, Any], judge: Judge, paired: PairedComparison, assigner: CohortAssigner) -> None:
+        """Adopt restored components and the version history from a checkpoint."""
+        self.judge, self.paired, self.assigner = judge, paired, assigner
+        self._versions_seen = list(state.get("versions_seen", []))
+        self._previous = dict(state.get("previous", {}))

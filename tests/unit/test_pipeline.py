@@ -1,0 +1,146 @@
+"""The Kafka-free core: records in, metrics/judge/dead letters/offsets out."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+
+from model import checkpoint
+from model.data import load_movielens
+from model.sasrec import SASRec, SASRecConfig
+from monitor.cohorts import CohortAssigner, CohortDimension
+from monitor.events import Reason
+from monitor.judge import Judge, JudgeConfig
+from monitor.metrics import AgentMetrics, statistic_metric
+from monitor.paired import PairedComparison
+from monitor.pipeline import Pipeline, PipelineConfig
+from monitor.registry import ModelRegistry
+
+
+@dataclasses.dataclass(frozen=True)
+class Rec:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp_ms: int = 0
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_movielens().catalog
+
+
+def _publish(root: Path, catalog, seed: int, label: str) -> str:
+    torch.manual_seed(seed)
+    model = SASRec(SASRecConfig(n_items=catalog.n_items, max_len=20, hidden=16, layers=2, heads=2))
+    return checkpoint.save(model, catalog, {}, root, label=label)
+
+
+def _event(version: str, history: list[int], platform: str = "ios", ts: int = 1_764_259_200_000, **extra) -> bytes:
+    return msgspec.json.encode({
+        "event_id": "e", "ts": ts, "model_version": version, "user_id": "u",
+        "history": history, "recommended": [], "context": {"platform": platform}, **extra,
+    })
+
+
+class Harness:
+    def __init__(self, root: Path, **config) -> None:
+        self.registry_metrics = CollectorRegistry()
+        self.metrics = AgentMetrics(self.registry_metrics)
+        self.dead: list[tuple[int, Reason]] = []
+        self.pipeline = Pipeline(
+            ModelRegistry(root, retry_after_s=0.0),
+            CohortAssigner([CohortDimension(name="platform", max_values=3),
+                            CohortDimension(name="history_length", kind="history_length", edges=(5, 10))]),
+            Judge(JudgeConfig(reference_events=50, min_samples=20)),
+            PairedComparison(),
+            self.metrics,
+            lambda record, reason, detail: self.dead.append((record.offset, reason)),
+            PipelineConfig(**config),
+        )
+
+    def value(self, name: str, **labels) -> float:
+        return self.registry_metrics.get_sample_value(name, labels) or 0.0
+
+
+def test_valid_and_malformed_records_are_counted_by_outcome(tmp_path, catalog):
+    version = _publish(tmp_path, catalog, 0, "a")
+    h = Harness(tmp_path)
+    items = [int(i) for i in catalog.item_ids[1:30]]
+    records = [Rec("t", 0, i, _event(version, items[: 3 + i % 20])) for i in range(40)]
+    records += [
+        Rec("t", 0, 40, b"{not json"),
+        Rec("t", 0, 41, _event(version, [])),
+        Rec("t", 0, 42, _event(version, [999_999_999])),  # unknown item only -> unknown_items
+        Rec("t", 1, 0, None),
+    ]
+    assert h.pipeline.process(records) == 40
+    assert h.value("attnmon_events_total", outcome="processed", reason="ok") == 40
+    assert h.value("attnmon_events_total", outcome="dead_lettered", reason="not_json") == 2
+    assert h.value("attnmon_events_total", outcome="dead_lettered", reason="history_empty") == 1
+    assert h.value("attnmon_events_total", outcome="dead_lettered", reason="unknown_items") == 1
+    assert sorted(o for o, _ in h.dead) == [0, 40, 41, 42]
+    assert h.pipeline.offsets.committable() == {("t", 0): 43, ("t", 1): 1}
+    # Every event landed in the "all" cohort of every statistic and layer.
+    for layer in ("0", "1"):
+        assert h.value(statistic_metric("entropy") + "_count", model_version=version,
+                       dimension="all", cohort="all", layer=layer) == 40
+    # "ios" is admitted as a label once seen min_count (5) times; the first 4 count as "other".
+    counts = {cohort: h.value(statistic_metric("gini") + "_count", model_version=version,
+                              dimension="platform", cohort=cohort, layer="0") for cohort in ("ios", "other")}
+    assert counts == {"ios": 36, "other": 4}
+
+
+def test_unknown_items_are_dropped_and_counted(tmp_path, catalog):
+    version = _publish(tmp_path, catalog, 0, "a")
+    h = Harness(tmp_path)
+    known = [int(i) for i in catalog.item_ids[1:6]]
+    h.pipeline.process([Rec("t", 0, 0, _event(version, known + [999_999_999]))])
+    assert h.value("attnmon_history_items_unknown_total", model_version=version) == 1
+    assert h.value("attnmon_events_total", outcome="processed", reason="ok") == 1
+
+
+def test_unknown_version_is_held_then_served_when_published(tmp_path, catalog):
+    h = Harness(tmp_path, unknown_version_grace_s=60.0)
+    torch.manual_seed(3)
+    model = SASRec(SASRecConfig(n_items=catalog.n_items, max_len=20, hidden=16, layers=2, heads=2))
+    staged = tmp_path / "staged"
+    version = checkpoint.save(model, catalog, {}, staged, label="late")
+    items = [int(i) for i in catalog.item_ids[1:8]]
+    h.pipeline.process([Rec("t", 0, 0, _event(version, items)), Rec("t", 0, 1, _event(version, items))])
+    assert h.value("attnmon_events_held") == 2
+    assert h.pipeline.offsets.committable() == {("t", 0): 0}  # nothing past the held events
+    (staged / version).rename(tmp_path / version)  # the version is published while we run
+    assert h.pipeline.retry_held() == 2
+    assert h.value("attnmon_events_held") == 0
+    assert h.pipeline.offsets.committable() == {("t", 0): 2}
+
+
+def test_unknown_version_is_dead_lettered_after_the_grace_period(tmp_path, catalog):
+    h = Harness(tmp_path, unknown_version_grace_s=0.0)
+    h.pipeline.process([Rec("t", 0, 0, _event("sasrec-ffffffffffffffff", [int(catalog.item_ids[1])]))])
+    assert h.pipeline.retry_held() == 0
+    assert h.dead == [(0, Reason.UNKNOWN_MODEL_VERSION)]
+    assert h.pipeline.offsets.committable() == {("t", 0): 1}
+
+
+def test_a_second_version_starts_an_update_and_pairs_events(tmp_path, catalog):
+    v1 = _publish(tmp_path, catalog, 0, "v1")
+    v2 = _publish(tmp_path, catalog, 1, "v2")
+    h = Harness(tmp_path, paired_fraction=1.0)
+    rng = np.random.default_rng(0)
+    ids = catalog.item_ids[1:]
+    batch = lambda v, start: [Rec("t", 0, start + i, _event(v, [int(x) for x in rng.choice(ids, 8)])) for i in range(30)]
+    h.pipeline.process(batch(v1, 0))
+    h.pipeline.process(batch(v2, 30))
+    assert v2 in h.pipeline.judge.updates and h.pipeline.judge.updates[v2].previous_version == v1
+    assert h.value("attnmon_model_update_timestamp_seconds", model_version=v2, previous_version=v1) > 0
+    h.pipeline.paired.judge(0.0)
+    assert h.pipeline.paired.counts["pairs"] >= 30 * 3  # every event, once per cohort dimension
