@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -47,6 +48,71 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from monitor.daemon import Agent, run_forever
+    from monitor.settings import load_settings
+    from monitor.source import DeadLetterSink, KafkaSource
+
+    settings = load_settings(args.config)  # validated before anything connects
+    sink = DeadLetterSink(settings.kafka)
+    agent = Agent(settings, lambda assigned, revoked: KafkaSource(settings.kafka, on_assigned=assigned,
+                                                                 on_revoked=revoked), sink)
+    run_forever(agent, settings.http.host, settings.http.port)
+    return 0
+
+
+def _scenario(args: argparse.Namespace, checkpoints: Path):
+    from model.checkpoint import list_versions
+    from monitor.replay import Scenario
+
+    versions = args.versions or [p.name for p in list_versions(checkpoints)[-1:]]
+    if not versions:
+        raise SystemExit(f"no model version under {checkpoints}: run `attnmon train` first")
+    switch = args.switch_at
+    plan = tuple((0 if i == 0 else switch * i, v) for i, v in enumerate(versions))
+    return Scenario(versions=plan)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from model import checkpoint
+    from model.data import load_movielens
+    from monitor.replay import EventFactory, malformed_events
+    from monitor.settings import load_settings
+    from monitor.source import EventProducer, ensure_topic
+
+    settings = load_settings(args.config)
+    scenario = _scenario(args, args.checkpoints)
+    models = {v: checkpoint.load(args.checkpoints / v).model for _, v in scenario.versions}
+    factory = EventFactory(load_movielens(), models, scenario, seed=args.seed, offset=args.offset)
+    ensure_topic(settings.kafka, settings.kafka.topic, args.partitions)
+    producer = EventProducer(settings.kafka)
+    sent = 0
+    started = time.monotonic()
+    for batch in factory.events(args.events):
+        for value in batch:
+            producer.send(value, key=str(sent).encode())
+            sent += 1
+        if args.rate:
+            ahead = sent / args.rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    for value in malformed_events(args.malformed, seed=args.seed):
+        producer.send(value)
+    producer.flush()
+    producer.close()
+    print(json.dumps({"sent": sent, "malformed": args.malformed, "topic": settings.kafka.topic,
+                      "versions": [v for _, v in scenario.versions], "seconds": round(time.monotonic() - started, 2)}))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.demo import run_demo
+
+    scenario = _scenario(args, args.checkpoints) if args.versions else None
+    return run_demo(events=args.events, rate=args.rate, checkpoints=args.checkpoints, port=args.port,
+                    state_dir=args.state_dir, scenario=scenario)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnmon", description="Monitor the attention of a sequential recommender.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -71,6 +137,34 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("version", type=Path, help="version id (under --checkpoints) or a version directory")
     evaluate.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS)
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    run = sub.add_parser("run", help="run the agent as a daemon (Kafka in, Prometheus out)")
+    run.add_argument("--config", type=Path, help="settings YAML (ATTNMON__SECTION__KEY variables override it)")
+    run.set_defaults(func=_cmd_run)
+
+    def scenario_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS)
+        p.add_argument("--versions", nargs="+", help="model versions in serving order (default: the newest)")
+        p.add_argument("--switch-at", type=int, default=5000, help="events before each switch to the next version")
+
+    replay = sub.add_parser("replay", help="write realistic prediction events from MovieLens timelines to Kafka")
+    replay.add_argument("--config", type=Path)
+    replay.add_argument("--events", type=int, default=10_000)
+    replay.add_argument("--malformed", type=int, default=0, help="also send this many broken records")
+    replay.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    replay.add_argument("--partitions", type=int, default=2, help="partitions of the topic if it is created")
+    replay.add_argument("--seed", type=int, default=0)
+    replay.add_argument("--offset", type=int, default=0, help="start this many steps into the timeline")
+    scenario_args(replay)
+    replay.set_defaults(func=_cmd_replay)
+
+    demo = sub.add_parser("demo", help="the agent on an embedded default: in-process events, /metrics served")
+    demo.add_argument("--events", type=int, default=20_000)
+    demo.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    demo.add_argument("--port", type=int, default=9108)
+    demo.add_argument("--state-dir", type=Path, default=Path("var/demo-state"))
+    scenario_args(demo)
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -1,0 +1,235 @@
+"""The long-running agent: poll -> fold -> judge -> checkpoint -> commit, until told to stop.
+
+Threads and why:
+- the main thread polls the source. While a batch is being folded it keeps polling with
+  every partition paused, so a slow forward pass never pushes the member past
+  ``max.poll.interval.ms``;
+- one worker thread does everything that touches state (fold, judge, checkpoint), so
+  state needs no locks; the rebalance callback waits for it before it checkpoints;
+- the HTTP thread serves /metrics, /healthz and /readyz.
+
+Delivery: offsets are committed only after the state that includes them is
+checkpointed, and on restart the agent seeks to the checkpoint's offsets, so a crash
+re-reads what the state lacks and nothing the state already holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+
+from monitor import state as state_store
+from monitor.cohorts import CohortAssigner
+from monitor.events import Reason
+from monitor.http import MetricsServer
+from monitor.judge import Judge
+from monitor.metrics import AgentMetrics, DriftCollector
+from monitor.paired import PairedComparison
+from monitor.pipeline import Pipeline, RecordLike
+from monitor.registry import ModelRegistry
+from monitor.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+
+
+class Source(Protocol):
+    def poll(self, max_records: int, timeout_ms: int) -> list: ...
+    def commit(self, next_offsets: dict[Partition, int]) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def assignment(self) -> list[Partition]: ...
+    def lag(self) -> dict[Partition, int]: ...
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    def send(self, record: RecordLike, reason: str, detail: str) -> None: ...
+    def flush(self, timeout_s: float = 30.0) -> None: ...
+    def close(self, timeout_s: float = 30.0) -> None: ...
+
+
+SourceFactory = Callable[[Callable[[list[Partition]], dict[Partition, int]], Callable[[list[Partition]], None]], Source]
+
+
+class Agent:
+    def __init__(self, settings: Settings, source_factory: SourceFactory, sink: Sink,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = AgentMetrics(self.registry)
+        self.models = ModelRegistry(
+            settings.models.root, max_loaded=settings.models.max_loaded, retry_after_s=settings.models.retry_after_s,
+            on_load=self._on_model_load, on_failure=self._on_model_failure,
+        )
+        self.sink = sink
+        restored = state_store.load(settings.state.directory)
+        self._restored_offsets: dict[Partition, int] = {}
+        self.pipeline = Pipeline(
+            self.models, CohortAssigner(settings.cohorts), Judge(settings.judge), PairedComparison(settings.paired),
+            self.metrics, self._dead_letter, settings.pipeline,
+        )
+        if restored is not None:
+            pipeline_state, offsets = restored
+            self.pipeline.restore(
+                pipeline_state,
+                Judge.from_state(pipeline_state["judge"], settings.judge),
+                PairedComparison.from_state(pipeline_state["paired"], settings.paired),
+                CohortAssigner.from_state(settings.cohorts, pipeline_state["cohorts"]),
+            )
+            self._restored_offsets = offsets
+            log.info("restored state from %s with offsets %s", settings.state.directory, offsets)
+        self.registry.register(DriftCollector(self.pipeline.drift_rows))
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnmon-fold")
+        self._inflight: Future | None = None
+        self._stop = threading.Event()
+        self._last_tick = time.monotonic()
+        self._source = source_factory(self._on_assigned, self._on_revoked)
+        self._dead_lettered_since_flush = 0
+        self._preload_newest()
+
+    # -- callbacks -------------------------------------------------------------------------
+    def _on_model_load(self, served, seconds: float) -> None:
+        self.metrics.model_load_seconds.observe(seconds)
+        self.metrics.model_info.labels(served.version, served.checkpoint.label or "").set(1)
+
+    def _on_model_failure(self, version: str, why: str) -> None:
+        cause = "missing" if "no such version" in why or "not a valid version" in why else "invalid"
+        self.metrics.model_load_failures.labels(cause).inc()
+
+    def _dead_letter(self, record: RecordLike, reason: Reason, detail: str) -> None:
+        self.sink.send(record, reason.value, detail)
+        self._dead_lettered_since_flush += 1
+
+    def _on_assigned(self, partitions: list[Partition]) -> dict[Partition, int]:
+        """Seek restored partitions to the checkpoint's offsets (first assignment only)."""
+        seeks = {tp: self._restored_offsets[tp] for tp in partitions if tp in self._restored_offsets}
+        self.pipeline.offsets.restore(seeks)
+        # A partition that comes back later was owned by another replica meanwhile: its
+        # committed offset is newer than our old checkpoint, so we must not rewind it.
+        self._restored_offsets = {}
+        log.info("assigned %s", partitions)
+        return seeks
+
+    def _on_revoked(self, partitions: list[Partition]) -> None:
+        """Before partitions move: finish the batch, checkpoint, commit, forget them."""
+        self._wait_inflight()
+        self.checkpoint()
+        self.pipeline.offsets.forget(partitions)
+        log.info("revoked %s", partitions)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        cfg = self.settings
+        last_judge = last_checkpoint = last_lag = time.monotonic()
+        while not self._stop.is_set():
+            self._last_tick = time.monotonic()
+            if self._inflight is not None and not self._inflight.done():
+                self._source.poll(cfg.poll.max_records, 50)  # paused: keeps membership alive
+                continue
+            if self._inflight is not None:
+                self._inflight.result()  # re-raise a worker failure here, on the main thread
+                self._inflight = None
+                self._source.resume()
+            records = self._source.poll(cfg.poll.max_records, cfg.poll.timeout_ms)
+            now = time.monotonic()
+            if records:
+                self._source.pause()
+                self._inflight = self._worker.submit(self.pipeline.process, records)
+            elif self.pipeline._held:
+                self._inflight = self._worker.submit(self.pipeline.retry_held)
+                self._source.pause()
+            if now - last_judge >= cfg.intervals.judge_s:
+                self._wait_inflight()
+                self._worker.submit(self.pipeline.run_judgement).result()
+                last_judge = now
+            if now - last_checkpoint >= cfg.intervals.checkpoint_s:
+                self._wait_inflight()
+                self._worker.submit(self.checkpoint).result()
+                last_checkpoint = now
+            if now - last_lag >= cfg.intervals.lag_s:
+                self._export_lag()
+                last_lag = now
+        self._shutdown()
+
+    def _wait_inflight(self) -> None:
+        if self._inflight is not None:
+            self._inflight.result()
+            self._inflight = None
+            self._source.resume()
+
+    def checkpoint(self) -> None:
+        """Checkpoint state with the offsets it includes, then commit those offsets."""
+        started = time.perf_counter()
+        self.sink.flush()  # dead letters must be durable before their offsets are committed
+        offsets = self.pipeline.offsets.committable()
+        state_store.save(self.settings.state.directory, self.pipeline.state(), offsets)
+        assigned = set(self._source.assignment())
+        mine = {tp: o for tp, o in offsets.items() if tp in assigned}
+        self._source.commit(mine)
+        self.metrics.last_checkpoint.set(time.time())
+        self.metrics.observe_stage("checkpoint", time.perf_counter() - started)
+
+    def _export_lag(self) -> None:
+        for (topic, partition), lag in self._source.lag().items():
+            self.metrics.lag.labels(topic, str(partition)).set(lag)
+        self.metrics.ready.set(1.0 if self.ready()[0] else 0.0)
+
+    def _preload_newest(self) -> None:
+        versions = self.models.available_versions()
+        if versions:
+            self.models.get(versions[-1])
+
+    def _shutdown(self) -> None:
+        log.info("draining: finishing the batch in flight, checkpointing, committing")
+        self._wait_inflight()
+        self._worker.submit(self.pipeline.run_judgement).result()
+        self._worker.submit(self.checkpoint).result()
+        self._worker.shutdown(wait=True)
+        self._source.close()
+        self.sink.close()
+        log.info("stopped cleanly")
+
+    # -- health ------------------------------------------------------------------------------
+    def healthy(self) -> tuple[bool, str]:
+        stalled = time.monotonic() - self._last_tick
+        if stalled > self.settings.intervals.stall_s:
+            return False, f"main loop stalled for {stalled:.0f}s\n"
+        return True, "ok\n"
+
+    def ready(self) -> tuple[bool, str]:
+        assigned = self._source.assignment()
+        loaded = self.models.loaded_versions()
+        if not assigned:
+            return False, "no partitions assigned\n"
+        if not loaded:
+            return False, "no model version loaded\n"
+        return True, f"partitions {len(assigned)}, models {','.join(loaded)}\n"
+
+
+def run_forever(agent: Agent, host: str, port: int) -> None:
+    """Serve HTTP, run the loop, stop on SIGTERM/SIGINT with a drain and final commit."""
+    server = MetricsServer(host, port, agent.registry, agent.healthy, agent.ready)
+    log.info("serving /metrics, /healthz, /readyz on %s:%d", host, server.port)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        agent.run()
+    finally:
+        server.close()

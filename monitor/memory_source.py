@@ -1,0 +1,128 @@
+"""An in-process stand-in for Kafka: the demo and benchmarks feed the same agent code.
+
+``MemorySource`` hands out pre-made or generated records from one partition and
+behaves like ``KafkaSource`` where the agent can tell (assignment callback on the
+first poll, pause/resume, commit, lag). ``MemorySink`` keeps dead letters in a bounded
+buffer and counts them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+
+Partition = tuple[str, int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MemoryRecord:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
+    timestamp_ms: int = -1
+
+
+class MemorySource:
+    def __init__(
+        self,
+        batches: Iterator[list[bytes]],
+        total: int,
+        on_assigned: Callable[[list[Partition]], dict[Partition, int]],
+        on_revoked: Callable[[list[Partition]], None],
+        *,
+        topic: str = "attnmon.demo",
+        rate_per_s: float | None = None,
+    ) -> None:
+        self._batches = batches
+        self._total = total
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._partition = (topic, 0)
+        self._rate = rate_per_s
+        self._buffer: deque[bytes] = deque()
+        self._position = 0
+        self._assigned = False
+        self._paused = False
+        self._started = time.monotonic()
+        self.committed: dict[Partition, int] = {}
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[MemoryRecord]:
+        if not self._assigned:
+            self._assigned = True
+            seek = self._on_assigned([self._partition]).get(self._partition)
+            if seek is not None:
+                self._skip_to(seek)
+        if self._paused or self._position >= self._total:
+            time.sleep(min(timeout_ms, 50) / 1000)
+            return []
+        allowed = max_records
+        if self._rate is not None:  # pace the stream like a producer at a fixed rate
+            due = int((time.monotonic() - self._started) * self._rate) - self._position
+            if due <= 0:
+                time.sleep(min(timeout_ms / 1000, 1 / self._rate))
+                return []
+            allowed = min(allowed, due)
+        out = []
+        while len(out) < allowed and self._position < self._total:
+            if not self._buffer:
+                try:
+                    self._buffer.extend(next(self._batches))
+                except StopIteration:
+                    self._total = self._position
+                    break
+            out.append(MemoryRecord(self._partition[0], 0, self._position, self._buffer.popleft()))
+            self._position += 1
+        return out
+
+    def _skip_to(self, offset: int) -> None:
+        while self._position < offset:
+            if not self._buffer:
+                self._buffer.extend(next(self._batches))
+            self._buffer.popleft()
+            self._position += 1
+
+    @property
+    def exhausted(self) -> bool:
+        return self._position >= self._total
+
+    def commit(self, next_offsets: dict[Partition, int]) -> None:
+        self.committed.update(next_offsets)
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    def assignment(self) -> list[Partition]:
+        return [self._partition] if self._assigned else []
+
+    def lag(self) -> dict[Partition, int]:
+        return {self._partition: self._total - self._position} if self._assigned else {}
+
+    def close(self) -> None:
+        if self._assigned:
+            self._on_revoked([self._partition])
+            self._assigned = False
+
+
+class MemorySink:
+    """Dead letters kept in memory: all counted by reason, the last ``keep`` retained."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        self.by_reason: Counter[str] = Counter()
+        self.recent: deque[tuple[int, str, str]] = deque(maxlen=keep)
+
+    def send(self, record, reason: str, detail: str) -> None:
+        self.by_reason[reason] += 1
+        self.recent.append((record.offset, reason, detail))
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        return None
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        return None
