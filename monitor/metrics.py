@@ -27,7 +27,7 @@ from monitor.stats import STATISTICS
 PREFIX = "attnmon"
 # Histogram buckets for statistics in [0, 1]: equal width, matching the judge's bins.
 RATIO_BUCKETS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 STAGES = ("decode", "recompute", "stats", "fold", "judge", "checkpoint", "batch")
 OUTCOMES = ("processed", "dead_lettered")
 STATISTIC_LABELS = ("model_version", "dimension", "cohort", "layer")

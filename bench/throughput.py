@@ -1,0 +1,256 @@
+"""End-to-end throughput and event-to-metric latency through the real Kafka broker.
+
+Three measurements in one run, on the same events and the same model:
+
+1. **max rate**: the agent (in-process, real KafkaSource, real DeadLetterSink) drains a
+   pre-filled topic; events/s from first to last fold;
+2. **latency at half the max rate**: a producer thread sends at half of (1)'s rate with
+   each event's ts set at send time; p50/p99 of the agent's own
+   ``attnmon_event_to_metric_latency_seconds`` histogram;
+3. **naive path**: per-event ``json.loads``, a batch-1 full forward (``model.attention``),
+   and one labelled ``observe`` per value with prometheus-client, on a slice of the same
+   events from the same broker.
+
+Needs the broker (``deploy/stack.sh start kafka``) and a trained model under
+``--checkpoints`` (``attnmon train``). Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from prometheus_client import CollectorRegistry, Histogram
+
+from model import checkpoint
+from model.data import left_pad, load_movielens
+from monitor.daemon import Agent
+from monitor.replay import EventFactory, Scenario
+from monitor.settings import IntervalSettings, KafkaSettings, ModelSettings, Settings, StateSettings
+from monitor.source import DeadLetterSink, EventProducer, KafkaSource, delete_topic, ensure_topic
+from monitor.stats import STATISTICS, compute
+
+TS_FIELD = re.compile(rb'"ts":\d+')
+
+
+def make_events(checkpoints: Path, version: str, count: int, cache: Path) -> list[bytes]:
+    """Encoded events from MovieLens timelines, cached as JSON lines between runs."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    if cache.exists():
+        lines = cache.read_bytes().splitlines()
+        if len(lines) >= count:
+            return lines[:count]
+    factory = EventFactory(load_movielens(), {version: checkpoint.load(checkpoints / version).model},
+                           Scenario(versions=((0, version),)))
+    events = [e for batch in factory.events(count) for e in batch]
+    cache.write_bytes(b"\n".join(events))
+    return events
+
+
+def fill(kafka: KafkaSettings, topic: str, events: list[bytes]) -> None:
+    producer = EventProducer(kafka, topic=topic, linger_ms=50)
+    for i, value in enumerate(events):
+        producer.send(value, key=str(i).encode())
+    producer.flush()
+    producer.close()
+
+
+def agent_settings(kafka: KafkaSettings, topic: str, checkpoints: Path, state: Path) -> Settings:
+    return Settings(
+        kafka=dataclasses.replace(kafka, topic=topic, dead_letter_topic=topic + ".dlq",
+                                  group_id=f"bench-{uuid.uuid4().hex[:8]}"),
+        models=ModelSettings(root=checkpoints),
+        state=StateSettings(directory=state),
+        intervals=IntervalSettings(judge_s=5.0, checkpoint_s=5.0, lag_s=2.0),
+    )
+
+
+def processed(agent: Agent) -> float:
+    return agent.registry.get_sample_value("attnmon_events_total", {"outcome": "processed", "reason": "ok"}) or 0.0
+
+
+def run_agent_until(agent: Agent, total: int, timeout_s: float) -> tuple[float, float]:
+    """Run the agent on a thread until it has folded ``total`` events: (first fold time, last)."""
+    thread = threading.Thread(target=agent.run)
+    thread.start()
+    first = last = None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = processed(agent)
+        now = time.monotonic()
+        if done > 0 and first is None:
+            first = now
+        if done >= total:
+            last = now
+            break
+        time.sleep(0.02)
+    agent.stop()
+    thread.join()
+    if first is None or last is None:
+        raise SystemExit(f"agent folded {processed(agent):.0f} of {total} events within {timeout_s}s")
+    return first, last
+
+
+def quantile_from_histogram(agent: Agent, name: str, q: float) -> float:
+    """Linear interpolation inside the bucket, as Prometheus' histogram_quantile does."""
+    samples = [s for m in agent.registry.collect() if m.name == name for s in m.samples if s.name == name + "_bucket"]
+    bounds = [(float(s.labels["le"]), s.value) for s in samples]
+    bounds.sort()
+    total = bounds[-1][1]
+    target = q * total
+    previous_bound, previous_count = 0.0, 0.0
+    for bound, count in bounds:
+        if count >= target:
+            if bound == float("inf"):
+                return previous_bound
+            span = count - previous_count
+            return previous_bound + (bound - previous_bound) * ((target - previous_count) / span if span else 0)
+        previous_bound, previous_count = bound, count
+    return float("nan")
+
+
+def stage_seconds(agent: Agent) -> dict[str, float]:
+    out = {}
+    for metric in agent.registry.collect():
+        if metric.name == "attnmon_stage_duration_seconds":
+            for s in metric.samples:
+                if s.name.endswith("_sum"):
+                    out[s.labels["stage"]] = s.value
+    return out
+
+
+def bench_max_rate(kafka: KafkaSettings, checkpoints: Path, events: list[bytes], work: Path) -> tuple[float, dict]:
+    topic = f"bench.max.{uuid.uuid4().hex[:6]}"
+    ensure_topic(kafka, topic, 2)
+    fill(kafka, topic, events)
+    agent = Agent(agent_settings(kafka, topic, checkpoints, work / "state-max"),
+                  lambda a, r: KafkaSource(dataclasses.replace(kafka, topic=topic, group_id=f"bench-{uuid.uuid4().hex[:8]}",
+                                                               max_poll_records=512), on_assigned=a, on_revoked=r),
+                  DeadLetterSink(kafka))
+    first, last = run_agent_until(agent, len(events), timeout_s=600)
+    rate = (len(events) - 1) / (last - first)
+    delete_topic(kafka, topic)
+    return rate, stage_seconds(agent)
+
+
+def bench_latency(kafka: KafkaSettings, checkpoints: Path, events: list[bytes], work: Path, rate: float) -> tuple[float, float, float]:
+    topic = f"bench.lat.{uuid.uuid4().hex[:6]}"
+    ensure_topic(kafka, topic, 2)
+    settings = agent_settings(kafka, topic, checkpoints, work / "state-lat")
+    agent = Agent(settings, lambda a, r: KafkaSource(settings.kafka, on_assigned=a, on_revoked=r), DeadLetterSink(kafka))
+    thread = threading.Thread(target=agent.run)
+    thread.start()
+    time.sleep(3.0)  # join the group before the clock starts
+    producer = EventProducer(kafka, topic=topic, linger_ms=5)
+    started = time.monotonic()
+    for i, value in enumerate(events):
+        due = started + i / rate
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        stamped = TS_FIELD.sub(b'"ts":%d' % int(time.time() * 1000), value, count=1)
+        producer.send(stamped, key=str(i).encode())
+    producer.flush()
+    sent_rate = len(events) / (time.monotonic() - started)
+    deadline = time.monotonic() + 120
+    while processed(agent) < len(events) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    agent.stop()
+    thread.join()
+    producer.close()
+    delete_topic(kafka, topic)
+    name = "attnmon_event_to_metric_latency_seconds"
+    return sent_rate, quantile_from_histogram(agent, name, 0.5), quantile_from_histogram(agent, name, 0.99)
+
+
+def bench_naive(kafka: KafkaSettings, checkpoints: Path, version: str, events: list[bytes]) -> float:
+    """The obvious implementation: one event at a time, end to end."""
+    topic = f"bench.naive.{uuid.uuid4().hex[:6]}"
+    ensure_topic(kafka, topic, 2)
+    fill(kafka, topic, events)
+    loaded = checkpoint.load(checkpoints / version)
+    model, catalog = loaded.model, loaded.catalog
+    genre_matrix = catalog.genre_matrix()
+    registry = CollectorRegistry()
+    histograms = {s: Histogram(f"naive_{s}", s, ("model_version", "dimension", "cohort", "layer"), registry=registry,
+                               buckets=[round(0.05 * i, 2) for i in range(1, 21)]) for s in STATISTICS}
+    source = KafkaSource(dataclasses.replace(kafka, topic=topic, group_id=f"naive-{uuid.uuid4().hex[:6]}"),
+                         on_assigned=lambda p: {}, on_revoked=lambda p: None)
+    done = 0
+    first = None
+    with torch.inference_mode():
+        while done < len(events):
+            for record in source.poll(100, 500):
+                if first is None:
+                    first = time.monotonic()
+                event = json.loads(record.value)
+                indices = [i for i in (catalog.index_of(x) for x in event["history"]) if i is not None]
+                padded = torch.from_numpy(left_pad([np.asarray(indices)], model.config.max_len))
+                weights = model.attention(padded).weights.numpy()
+                n = min(len(indices), model.config.max_len)
+                values = compute(weights[:, :, :, -n:], np.asarray([n]), padded.numpy()[:, -n:], genre_matrix)[0]
+                cohorts = [("all", "all"), ("platform", event["context"].get("platform", "unknown")),
+                           ("region", event["context"].get("region", "unknown")),
+                           ("history_length", "1-9" if n < 10 else "10-49" if n < 50 else "50-199" if n < 200 else "200+")]
+                for s_index, statistic in enumerate(STATISTICS):
+                    for layer in range(values.shape[1]):
+                        for dimension, cohort in cohorts:
+                            histograms[statistic].labels(version, dimension, cohort, str(layer)).observe(
+                                float(values[s_index, layer]))
+                done += 1
+    rate = (done - 1) / (time.monotonic() - first)
+    source.close()
+    delete_topic(kafka, topic)
+    return rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bootstrap", default="127.0.0.1:19092")
+    parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
+    parser.add_argument("--version", help="model version (default: the newest under --checkpoints)")
+    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--naive-events", type=int, default=1_500)
+    parser.add_argument("--work", type=Path, default=Path("var/bench"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    version = args.version or checkpoint.list_versions(args.checkpoints)[-1].name
+    loaded = checkpoint.load(args.checkpoints / version)
+    kafka = KafkaSettings(bootstrap_servers=args.bootstrap)
+    events = make_events(args.checkpoints, version, args.events, args.work / f"events-{version}.jsonl")
+    lengths = [min(len(json.loads(e)["history"]), loaded.config.max_len) for e in events[:5000]]
+    print(f"model {version}: d={loaded.config.hidden} L={loaded.config.max_len} layers={loaded.config.layers} "
+          f"heads={loaded.config.heads}; {len(events):,} events, mean history {np.mean(lengths):.0f} items "
+          f"(after truncation to L)")
+
+    rate, stages = bench_max_rate(kafka, args.checkpoints, events, args.work)
+    total_stage = stages.get("batch", 0.0)
+    print(f"\nmax rate (agent, real broker): {rate:,.0f} events/s")
+    print("  where the time goes (share of batch wall time):")
+    for stage in ("decode", "recompute", "stats", "fold"):
+        share = stages.get(stage, 0.0) / total_stage if total_stage else 0.0
+        print(f"    {stage:<10} {stages.get(stage, 0.0):7.2f}s  {share:6.1%}")
+
+    target = rate / 2
+    n_latency = min(len(events), int(target * 20))  # ~20 s of traffic
+    sent_rate, p50, p99 = bench_latency(kafka, args.checkpoints, events[:n_latency], args.work, target)
+    print(f"\nlatency at half the max rate ({sent_rate:,.0f} events/s sent, {n_latency:,} events): "
+          f"event-to-metric p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+
+    naive = bench_naive(kafka, args.checkpoints, version, events[: args.naive_events])
+    print(f"\nnaive path (json, batch-1 full forward, per-value labelled observe): {naive:,.0f} events/s")
+    print(f"speed-up of the agent over the naive path: {rate / naive:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
