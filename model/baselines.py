@@ -33,7 +33,7 @@ class Popularity(nn.Module):
 @dataclasses.dataclass(frozen=True)
 class GRU4RecConfig:
     n_items: int  # catalogue size, padding excluded
-    max_len: int = 200  # longest history read
+    max_len: int = 50  # longest history read
     hidden: int = 64  # embedding and GRU width
     dropout: float = 0.2  # on embeddings and GRU outputs
 

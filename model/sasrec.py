@@ -26,7 +26,7 @@ class SASRecConfig:
     """Architecture; stored as JSON beside the weights, never encoded in a file name."""
 
     n_items: int  # catalogue size, padding excluded; embeddings have n_items + 1 rows
-    max_len: int = 200  # longest history read; longer ones keep their most recent items
+    max_len: int = 50  # longest history read; longer ones keep their most recent items
     hidden: int = 64  # model width d
     layers: int = 2  # self-attention blocks
     heads: int = 2  # attention heads per block; hidden must divide evenly

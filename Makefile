@@ -1,0 +1,61 @@
+# attnmon: everyday entry points. `make test` is what CI runs (.ci/run).
+#
+#   make venv       .venv with the project installed editable, dev extras included
+#   make services   install the local stack (deploy/stack.sh) and start all of it
+#   make test       venv + services, pytest over tests/, then stop the services
+#   make stop       stop the services
+#   make demo       the agent on an embedded default: no services, in-process events, /metrics on :9108
+#
+# Variables: PYTHON (python3), VENV (.venv), TESTS (tests), PYTEST_ARGS (extra
+# pytest arguments, e.g. PYTEST_ARGS='-x -k kafka').
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.NOTPARALLEL:
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STACK := deploy/stack.sh
+TESTS ?= tests
+PYTEST_ARGS ?=
+
+.PHONY: venv install services test stop demo
+
+venv: $(VENV)/.installed
+
+# Re-installs when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  echo "creating $(VENV)"; \
+	  $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	    echo "'$(PYTHON) -m venv' failed; on Debian run deploy/stack.sh install (it adds python3-venv)" >&2; \
+	    exit 1; }; \
+	fi
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install:
+	$(STACK) install
+
+services: install
+	$(STACK) start all
+
+# The services are stopped whatever happens (pytest failing, Ctrl-C), and the
+# exit status is pytest's (or the start-up's, if the stack did not come up).
+test: install venv
+	@status=0; \
+	trap '$(STACK) stop all' EXIT; \
+	trap 'exit 130' INT; \
+	trap 'exit 143' TERM; \
+	$(STACK) start all && $(PY) -m pytest -q $(PYTEST_ARGS) $(TESTS) || status=$$?; \
+	exit $$status
+
+stop:
+	$(STACK) stop all
+
+# No external services: events are replayed in-process through the same agent code.
+# Trains a quick model first when checkpoints/ has none (`attnmon train` makes the full one).
+demo: venv
+	$(VENV)/bin/attnmon demo $(DEMO_ARGS)

@@ -1,0 +1,571 @@
+"""Kafka in and out: the one module that imports the Kafka client (kafka-python 3.x).
+
+Everything else in the agent sees plain values: a ``Record`` is bytes plus where
+they came from, a partition is a ``(topic, partition)`` tuple, offsets are ints,
+and errors are ``SourceError`` / ``CommitFailed``.
+
+``KafkaSource`` is a consumer-group member with auto-commit off. The agent owns
+the offsets: it commits the next offsets of what it has folded into its state
+(and checkpointed), nothing more.
+
+Rebalances, and the threads they run on (kafka-python 3 drives the group
+protocol on its own IO thread; a listener that blocks there would stall
+heartbeats, and one that calls a blocking client API there fails):
+
+* ``on_assigned(partitions) -> {partition: next_offset}`` runs on the caller's
+  thread, inside ``poll()``, before any record of those partitions is returned.
+  Newly assigned partitions are held paused until it has run, so the offsets it
+  returns (from the agent's checkpoint) are where consumption starts;
+  partitions it leaves out start at the group's committed offset, else at
+  ``auto_offset_reset``.
+* ``on_revoked(partitions)`` runs before the group takes partitions away (and in
+  ``close()``), on a worker thread while the caller's thread is blocked inside
+  ``poll()`` / ``close()``, so the two never run at once. The IO loop keeps
+  heartbeating meanwhile, and ``commit()`` works from inside it: this is where
+  the agent flushes its micro-batch and commits. It may call ``commit()``; it
+  must not call ``poll()``.
+* ``on_lost(partitions)`` (optional, defaults to ``on_revoked``) runs instead
+  when the member was already evicted (session or poll-interval timeout): a
+  commit made there fails with ``CommitFailed``, which the source logs and
+  swallows; the new owner re-reads from the last successful commit.
+
+An exception raised by a callback is re-raised by the next ``poll()`` or by
+``close()``. The default assignors (range, round-robin) use the eager protocol:
+every rebalance revokes all partitions, then assigns.
+
+``pause()`` / ``resume()`` act on every assigned partition (and on partitions
+assigned while paused): the agent keeps calling ``poll()``, which returns
+nothing but keeps the member within ``max_poll_interval_ms``, while a slow
+forward pass runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import kafka.errors as kafka_errors
+from kafka import (
+    AsyncConsumerRebalanceListener,
+    KafkaAdminClient,
+    KafkaConsumer,
+    KafkaProducer,
+    TopicPartition,
+)
+from kafka.structs import OffsetAndMetadata
+
+from monitor.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]  # (topic, partition)
+
+# Group-membership errors: the commit was refused because the partitions moved.
+_MEMBERSHIP_ERRORS = (
+    kafka_errors.CommitFailedError,
+    kafka_errors.RebalanceInProgressError,
+    kafka_errors.IllegalGenerationError,
+    kafka_errors.UnknownMemberIdError,
+    kafka_errors.FencedInstanceIdError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One Kafka record as the agent sees it. A null value (tombstone) reads as b""."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int  # the record's timestamp (create or log-append time); -1 if none
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class SourceError(Exception):
+    """Kafka refused or could not be reached. ``retriable``: trying again may work."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class CommitFailed(SourceError):
+    """The group rebalanced (or evicted this member) before the commit landed.
+
+    The partitions' new owner starts from the last successful commit, so nothing
+    is lost; the records since then will be processed again there.
+    """
+
+
+def _client_config(settings: KafkaSettings) -> dict[str, Any]:
+    """The connection and security part of every client's configuration."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_list,
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+        "bootstrap_timeout_ms": settings.connect_timeout_ms,
+    }
+    if settings.security_protocol.startswith("SASL_"):
+        config["sasl_mechanism"] = settings.sasl_mechanism
+        config["sasl_plain_username"] = settings.sasl_username
+        config["sasl_plain_password"] = settings.sasl_password
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if getattr(settings, name) is not None:
+            config[name] = getattr(settings, name)
+    return config
+
+
+def _source_error(what: str, error: Exception) -> SourceError:
+    if isinstance(error, _MEMBERSHIP_ERRORS):
+        return CommitFailed(f"{what}: {error}")
+    return SourceError(f"{what}: {error}", retriable=bool(getattr(error, "retriable", False)))
+
+
+def _tp(partition: Partition) -> TopicPartition:
+    return TopicPartition(partition[0], partition[1])
+
+
+def _sorted(partitions: Iterable[TopicPartition]) -> list[Partition]:
+    return sorted((tp.topic, tp.partition) for tp in partitions)
+
+
+class KafkaSource:
+    """A member of the agent's consumer group on ``settings.topic``; offsets committed by hand."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        on_assigned: Callable[[list[Partition]], dict[Partition, int]],
+        on_revoked: Callable[[list[Partition]], None],
+        on_lost: Callable[[list[Partition]], None] | None = None,
+        end_offsets_ttl_s: float = 1.0,
+    ) -> None:
+        self._settings = settings
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._on_lost = on_lost or on_revoked
+        self._end_offsets_ttl_s = end_offsets_ttl_s
+        self._end_offsets: dict[TopicPartition, int] = {}
+        self._end_offsets_at = float("-inf")
+        self._paused = False
+        self._closed = False
+        # Shared with the IO thread's listener.
+        self._lock = threading.Lock()
+        self._pending: set[TopicPartition] = set()  # assigned, on_assigned not yet run
+        self._delivered: set[TopicPartition] = set()  # on_assigned has run for these
+        self._callback_error: BaseException | None = None
+        try:
+            self._consumer = KafkaConsumer(
+                **_client_config(settings),
+                group_id=settings.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset=settings.auto_offset_reset,
+                max_poll_records=settings.max_poll_records,
+                session_timeout_ms=settings.session_timeout_ms,
+                heartbeat_interval_ms=settings.heartbeat_interval_ms,
+                max_poll_interval_ms=settings.max_poll_interval_ms,
+            )
+        except kafka_errors.KafkaError as error:
+            raise _source_error(f"cannot join Kafka at {settings.bootstrap_servers}", error) from error
+        self._consumer.subscribe([settings.topic], listener=_Listener(self))
+
+    # -- consuming ---------------------------------------------------------
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most about ``timeout_ms`` for the first.
+
+        Records come grouped by partition, in offset order within each. Also
+        runs heartbeats and rebalances (and so ``on_assigned`` / ``on_revoked``).
+        """
+        if self._closed:
+            raise SourceError("poll() on a closed KafkaSource")
+        try:
+            batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except kafka_errors.KafkaError as error:
+            self._raise_callback_error()
+            raise _source_error("poll failed", error) from error
+        self._raise_callback_error()
+        records: list[Record] = []
+        early: dict[TopicPartition, int] = {}  # records of undelivered partitions (not expected)
+        with self._lock:
+            pending = set(self._pending)
+        for tp, batch in batches.items():
+            if tp in pending:
+                early[tp] = batch[0].offset
+                continue
+            for r in batch:
+                records.append(
+                    Record(
+                        topic=r.topic,
+                        partition=r.partition,
+                        offset=r.offset,
+                        key=r.key,
+                        value=b"" if r.value is None else r.value,
+                        timestamp_ms=r.timestamp if r.timestamp is not None else -1,
+                        headers=tuple(r.headers) if r.headers else (),
+                    )
+                )
+        if pending:
+            self._deliver_assignment(early)
+        return records
+
+    def _deliver_assignment(self, early: dict[TopicPartition, int]) -> None:
+        """Runs ``on_assigned`` for newly assigned partitions, seeks, and un-holds them."""
+        with self._lock:
+            pending = sorted(self._pending)
+        if not pending:
+            return
+        seeks = self._on_assigned(_sorted(pending))
+        pending_set = set(pending)
+        for partition, offset in seeks.items():
+            tp = _tp(partition)
+            if tp not in pending_set:
+                raise ValueError(f"on_assigned returned an offset for {partition}, which it was not given")
+            if not isinstance(offset, int) or offset < 0:
+                raise ValueError(f"on_assigned returned offset {offset!r} for {partition}")
+            self._consumer.seek(tp, offset)
+        for tp, first_offset in early.items():
+            if (tp.topic, tp.partition) not in seeks:
+                self._consumer.seek(tp, first_offset)  # hand them out again, after on_assigned
+        with self._lock:
+            # A rebalance that revoked some of them meanwhile has removed them from _pending.
+            ready = [tp for tp in pending if tp in self._pending]
+            self._pending.difference_update(ready)
+            self._delivered.update(ready)
+        if ready and not self._paused:
+            self._consumer.resume(*ready)
+        if seeks:
+            log.info("resuming %s from the agent's offsets %s", _sorted(ready), seeks)
+
+    def commit(self, next_offsets: dict[Partition, int]) -> None:
+        """Commits exactly these offsets (the next offset to read, per partition), synchronously.
+
+        Raises ``CommitFailed`` if the partitions moved to another member first.
+        """
+        if not next_offsets:
+            return
+        assigned = self._consumer.assignment() or set()
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for partition, offset in next_offsets.items():
+            tp = _tp(partition)
+            if tp not in assigned:
+                raise CommitFailed(f"cannot commit {partition}: not assigned to this member")
+            if not isinstance(offset, int) or offset < 0:
+                raise ValueError(f"commit offset for {partition} must be an int >= 0, got {offset!r}")
+            offsets[tp] = OffsetAndMetadata(offset, "", -1)
+        try:
+            self._consumer.commit(offsets)
+        except kafka_errors.KafkaError as error:
+            raise _source_error(f"commit of {next_offsets} failed", error) from error
+
+    # -- flow control and introspection -----------------------------------------
+
+    def pause(self) -> None:
+        """Stop fetching from every assigned partition; ``poll()`` returns nothing until ``resume()``."""
+        self._paused = True
+        self._consumer.pause(*(self._consumer.assignment() or ()))
+
+    def resume(self) -> None:
+        """Fetch again (partitions still waiting for ``on_assigned`` stay held)."""
+        self._paused = False
+        with self._lock:
+            held = set(self._pending)
+        self._consumer.resume(*(tp for tp in (self._consumer.assignment() or ()) if tp not in held))
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def assignment(self) -> list[Partition]:
+        """The partitions this member owns now, sorted."""
+        return _sorted(self._consumer.assignment() or ())
+
+    def lag(self) -> dict[Partition, int]:
+        """Records not yet returned by ``poll()``, per assigned partition with a known position.
+
+        End offsets are cached for ``end_offsets_ttl_s`` (1 s) so this is cheap to call often.
+        """
+        assigned = sorted(self._consumer.assignment() or ())
+        if not assigned:
+            return {}
+        now = time.monotonic()
+        if now - self._end_offsets_at > self._end_offsets_ttl_s or not set(assigned) <= set(self._end_offsets):
+            try:
+                self._end_offsets = dict(self._consumer.end_offsets(assigned, timeout_ms=5_000))
+                self._end_offsets_at = now
+            except kafka_errors.KafkaError as error:
+                log.warning("end offsets unavailable, lag from stale values: %s", error)
+        lag: dict[Partition, int] = {}
+        for tp in assigned:
+            end = self._end_offsets.get(tp)
+            if end is None:
+                continue
+            try:
+                position = self._consumer.position(tp, timeout_ms=1_000)
+            except kafka_errors.KafkaError:  # IllegalStateError: revoked meanwhile
+                continue
+            if position is not None:
+                lag[(tp.topic, tp.partition)] = max(0, end - position)
+        return lag
+
+    def close(self) -> None:
+        """Leaves the group (running ``on_revoked`` for owned partitions first). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._consumer.close(autocommit=False)
+        except kafka_errors.KafkaError as error:
+            log.warning("closing the consumer: %s", error)
+        self._raise_callback_error()
+
+    def __enter__(self) -> KafkaSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- rebalance plumbing (called from the listener on kafka-python's IO thread) --
+
+    def _raise_callback_error(self) -> None:
+        with self._lock:
+            error, self._callback_error = self._callback_error, None
+        if error is not None:
+            raise error
+
+    def _record_callback_error(self, error: BaseException) -> None:
+        log.error("rebalance callback failed: %r", error)
+        with self._lock:
+            if self._callback_error is None:
+                self._callback_error = error
+
+    def _hold_assigned(self, assigned: set[TopicPartition]) -> None:
+        """IO thread: new partitions wait, paused, until ``poll()`` has run ``on_assigned``."""
+        if assigned:
+            self._consumer.pause(*assigned)
+        with self._lock:
+            self._pending.update(assigned)
+
+    def _take_revoked(self, revoked: set[TopicPartition]) -> list[Partition]:
+        """IO thread: forget the partitions; returns those the agent had been told about."""
+        with self._lock:
+            self._pending.difference_update(revoked)
+            told = revoked & self._delivered
+            self._delivered.difference_update(revoked)
+        return _sorted(told)
+
+    def _lost(self, partitions: list[Partition]) -> None:
+        """``on_lost``; a commit refused inside it is the expected outcome, not an error."""
+        try:
+            self._on_lost(partitions)
+        except CommitFailed as error:
+            log.warning("partitions %s were lost (member evicted); their commit was refused: %s", partitions, error)
+
+    async def _call_off_loop(self, callback: Callable[[list[Partition]], None], partitions: list[Partition]) -> None:
+        """Runs a blocking callback on a worker thread while the IO loop keeps going.
+
+        The loop has to stay free: heartbeats run on it, and so does the commit
+        that the callback makes. kafka-python awaits our coroutine, so yielding
+        to its loop with its own sleep is how we wait.
+        """
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                callback(partitions)
+            except BaseException as error:  # noqa: BLE001 -- re-raised by poll()/close()
+                self._record_callback_error(error)
+            finally:
+                done.set()
+
+        sleep = getattr(getattr(self._consumer, "_net", None), "sleep", None)
+        if sleep is None:  # a kafka-python without the IO loop we know: run inline
+            run()
+            return
+        threading.Thread(target=run, name="attnmon-rebalance", daemon=True).start()
+        while not done.is_set():
+            await sleep(0.005)
+
+
+class _Listener(AsyncConsumerRebalanceListener):
+    """kafka-python's rebalance hooks, forwarded to the ``KafkaSource`` (see the module docstring)."""
+
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._source._hold_assigned(set(assigned))
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        told = self._source._take_revoked(set(revoked))
+        if told:
+            await self._source._call_off_loop(self._source._on_revoked, told)
+
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        told = self._source._take_revoked(set(lost))
+        if told:
+            await self._source._call_off_loop(self._source._lost, told)
+
+
+class _Producer:
+    """A KafkaProducer (acks=all, idempotent) whose send errors surface at ``flush()``."""
+
+    def __init__(self, settings: KafkaSettings, *, linger_ms: int) -> None:
+        self._error: BaseException | None = None
+        self._failed = 0
+        self._lock = threading.Lock()
+        try:
+            self._producer = KafkaProducer(
+                **_client_config(settings),
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=linger_ms,
+            )
+        except kafka_errors.KafkaError as error:
+            raise _source_error(f"cannot reach Kafka at {settings.bootstrap_servers}", error) from error
+
+    def _send(self, topic: str, **kwargs: Any) -> None:
+        try:
+            future = self._producer.send(topic, **kwargs)
+        except kafka_errors.KafkaError as error:
+            raise _source_error(f"send to {topic} failed", error) from error
+        future.add_errback(self._on_error)
+
+    def _on_error(self, error: BaseException) -> None:  # producer's sender thread
+        with self._lock:
+            self._failed += 1
+            if self._error is None:
+                self._error = error
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Waits until everything sent has been acknowledged; raises if anything failed."""
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except kafka_errors.KafkaError as error:
+            raise _source_error("flush failed", error) from error
+        with self._lock:
+            error, failed = self._error, self._failed
+            self._error, self._failed = None, 0
+        if error is not None:
+            raise SourceError(f"{failed} record(s) were not written: {error}") from error
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        self._producer.close(timeout=timeout_s)
+
+
+class DeadLetterSink(_Producer):
+    """Writes records the agent cannot use to ``settings.dead_letter_topic``, with the reason.
+
+    Value: JSON ``{"reason", "detail", "topic", "partition", "offset",
+    "original_b64", "original_size"}``; headers ``reason``, ``source_topic``,
+    ``source_partition``, ``source_offset``; key: the original key. Originals
+    over ``max_original_bytes`` are cut (``original_size`` keeps the real size).
+    ``flush()`` before committing the offsets of dead-lettered records.
+    """
+
+    MAX_DETAIL_CHARS = 2_000
+
+    def __init__(self, settings: KafkaSettings, *, max_original_bytes: int = 256 * 1024) -> None:
+        super().__init__(settings, linger_ms=5)
+        self._topic = settings.dead_letter_topic
+        self._max_original_bytes = max_original_bytes
+
+    def send(self, record: Record, reason: str, detail: str) -> None:
+        original = record.value[: self._max_original_bytes]
+        payload = {
+            "reason": reason,
+            "detail": detail[: self.MAX_DETAIL_CHARS],
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "original_b64": base64.b64encode(original).decode("ascii"),
+            "original_size": len(record.value),
+        }
+        headers = [
+            ("reason", reason.encode()),
+            ("source_topic", record.topic.encode()),
+            ("source_partition", str(record.partition).encode()),
+            ("source_offset", str(record.offset).encode()),
+        ]
+        self._send(
+            self._topic,
+            value=json.dumps(payload, separators=(",", ":")).encode(),
+            key=record.key,
+            headers=headers,
+        )
+
+
+class EventProducer(_Producer):
+    """Writes prediction events (raw bytes) to a topic; ``attnmon replay`` and tests use it."""
+
+    def __init__(self, settings: KafkaSettings, *, topic: str | None = None, linger_ms: int = 20) -> None:
+        super().__init__(settings, linger_ms=linger_ms)
+        self._topic = topic or settings.topic
+
+    def send(
+        self,
+        value: bytes,
+        key: bytes | None = None,
+        timestamp_ms: int | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Queues one record; ``partition`` None lets the key pick it. Errors surface at ``flush()``."""
+        self._send(self._topic, value=value, key=key, timestamp_ms=timestamp_ms, partition=partition)
+
+
+# -- administration (tests, replay) --------------------------------------------------
+
+
+def _admin(settings: KafkaSettings) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(**_client_config(settings), request_timeout_ms=10_000)
+    except kafka_errors.KafkaError as error:
+        raise _source_error(f"cannot reach Kafka at {settings.bootstrap_servers}", error) from error
+
+
+def ensure_topic(settings: KafkaSettings, topic: str, partitions: int) -> None:
+    """Creates the topic with ``partitions`` partitions (the broker's default
+    replication factor) and waits until every partition has a leader.
+
+    An existing topic with at least that many partitions is left alone; one with
+    fewer is an error (adding partitions would move keys between them).
+    """
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    admin = _admin(settings)
+    try:
+        try:
+            admin.create_topics({topic: {"num_partitions": partitions}}, timeout_ms=10_000)
+        except kafka_errors.TopicAlreadyExistsError:
+            pass
+        admin.wait_for_topics([topic], timeout_ms=15_000)
+        existing = [d for d in admin.describe_topics([topic]) if d.get("name") == topic]
+        have = len(existing[0]["partitions"]) if existing else 0
+        if have < partitions:
+            raise SourceError(f"topic {topic} exists with {have} partition(s), fewer than {partitions}")
+    except kafka_errors.KafkaError as error:
+        raise _source_error(f"cannot create topic {topic}", error) from error
+    finally:
+        admin.close()
+
+
+def delete_topic(settings: KafkaSettings, topic: str) -> None:
+    """Deletes the topic; a topic that does not exist is fine."""
+    admin = _admin(settings)
+    try:
+        admin.delete_topics([topic], timeout_ms=10_000)
+    except kafka_errors.UnknownTopicOrPartitionError:
+        pass
+    except kafka_errors.KafkaError as error:
+        raise _source_error(f"cannot delete topic {topic}", error) from error
+    finally:
+        admin.close()
