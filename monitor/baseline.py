@@ -249,6 +249,14 @@ class BaselineStore:
         b = self._baselines.get(key)
         return "absent" if b is None else b.status
 
+    def cohort_status(self) -> dict[tuple[str, str, str], bool]:
+        """(model_version, dimension, cohort) -> True once all its baselines are frozen."""
+        ready: dict[tuple[str, str, str], bool] = {}
+        for key, b in self._baselines.items():
+            cohort = key.cohort_key
+            ready[cohort] = ready.get(cohort, True) and b.frozen
+        return ready
+
     def collecting(self) -> int:
         """How many baselines are still collecting."""
         return sum(1 for b in self._baselines.values() if not b.frozen)

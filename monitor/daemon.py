@@ -26,6 +26,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from monitor import state as state_store
+from monitor.allocator import keep_freed_memory
 from monitor.cohorts import CohortAssigner
 from monitor.events import Reason
 from monitor.http import MetricsServer
@@ -63,6 +64,7 @@ SourceFactory = Callable[[Callable[[list[Partition]], dict[Partition, int]], Cal
 class Agent:
     def __init__(self, settings: Settings, source_factory: SourceFactory, sink: Sink,
                  registry: CollectorRegistry | None = None) -> None:
+        keep_freed_memory()
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = AgentMetrics(self.registry)
@@ -147,7 +149,7 @@ class Agent:
             if records:
                 self._source.pause()
                 self._inflight = self._worker.submit(self.pipeline.process, records)
-            elif self.pipeline._held:
+            elif self.pipeline.has_held():
                 self._inflight = self._worker.submit(self.pipeline.retry_held)
                 self._source.pause()
             if now - last_judge >= cfg.intervals.judge_s:

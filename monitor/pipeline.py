@@ -51,7 +51,7 @@ DeadLetter = Callable[[RecordLike, Reason, str], None]
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    max_batch: int = 64  # rows per forward pass
+    max_batch: int = 128  # rows per forward pass (the agent raises glibc's thresholds, see allocator.py)
     unknown_version_grace_s: float = 30.0  # how long an event may wait for its model version
     max_held: int = 10_000  # events waiting at most; beyond it they are dead-lettered at once
     paired_fraction: float = 0.2  # share of a new version's events also run through the previous version
@@ -150,6 +150,9 @@ class Pipeline:
             self.offsets.hold((record.topic, record.partition), record.offset)
         self.metrics.held.set(len(self._held))
 
+    def has_held(self) -> bool:
+        return bool(self._held)
+
     def retry_held(self) -> int:
         """Fold held events whose version has appeared; dead-letter those out of time."""
         if not self._held:
@@ -186,9 +189,13 @@ class Pipeline:
         raw_histories: list[np.ndarray] = []
         kept: list[Event] = []
         unknown_items = truncated = 0
-        for record, event in items:
-            raw = np.fromiter(event.history, dtype=np.int64, count=len(event.history))
-            indices = served.to_indices(raw)
+        # One vectorised vocabulary lookup for the whole group, then split per event.
+        sizes = [len(event.history) for _, event in items]
+        all_raw = np.fromiter((i for _, event in items for i in event.history), dtype=np.int64, count=sum(sizes))
+        all_indices = served.to_indices(all_raw)
+        bounds = np.cumsum(sizes)[:-1]
+        for (record, event), raw, indices in zip(items, np.split(all_raw, bounds), np.split(all_indices, bounds),
+                                                 strict=True):
             known = indices >= 0
             if not known.all():
                 unknown_items += int((~known).sum())
@@ -226,8 +233,9 @@ class Pipeline:
                         key = SeriesKey(version, dimension, dim_labels[code], statistic, layer)
                         self.judge.observe(key, members[:, s_index, layer], now)
         wall = self._clock()
+        observe = self.metrics.latency.observe
         for event in kept:
-            self.metrics.latency.observe(max(0.0, wall - event.ts / 1000.0))
+            observe(max(0.0, wall - event.ts / 1000.0))
         self._processed.inc(len(kept))
         self.metrics.observe_stage("fold", time.perf_counter() - started)
 
@@ -342,6 +350,11 @@ class Pipeline:
                 for c in report.cohorts
             ],
             "paired": list(self._latest_pairs.values()),
+            "baselines": [
+                {"model_version": v, "dimension": d, "cohort": c, "ready": int(ready)}
+                for (v, d, c), ready in self.judge.baselines.cohort_status().items()
+                if v in self._versions_seen
+            ],
         }
         self.metrics.judge_runs.inc()
         self.metrics.observe_stage("judge", time.perf_counter() - started)
@@ -376,3 +389,5 @@ class Pipeline:
         self.judge, self.paired, self.assigner = judge, paired, assigner
         self._versions_seen = list(state.get("versions_seen", []))
         self._previous = dict(state.get("previous", {}))
+        for version, update in judge.updates.items():  # keep the update annotations after a restart
+            self.metrics.model_update.labels(version, update.previous_version).set(update.at)

@@ -54,7 +54,7 @@ def test_alertmanager_is_ready_with_the_shipped_config(alertmanager_url: str) ->
     with urllib.request.urlopen(f"{alertmanager_url}/-/ready", timeout=5) as response:
         assert response.status == 200
     status = get_json(f"{alertmanager_url}/api/v2/status")
-    assert "attnmon-webhook" in status["config"]["original"]
+    assert "oncall-critical" in status["config"]["original"]
     assert status["cluster"]["status"] == "disabled"
 
 

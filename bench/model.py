@@ -1,0 +1,130 @@
+"""Ranking quality of the served model against two baselines, and attention-recompute speed.
+
+Prints, for SASRec, GRU4Rec and most-popular on the same leave-one-out split of MovieLens,
+mean ± std over seeds of HR@10 / NDCG@10 with full ranking (seen items excluded) and with
+100 sampled negatives; then the attention recompute throughput of the trained SASRec at
+batch 1 and batch 256, naive path (full forward, every history padded to max_len) vs the
+fast path (length-sorted chunks, last-row-only last block), measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.baselines import GRU4Rec, GRU4RecConfig, Popularity
+from model.data import leave_one_out, left_pad, load_movielens
+from model.evaluate import RankingMetrics, evaluate
+from model.sasrec import SASRec, SASRecConfig
+from model.train import TrainConfig, seed_everything, train
+from monitor.recompute import recompute
+from monitor.replay import timeline_steps
+
+FIELDS = ("hr10", "ndcg10", "hr10_sampled", "ndcg10_sampled")
+
+
+def fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def throughput(model: SASRec, histories: list[np.ndarray], batch: int, fast: bool, seconds: float = 6.0) -> float:
+    """Histories per second through the naive or the fast attention path."""
+    done, started = 0, time.perf_counter()
+    with torch.inference_mode():
+        while time.perf_counter() - started < seconds:
+            for start in range(0, len(histories), batch):
+                chunk = histories[start : start + batch]
+                if fast:
+                    for _ in recompute(model, chunk, max_len=model.config.max_len, max_batch=batch):
+                        pass
+                else:
+                    model.attention(torch.from_numpy(left_pad(chunk, model.config.max_len)))
+                done += len(chunk)
+                if time.perf_counter() - started >= seconds:
+                    break
+    return done / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--time-budget", type=float, default=420.0, help="training seconds per model and seed")
+    parser.add_argument("--max-epochs", type=int, default=400)
+    parser.add_argument("--out", type=Path, default=Path("var/bench/model.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    data = load_movielens()
+    split = leave_one_out(data.sequences)
+    n = data.catalog.n_items
+    results: dict[str, list[RankingMetrics]] = {"SASRec": [], "GRU4Rec": [], "most popular": []}
+    training: dict[str, list[tuple[float, int]]] = {"SASRec": [], "GRU4Rec": []}
+    served: SASRec | None = None
+    for seed in args.seeds:
+        config = TrainConfig(seed=seed, time_budget_s=args.time_budget, max_epochs=args.max_epochs)
+        for name, build in (("SASRec", lambda: SASRec(SASRecConfig(n_items=n))),
+                            ("GRU4Rec", lambda: GRU4Rec(GRU4RecConfig(n_items=n)))):
+            seed_everything(seed, config.threads)
+            model = build()
+            result = train(model, split, n_items=n, max_len=model.config.max_len, config=config)
+            metrics = evaluate(model, split.test_history, split.test_target, n_items=n,
+                               max_len=model.config.max_len, seed=seed)
+            results[name].append(metrics)
+            training[name].append((result.seconds, result.best_epoch))
+            print(f"seed {seed} {name:<8} {result.epochs} epochs (best {result.best_epoch}) in {result.seconds:.0f}s: "
+                  f"test HR@10 {metrics.hr10:.4f} NDCG@10 {metrics.ndcg10:.4f}", flush=True)
+            if name == "SASRec" and served is None:
+                served = model
+        popular = Popularity(n, split.train)
+        results["most popular"].append(evaluate(popular, split.test_history, split.test_target, n_items=n,
+                                                max_len=50, seed=seed))
+
+    print(f"\nMovieLens (dslabs), leave-one-out, {len(split.test_target)} users, {len(args.seeds)} seed(s); "
+          "mean ± std")
+    print(f"{'model':<14}{'HR@10 full':>20}{'NDCG@10 full':>20}{'HR@10 sampled':>20}{'NDCG@10 sampled':>20}")
+    for name, runs in results.items():
+        cells = [fmt([getattr(r, f) for r in runs]) for f in FIELDS]
+        print(f"{name:<14}" + "".join(f"{c:>20}" for c in cells))
+    for name, runs in training.items():
+        print(f"{name} training: {statistics.mean(s for s, _ in runs):.0f}s mean, best epochs {[e for _, e in runs]}")
+
+    assert served is not None
+    served.eval()
+    steps = timeline_steps(data)
+    rng = np.random.default_rng(0)
+    picked = steps[rng.choice(len(steps), size=4096, replace=False)]
+    histories = [data.sequences[u][:t] for u, t in picked]
+    print(f"\nattention recompute, SASRec d={served.config.hidden} L={served.config.max_len} "
+          f"layers={served.config.layers} heads={served.config.heads}, replayed MovieLens histories "
+          f"(mean {np.mean([min(len(h), served.config.max_len) for h in histories]):.0f} items):")
+    print(f"{'batch':>6}{'naive events/s':>18}{'fast events/s':>18}{'fast / naive':>14}")
+    speeds = {}
+    for batch in (1, 256):
+        sample = histories[:512] if batch == 1 else histories
+        naive = throughput(served, sample, batch, fast=False)
+        fast = throughput(served, sample, batch, fast=True)
+        speeds[batch] = (naive, fast)
+        print(f"{batch:>6}{naive:>18,.0f}{fast:>18,.0f}{fast / naive:>13.2f}x")
+    print(f"batch 256 fast path vs batch 1 naive path: {speeds[256][1] / speeds[1][0]:.1f}x")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "ranking": {k: [dataclasses.asdict(r) for r in v] for k, v in results.items()},
+        "training": training,
+        "throughput": {str(k): {"naive": v[0], "fast": v[1]} for k, v in speeds.items()},
+    }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
