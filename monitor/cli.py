@@ -80,10 +80,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from monitor.settings import load_settings
     from monitor.source import EventProducer, ensure_topic
 
-    settings = load_settings(args.config)
     scenario = _scenario(args, args.checkpoints)
     models = {v: checkpoint.load(args.checkpoints / v).model for _, v in scenario.versions}
     factory = EventFactory(load_movielens(), models, scenario, seed=args.seed, offset=args.offset)
+    if args.out is not None:  # to a file (inputs for `attnmon report` / `explain`), no Kafka
+        with args.out.open("wb") as handle:
+            for batch in factory.events(args.events):
+                handle.write(b"".join(value + b"\n" for value in batch))
+        print(json.dumps({"written": args.events, "file": str(args.out)}))
+        return 0
+    settings = load_settings(args.config)
     ensure_topic(settings.kafka, settings.kafka.topic, args.partitions)
     producer = EventProducer(settings.kafka)
     sent = 0
@@ -111,6 +117,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     scenario = _scenario(args, args.checkpoints) if args.versions else None
     return run_demo(events=args.events, rate=args.rate, checkpoints=args.checkpoints, port=args.port,
                     state_dir=args.state_dir, scenario=scenario)
+
+
+def _cmd_dashboards_push(args: argparse.Namespace) -> int:
+    import os
+
+    from monitor.grafana import push_dashboards
+
+    token = os.environ.get("GRAFANA_TOKEN")
+    basic = tuple(args.basic_auth.split(":", 1)) if args.basic_auth else None
+    uids = push_dashboards(args.url, token, args.directory, folder=args.folder, basic_auth=basic)  # type: ignore[arg-type]
+    print(json.dumps({"pushed": uids, "folder": args.folder, "grafana": args.url}))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from monitor.report import ReportConfig, write_report
+
+    config = ReportConfig(alpha=args.alpha, min_effect=args.min_effect, max_events=args.max_events)
+    version = tuple(None if v == "-" else v for v in args.versions) if args.versions else args.version
+    paths = write_report(args.reference, args.current, args.checkpoints, args.out, dimension=args.dimension,
+                         version=version, config=config)
+    summary = json.loads(paths.summary_json.read_text())
+    drifting = summary.get("drifting_series", [])
+    print(json.dumps({"html": str(paths.html), "summary": str(paths.summary_json), "drifting": len(drifting),
+                      "drifting_series": drifting[:10]}, indent=1))
+    return 2 if drifting and args.fail_on_drift else 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from monitor.explain import explain
+
+    lines = (sys.stdin.buffer.read() if str(args.events) == "-" else args.events.read_bytes()).splitlines()
+    lines = [line for line in lines if line.strip()]
+    if args.event_id:
+        lines = [line for line in lines if json.loads(line).get("event_id") == args.event_id]
+    if not lines:
+        raise SystemExit("no such event")
+    result = explain(lines[0], args.checkpoints, png_path=args.png, max_positions=args.max_positions,
+                     top_k=args.top_k, width=args.width, version=args.version)
+    print(result.text)
+    if result.png is not None:
+        print(f"heatmap: {result.png}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--partitions", type=int, default=2, help="partitions of the topic if it is created")
     replay.add_argument("--seed", type=int, default=0)
     replay.add_argument("--offset", type=int, default=0, help="start this many steps into the timeline")
+    replay.add_argument("--out", type=Path, help="write JSON lines to this file instead of Kafka")
     scenario_args(replay)
     replay.set_defaults(func=_cmd_replay)
 
@@ -165,6 +215,41 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--state-dir", type=Path, default=Path("var/demo-state"))
     scenario_args(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    dashboards = sub.add_parser("dashboards", help="Grafana dashboards")
+    dashboards_sub = dashboards.add_subparsers(dest="action", required=True)
+    push = dashboards_sub.add_parser("push", help="upsert dashboards/*.json into a Grafana folder (grafana-client)")
+    push.add_argument("--url", required=True, help="Grafana base URL; token from GRAFANA_TOKEN")
+    push.add_argument("--basic-auth", help="user:password instead of a token")
+    push.add_argument("--folder", default="attnmon")
+    push.add_argument("--directory", type=Path, default=Path("dashboards"))
+    push.set_defaults(func=_cmd_dashboards_push)
+
+    report = sub.add_parser("report", help="Evidently HTML + JSON verdict: current vs reference attention per cohort")
+    report.add_argument("--reference", type=Path, required=True, help="JSONL, one encoded event per line")
+    report.add_argument("--current", type=Path, required=True)
+    report.add_argument("--out", type=Path, required=True, help="directory for report.html and summary.json")
+    report.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS)
+    report.add_argument("--dimension", default="platform", help="context key, or history_length")
+    versions = report.add_mutually_exclusive_group()
+    versions.add_argument("--version", help="recompute both sets under this version")
+    versions.add_argument("--versions", nargs=2, metavar=("REF", "CUR"), help="per-set versions ('-' = the events' own)")
+    report.add_argument("--alpha", type=float, default=0.01)
+    report.add_argument("--min-effect", type=float, default=0.1)
+    report.add_argument("--max-events", type=int, default=50_000)
+    report.add_argument("--fail-on-drift", action="store_true", help="exit 2 when anything is flagged (CI gate)")
+    report.set_defaults(func=_cmd_report)
+
+    explain = sub.add_parser("explain", help="one event's attention: terminal view and optional PNG heatmap")
+    explain.add_argument("events", type=Path, help="file with one encoded event, or JSONL ('-' = stdin)")
+    explain.add_argument("--event-id", help="pick this event from a JSONL file (default: the first line)")
+    explain.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS)
+    explain.add_argument("--png", type=Path)
+    explain.add_argument("--max-positions", type=int, default=50)
+    explain.add_argument("--top-k", type=int, default=5)
+    explain.add_argument("--width", type=int, default=100)
+    explain.add_argument("--version", help="explain under another model version (e.g. the previous one)")
+    explain.set_defaults(func=_cmd_explain)
     return parser
 
 
