@@ -36,9 +36,13 @@ COHORT_VERDICT_LABELS = ("kind", "model_version", "reference_version", "dimensio
 PAIRED_LABELS = ("model_version", "previous_version", "dimension", "cohort")
 
 
-def statistic_metric(statistic: str) -> str:
-    """Histogram name of one attention statistic, e.g. attnmon_attention_entropy_ratio."""
-    return f"{PREFIX}_attention_{statistic}_ratio"
+def statistic_metric(statistic: str, per_head: bool = False) -> str:
+    """Histogram name of one attention statistic, e.g. attnmon_attention_entropy_ratio.
+
+    Per-head histograms (``stats.per_head``: within-version tracking only, since a retrain
+    permutes heads) are attnmon_attention_head_<statistic>_ratio with a ``head`` label.
+    """
+    return f"{PREFIX}_attention_{'head_' if per_head else ''}{statistic}_ratio"
 
 
 STATISTIC_HELP = {
@@ -83,49 +87,54 @@ FIXED_METRICS = (
 
 def all_metric_names() -> set[str]:
     """Every family name the agent exports (histograms also expose _bucket/_sum/_count)."""
-    return set(FIXED_METRICS) | {statistic_metric(s) for s in STATISTICS}
+    return set(FIXED_METRICS) | {statistic_metric(s, per_head) for s in STATISTICS for per_head in (False, True)}
 
 
 class AttentionHistograms(Collector):
-    """Bulk-folded histograms of every statistic per (version, dimension, cohort, layer).
+    """Bulk-folded histograms of every statistic per (version, dimension, cohort, layer[, head]).
 
     Label values are bounded upstream: versions are those the registry could load (the
     oldest beyond ``max_versions`` are dropped), cohorts come capped from the assigner.
     """
 
-    def __init__(self, *, statistics: Sequence[str] = STATISTICS, max_versions: int = 4) -> None:
+    def __init__(self, *, per_head: bool = False, statistics: Sequence[str] = STATISTICS, max_versions: int = 4) -> None:
+        self.per_head = per_head
         self.statistics = tuple(statistics)
         self.bounds = np.asarray(RATIO_BUCKETS, dtype=np.float32)
         self.max_versions = max_versions
         self._lock = threading.Lock()
-        # (version, dimension) -> (labels, counts [cohorts, stats, layers, buckets], sums [cohorts, stats, layers])
-        self._series: OrderedDict[tuple[str, str], tuple[list[str], np.ndarray, np.ndarray]] = OrderedDict()
+        # (version, dimension) -> (labels, heads, counts [cohorts, stats, units, buckets], sums [cohorts, stats, units])
+        # where a unit is a layer (head-averaged) or a (layer, head) pair, unit = layer * heads + head.
+        self._series: OrderedDict[tuple[str, str], tuple[list[str], int, np.ndarray, np.ndarray]] = OrderedDict()
 
     def fold(self, version: str, dimension: str, codes: np.ndarray, labels: Sequence[str], values: np.ndarray) -> None:
-        """Add a batch: codes [B] cohort codes in this dimension, values [B, stats, layers]."""
-        n_stats, n_layers, n_buckets = len(self.statistics), values.shape[2], len(self.bounds)
+        """Add a batch: codes [B] cohort codes in this dimension; values [B, stats, layers]
+        (or [B, stats, layers, heads] for a per-head collector)."""
+        heads = values.shape[3] if self.per_head else 1
+        values = values.reshape(values.shape[0], values.shape[1], -1)  # [B, stats, units]
+        n_stats, n_units, n_buckets = len(self.statistics), values.shape[2], len(self.bounds)
         n_codes = len(labels)
         # Non-cumulative bucket of each value: index of the first bound >= value.
         bucket = np.searchsorted(self.bounds, values, side="left").clip(max=n_buckets - 1)
-        flat = ((codes[:, None, None] * n_stats + np.arange(n_stats)[None, :, None]) * n_layers
-                + np.arange(n_layers)[None, None, :]) * n_buckets + bucket
-        counts = np.bincount(flat.ravel(), minlength=n_codes * n_stats * n_layers * n_buckets)
-        sums = np.zeros((n_codes, n_stats, n_layers))
+        flat = ((codes[:, None, None] * n_stats + np.arange(n_stats)[None, :, None]) * n_units
+                + np.arange(n_units)[None, None, :]) * n_buckets + bucket
+        counts = np.bincount(flat.ravel(), minlength=n_codes * n_stats * n_units * n_buckets)
+        sums = np.zeros((n_codes, n_stats, n_units))
         np.add.at(sums, codes, values)
         with self._lock:
             key = (version, dimension)
             if key not in self._series:
-                self._series[key] = ([], np.zeros((0, n_stats, n_layers, n_buckets), np.int64),
-                                     np.zeros((0, n_stats, n_layers)))
+                self._series[key] = ([], heads, np.zeros((0, n_stats, n_units, n_buckets), np.int64),
+                                     np.zeros((0, n_stats, n_units)))
                 self._evict_versions()
-            _, old_counts, old_sums = self._series[key]
+            _, _, old_counts, old_sums = self._series[key]
             grown = n_codes - old_counts.shape[0]
             if grown > 0:  # cohort labels are append-only; codes index into them
                 old_counts = np.concatenate([old_counts, np.zeros((grown, *old_counts.shape[1:]), np.int64)])
                 old_sums = np.concatenate([old_sums, np.zeros((grown, *old_sums.shape[1:]))])
-            old_counts += counts.reshape(n_codes, n_stats, n_layers, n_buckets)
+            old_counts += counts.reshape(n_codes, n_stats, n_units, n_buckets)
             old_sums += sums
-            self._series[key] = (list(labels), old_counts, old_sums)
+            self._series[key] = (list(labels), heads, old_counts, old_sums)
 
     def _evict_versions(self) -> None:
         versions = list(OrderedDict.fromkeys(v for v, _ in self._series))
@@ -135,24 +144,25 @@ class AttentionHistograms(Collector):
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
-            snapshot = [(k, list(lbl), c.copy(), s.copy()) for k, (lbl, c, s) in self._series.items()]
+            snapshot = [(k, list(lbl), h, c.copy(), s.copy()) for k, (lbl, h, c, s) in self._series.items()]
         bound_labels = [str(b) for b in RATIO_BUCKETS]
+        label_names = STATISTIC_LABELS + (("head",) if self.per_head else ())
         for s_index, statistic in enumerate(self.statistics):
             family = HistogramMetricFamily(
-                statistic_metric(statistic), STATISTIC_HELP.get(statistic, statistic), labels=STATISTIC_LABELS
+                statistic_metric(statistic, self.per_head), STATISTIC_HELP.get(statistic, statistic), labels=label_names
             )
-            for (version, dimension), labels, counts, sums in snapshot:
+            for (version, dimension), labels, heads, counts, sums in snapshot:
                 for code, cohort in enumerate(labels):
-                    for layer in range(counts.shape[2]):
-                        cumulative = np.cumsum(counts[code, s_index, layer])
+                    for unit in range(counts.shape[2]):
+                        cumulative = np.cumsum(counts[code, s_index, unit])
                         total = int(cumulative[-1])
                         if total == 0:
                             continue
                         buckets = [(b, float(c)) for b, c in zip(bound_labels, cumulative, strict=True)]
                         buckets.append(("+Inf", float(total)))
-                        family.add_metric(
-                            [version, dimension, cohort, str(layer)], buckets, float(sums[code, s_index, layer])
-                        )
+                        unit_labels = [str(unit // heads)] + ([str(unit % heads)] if self.per_head else [])
+                        family.add_metric([version, dimension, cohort, *unit_labels], buckets,
+                                          float(sums[code, s_index, unit]))
             yield family
 
 
@@ -272,6 +282,8 @@ class AgentMetrics:
         self.judge_runs = Counter("attnmon_judge_runs", "Drift judgements run.", registry=registry)
         self.attention = AttentionHistograms()
         registry.register(self.attention)
+        self.attention_per_head = AttentionHistograms(per_head=True)  # stays empty unless stats.per_head
+        registry.register(self.attention_per_head)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(stage).observe(seconds)

@@ -215,7 +215,7 @@ class Pipeline:
             return 0
 
         started = time.perf_counter()
-        statistics = self._statistics(served, histories)
+        statistics, per_head = self._statistics(served, histories)
         self.metrics.observe_stage("recompute", time.perf_counter() - started)
 
         started = time.perf_counter()
@@ -226,6 +226,8 @@ class Pipeline:
             column_codes = codes[:, column]
             dim_labels = labels[dimension]
             self.metrics.attention.fold(version, dimension, column_codes, dim_labels, statistics)
+            if per_head is not None:  # within-version detail only: the judge sees head-averaged rows
+                self.metrics.attention_per_head.fold(version, dimension, column_codes, dim_labels, per_head)
             for code in np.unique(column_codes):
                 members = statistics[column_codes == code]  # [b, stats, layers]
                 for s_index, statistic in enumerate(STATISTICS):
@@ -244,21 +246,27 @@ class Pipeline:
             self._pair(served, previous, raw_histories, codes, labels)
         return len(kept)
 
-    def _statistics(self, served: ServedModel, histories: list[np.ndarray]) -> np.ndarray:
-        """[B, stats, layers] for the histories, in their order."""
+    def _statistics(self, served: ServedModel, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Head-averaged [B, stats, layers] for the histories, in their order, and per-head
+        [B, stats, layers, heads] when ``stats.per_head`` is configured (else None)."""
         model = served.checkpoint.model
-        out: np.ndarray | None = None
+        config = self.config.stats
+        averaged_config = dataclasses.replace(config, per_head=False)
+        config_b = served.checkpoint.config
+        out = np.empty((len(histories), len(STATISTICS), config_b.layers), dtype=np.float32)
+        per_head = (np.empty((len(histories), len(STATISTICS), config_b.layers, config_b.heads), dtype=np.float32)
+                    if config.per_head else None)
         stats_seconds = 0.0
         for chunk in recompute(model, histories, max_len=served.max_len, max_batch=self.config.max_batch):
             t0 = time.perf_counter()
-            values = compute(chunk.weights, chunk.lengths, chunk.item_index, served.genre_matrix, self.config.stats)
-            if out is None:
-                out = np.empty((len(histories), *values.shape[1:]), dtype=np.float32)
-            out[chunk.rows] = values
+            out[chunk.rows] = compute(chunk.weights, chunk.lengths, chunk.item_index, served.genre_matrix,
+                                      averaged_config)
+            if per_head is not None:
+                per_head[chunk.rows] = compute(chunk.weights, chunk.lengths, chunk.item_index,
+                                               served.genre_matrix, config)
             stats_seconds += time.perf_counter() - t0
         self.metrics.observe_stage("stats", stats_seconds)
-        assert out is not None
-        return out
+        return out, per_head
 
     def _note_version(self, version: str, now: float) -> None:
         if version in self._previous or version in self._versions_seen:

@@ -144,3 +144,19 @@ def test_a_second_version_starts_an_update_and_pairs_events(tmp_path, catalog):
     assert h.value("attnmon_model_update_timestamp_seconds", model_version=v2, previous_version=v1) > 0
     h.pipeline.paired.judge(0.0)
     assert h.pipeline.paired.counts["pairs"] >= 30 * 3  # every event, once per cohort dimension
+
+
+def test_per_head_statistics_are_exported_with_a_head_label_when_configured(tmp_path, catalog):
+    from monitor.stats import StatsConfig
+
+    version = _publish(tmp_path, catalog, 0, "a")
+    h = Harness(tmp_path, stats=StatsConfig(per_head=True))
+    items = [int(i) for i in catalog.item_ids[1:12]]
+    h.pipeline.process([Rec("t", 0, i, _event(version, items[: 2 + i])) for i in range(8)])
+    name = statistic_metric("max_weight", per_head=True) + "_count"
+    for layer in ("0", "1"):
+        for head in ("0", "1"):
+            assert h.value(name, model_version=version, dimension="all", cohort="all", layer=layer, head=head) == 8
+    # The head-averaged series are there too, and the judge still sees head-averaged values only.
+    assert h.value(statistic_metric("max_weight") + "_count", model_version=version, dimension="all",
+                   cohort="all", layer="0") == 8
