@@ -30,7 +30,10 @@ class SASRecConfig:
     hidden: int = 64  # model width d
     layers: int = 2  # self-attention blocks
     heads: int = 2  # attention heads per block; hidden must divide evenly
-    dropout: float = 0.2  # on embeddings, attention outputs and feed-forward outputs
+    # On embeddings, attention outputs and feed-forward outputs. 0.5, not SASRec's 0.2 for
+    # ML-1M: with 671 users the model overfits (training loss far below GRU4Rec's while
+    # validation NDCG trails it); 0.5 closed that gap (docs/model.md).
+    dropout: float = 0.5
 
     def __post_init__(self) -> None:
         if self.n_items < 1:

@@ -32,11 +32,11 @@ class Trainable(Protocol):
 class TrainConfig:
     seed: int = 0
     batch_size: int = 32  # windows per step
-    lr: float = 1e-3  # Adam
-    max_epochs: int = 400
-    time_budget_s: float = 420.0  # stop after this much wall time, keeping the best epoch
+    lr: float = 2e-3  # Adam
+    max_epochs: int = 60
+    time_budget_s: float = 480.0  # stop after this much wall time, keeping the best epoch
     eval_every: int = 2  # epochs between validation passes
-    patience: int = 8  # validation passes without improvement before stopping
+    patience: int = 5  # validation passes without improvement before stopping
     threads: int = 2  # torch intra-op threads (the target machine has 2 cores)
 
     def __post_init__(self) -> None:

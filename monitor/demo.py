@@ -37,7 +37,7 @@ def ensure_model(root: Path, out: TextIO) -> str:
 
     out.write(f"no model under {root}: training a quick demo model ({DEMO_TRAIN_BUDGET_S:.0f}s budget; "
               "`attnmon train` makes the full one)\n")
-    published = train_sasrec(root, train_config=TrainConfig(time_budget_s=DEMO_TRAIN_BUDGET_S, lr=2e-3),
+    published = train_sasrec(root, train_config=TrainConfig(time_budget_s=DEMO_TRAIN_BUDGET_S),
                              label="demo-quick",
                              on_epoch=lambda e, loss, ndcg: out.write(f"  epoch {e} loss {loss:.3f}\n"))
     out.write(f"published {published.version}: test NDCG@10 {published.test.ndcg10:.4f}\n")
