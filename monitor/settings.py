@@ -167,11 +167,9 @@ from pathlib import Path  # noqa: E402
 import yaml  # noqa: E402
 
 from monitor.cohorts import CohortDimension  # noqa: E402
-from monitor.events import EventLimits  # noqa: E402
 from monitor.judge import JudgeConfig  # noqa: E402
 from monitor.paired import PairedConfig  # noqa: E402
 from monitor.pipeline import PipelineConfig  # noqa: E402
-from monitor.stats import StatsConfig  # noqa: E402
 
 ENV_PREFIX = "ATTNMON__"  # ATTNMON__KAFKA__BOOTSTRAP_SERVERS=host:9092 sets kafka.bootstrap_servers
 

@@ -151,3 +151,14 @@ def unique_topic(kafka_settings: KafkaSettings) -> Iterator[Callable[..., str]]:
             delete_topic(kafka_settings, topic)
         except Exception:  # noqa: BLE001 -- cleanup must not mask the test's own result
             pass
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny forwards: a second intra-op thread only spins against the other tenants of 2 cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

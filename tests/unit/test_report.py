@@ -32,13 +32,7 @@ EVENTS = 1200  # split into a 600-event reference and a 600-event current set
 SHIFT_GENRE = "Horror"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny forwards: a second intra-op thread only spins against the other tenants of 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
