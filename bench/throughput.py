@@ -27,9 +27,13 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-import torch
-from prometheus_client import CollectorRegistry, Histogram
+# `python bench/throughput.py` puts bench/ first on sys.path, where bench/model.py would
+# shadow the `model` package; drop it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from prometheus_client import CollectorRegistry, Histogram  # noqa: E402
 
 from model import checkpoint
 from model.data import left_pad, load_movielens
@@ -70,7 +74,7 @@ def agent_settings(kafka: KafkaSettings, topic: str, checkpoints: Path, state: P
                                   group_id=f"bench-{uuid.uuid4().hex[:8]}"),
         models=ModelSettings(root=checkpoints),
         state=StateSettings(directory=state),
-        intervals=IntervalSettings(judge_s=5.0, checkpoint_s=5.0, lag_s=2.0),
+        intervals=IntervalSettings(),  # production defaults: judge every 5 s, checkpoint every 10 s
     )
 
 
