@@ -78,6 +78,7 @@ FIXED_METRICS = (
     "attnmon_drift_samples",
     "attnmon_drift_verdict",
     "attnmon_drift_cohort_verdict",
+    "attnmon_drift_cohort_explained",
     "attnmon_update_paired_divergence",
     "attnmon_update_paired_pairs",
     "attnmon_update_paired_verdict",
@@ -207,6 +208,15 @@ class DriftCollector(Collector):
             for row in rows.get("paired", ()):
                 family.add_metric([str(row[label]) for label in PAIRED_LABELS], float(row[field]))
             yield family
+        explained = GaugeMetricFamily(
+            "attnmon_drift_cohort_explained",
+            "1 while a drifting cohort is explained by a stronger drifting cohort of another dimension (by_*).",
+            labels=("kind", "model_version", "dimension", "cohort", "by_dimension", "by_cohort"),
+        )
+        for row in rows.get("explained", ()):
+            explained.add_metric([row["kind"], row["model_version"], row["dimension"], row["cohort"],
+                                  row["by_dimension"], row["by_cohort"]], 1.0)
+        yield explained
         ready = GaugeMetricFamily(
             "attnmon_baseline_ready", "1 once the version's baseline for the cohort is frozen.",
             labels=("model_version", "dimension", "cohort"),

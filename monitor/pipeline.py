@@ -350,6 +350,7 @@ class Pipeline:
                 "mean_js": result.mean_js, "pairs": result.total_pairs, "changed": int(result.model_caused),
             }
         self._prune_rows()
+        explained = self._explained(report)
         self._drift_rows = {
             "keys": list(self._latest_keys.values()),
             "cohorts": [
@@ -358,6 +359,11 @@ class Pipeline:
                 for c in report.cohorts
             ],
             "paired": list(self._latest_pairs.values()),
+            "explained": [
+                {"kind": kind, "model_version": version, "dimension": dimension, "cohort": cohort,
+                 "by_dimension": by[0], "by_cohort": by[1]}
+                for (kind, version, dimension, cohort), by in explained.items()
+            ],
             "baselines": [
                 {"model_version": v, "dimension": d, "cohort": c, "ready": int(ready)}
                 for (v, d, c), ready in self.judge.baselines.cohort_status().items()
@@ -371,6 +377,32 @@ class Pipeline:
                 log.info("drift %s: version %s vs %s, %s=%s, series %s", verdict.kind, verdict.model_version,
                          verdict.reference_version, verdict.dimension, verdict.cohort, verdict.drifting_series)
         return report, paired
+
+    def _explained(self, report: JudgeReport) -> dict[tuple[str, str, str, str], tuple[str, str]]:
+        """Drifting within-version cohorts explained by a stronger drifting cohort of another dimension.
+
+        A shift confined to one cohort (say platform=android) also moves every cohort that
+        contains part of its traffic (all, each region, ...), but diluted: a mixture is
+        closer to the baseline than its shifted component. So a drifting cohort whose
+        largest effect is below that of a drifting cohort in another dimension is reported
+        as explained by it, and on-call is paged for the root cohort only.
+        """
+        strongest: dict[tuple[str, str, str, str], float] = {}
+        for (kind, key), row in self._latest_keys.items():
+            if kind == "within_version" and row["drifting"]:
+                cohort = (kind, key.model_version, key.dimension, key.cohort)
+                strongest[cohort] = max(strongest.get(cohort, 0.0), float(row["score"]))
+        drifting = [(c.kind, c.model_version, c.dimension, c.cohort) for c in report.cohorts
+                    if c.drifting and c.kind == "within_version"]
+        explained: dict[tuple[str, str, str, str], tuple[str, str]] = {}
+        for cohort in drifting:
+            score = strongest.get(cohort, 0.0)
+            rivals = [(strongest.get(other, 0.0), other) for other in drifting
+                      if other[1] == cohort[1] and other[2] != cohort[2] and other[2] != "all"]
+            best = max(rivals, default=None)
+            if best is not None and best[0] > score:
+                explained[cohort] = (best[1][2], best[1][3])
+        return explained
 
     def _prune_rows(self) -> None:
         """Keep exported rows to versions still remembered, so label sets stay bounded."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import datetime
 import os
 import signal
 import subprocess
@@ -63,14 +64,16 @@ class Webhook:
         self.server = ThreadingHTTPServer(("127.0.0.1", WEBHOOK_PORT), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def alerts(self, alertname: str, **labels: str) -> list[tuple[float, dict, dict]]:
-        """(arrival, notification, alert) for firing alerts matching the labels."""
+    def alerts(self, alertname: str, since: float = 0.0, **labels: str) -> list[tuple[float, dict, dict]]:
+        """(arrival, notification, alert) for firing alerts matching the labels that started
+        at or after ``since`` (Alertmanager still holds alerts of an earlier scenario)."""
         out = []
         for arrived, _, payload in self.received:
             for alert in payload.get("alerts", []):
+                started = datetime.fromisoformat(alert["startsAt"].replace("Z", "+00:00")).timestamp()
                 if alert["status"] == "firing" and alert["labels"].get("alertname") == alertname and all(
                     alert["labels"].get(k) == v for k, v in labels.items()
-                ):
+                ) and started >= since:
                     out.append((arrived, payload, alert))
         return out
 
@@ -199,9 +202,10 @@ def test_harmful_update_pages_oncall_naming_version_and_cohort_and_dashboards_ha
 ):
     root, versions = models
     agent = agent_for()
+    began = time.time()
     switch_at = agent.replay(_events(traffic, root, scenarios.build_scenario("harmful_update", versions), seed=1))
     harmful = versions["harmful"]
-    found = _wait(lambda: webhook.alerts("AttentionDriftAfterModelUpdate", model_version=harmful), 300,
+    found = _wait(lambda: webhook.alerts("AttentionDriftAfterModelUpdate", began, model_version=harmful), 300,
                   "no AttentionDriftAfterModelUpdate notification for the harmful version", every=2.0)
     arrived, payload, alert = found[0]
     assert payload["receiver"] == "oncall-critical"
@@ -229,6 +233,7 @@ def test_benign_update_is_judged_and_pages_nobody(agent_for, models, traffic, we
     root, versions = models
     agent = agent_for()
     benign = versions["benign"]
+    began = time.time()
     agent.replay(_events(traffic, root, scenarios.build_scenario("benign_update", versions), seed=2))
     # The new version was really judged against the previous baseline, over several rounds ...
     _wait(lambda: _query(prometheus_url, f'attnmon_drift_samples{{kind="model_update",model_version="{benign}"}}'),
@@ -236,8 +241,8 @@ def test_benign_update_is_judged_and_pages_nobody(agent_for, models, traffic, we
     time.sleep(45)  # longer than the rule's `for` plus Alertmanager's group_wait
     # ... and nothing fired.
     assert not _query(prometheus_url, f'ALERTS{{alertname="AttentionDriftAfterModelUpdate",model_version="{benign}"}}')
-    assert not webhook.alerts("AttentionDriftAfterModelUpdate", model_version=benign)
-    assert not webhook.alerts("AttentionCollapse", model_version=benign)
+    assert not webhook.alerts("AttentionDriftAfterModelUpdate", began, model_version=benign)
+    assert not webhook.alerts("AttentionCollapse", began, model_version=benign)
 
 
 def test_cohort_shift_alerts_for_that_cohort_only(agent_for, models, traffic, webhook, prometheus_url):
@@ -245,13 +250,14 @@ def test_cohort_shift_alerts_for_that_cohort_only(agent_for, models, traffic, we
     agent = agent_for()
     scenario = scenarios.build_scenario("cohort_shift", versions)
     shift = scenario.shift
+    began = time.time()
     agent.replay(_events(traffic, root, scenario, seed=3))
     base = versions["base"]
-    found = _wait(lambda: webhook.alerts("AttentionDriftWithinVersion", model_version=base), 300,
+    found = _wait(lambda: webhook.alerts("AttentionDriftWithinVersion", began, model_version=base), 300,
                   "no within-version notification for the shifted cohort", every=2.0)
     time.sleep(10)  # let any other cohort's alert arrive too
     cohorts = {(a["labels"]["dimension"], a["labels"]["cohort"])
-               for _, _, a in webhook.alerts("AttentionDriftWithinVersion", model_version=base)}
+               for _, _, a in webhook.alerts("AttentionDriftWithinVersion", began, model_version=base)}
     assert cohorts == {(shift.field, shift.value)}, cohorts
     assert found[0][1]["receiver"] == "oncall-warning"
     # The within-version panels have data now.
