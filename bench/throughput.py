@@ -79,7 +79,9 @@ def agent_settings(kafka: KafkaSettings, topic: str, checkpoints: Path, state: P
 
 
 def processed(agent: Agent) -> float:
-    return agent.registry.get_sample_value("attnmon_events_total", {"outcome": "processed", "reason": "ok"}) or 0.0
+    """Events the agent is done with: folded or dead-lettered."""
+    return sum(s.value for m in agent.registry.collect() if m.name == "attnmon_events"
+               for s in m.samples if s.name == "attnmon_events_total")
 
 
 def run_agent_until(agent: Agent, total: int, timeout_s: float) -> tuple[float, float]:
@@ -226,7 +228,6 @@ def main() -> int:
     parser.add_argument("--naive-events", type=int, default=1_500)
     parser.add_argument("--work", type=Path, default=Path("var/bench"))
     args = parser.parse_args()
-    torch.set_num_threads(2)
     version = args.version or checkpoint.list_versions(args.checkpoints)[-1].name
     loaded = checkpoint.load(args.checkpoints / version)
     kafka = KafkaSettings(bootstrap_servers=args.bootstrap)

@@ -1,11 +1,13 @@
 """The long-running agent: poll -> fold -> judge -> checkpoint -> commit, until told to stop.
 
 Threads and why:
-- the main thread polls the source. While a batch is being folded it keeps polling with
-  every partition paused, so a slow forward pass never pushes the member past
-  ``max.poll.interval.ms``;
-- one worker thread does everything that touches state (fold, judge, checkpoint), so
-  state needs no locks; the rebalance callback waits for it before it checkpoints;
+- the main thread polls the source and queues batches for the worker, so fetching and
+  decoding the next batch overlaps with the forward pass of the last one. With two
+  batches queued it pauses every partition but keeps polling, so a slow forward pass
+  never pushes the member past ``max.poll.interval.ms`` and memory stays bounded;
+- one worker thread does everything that touches pipeline state (fold, judge), in FIFO
+  order, so state needs no locks; checkpoints run with the worker drained and the main
+  thread not polling, since they commit through the consumer;
 - the HTTP thread serves /metrics, /healthz and /readyz.
 
 Delivery: offsets are committed only after the state that includes them is
@@ -20,9 +22,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Protocol
 
+import torch
 from prometheus_client import CollectorRegistry
 
 from monitor import state as state_store
@@ -40,6 +44,7 @@ from monitor.settings import Settings
 log = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
+MAX_QUEUED_BATCHES = 2  # one folding, one fetched and waiting: bounds memory, keeps the worker busy
 
 
 class Source(Protocol):
@@ -65,6 +70,7 @@ class Agent:
     def __init__(self, settings: Settings, source_factory: SourceFactory, sink: Sink,
                  registry: CollectorRegistry | None = None) -> None:
         keep_freed_memory()
+        torch.set_num_threads(settings.models.torch_threads)
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = AgentMetrics(self.registry)
@@ -91,7 +97,7 @@ class Agent:
             log.info("restored state from %s with offsets %s", settings.state.directory, offsets)
         self.registry.register(DriftCollector(self.pipeline.drift_rows))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnmon-fold")
-        self._inflight: Future | None = None
+        self._queued: deque[Future] = deque()  # FIFO on the single worker: state needs no locks
         self._stop = threading.Event()
         self._last_tick = time.monotonic()
         self._source = source_factory(self._on_assigned, self._on_revoked)
@@ -123,7 +129,7 @@ class Agent:
 
     def _on_revoked(self, partitions: list[Partition]) -> None:
         """Before partitions move: finish the batch, checkpoint, commit, forget them."""
-        self._wait_inflight()
+        self._drain()
         self.checkpoint()
         self.pipeline.offsets.forget(partitions)
         log.info("revoked %s", partitions)
@@ -135,41 +141,46 @@ class Agent:
     def run(self) -> None:
         cfg = self.settings
         last_judge = last_checkpoint = last_lag = time.monotonic()
+        paused = False
         while not self._stop.is_set():
-            self._last_tick = time.monotonic()
-            if self._inflight is not None and not self._inflight.done():
-                self._source.poll(cfg.poll.max_records, 50)  # paused: keeps membership alive
+            now = self._last_tick = time.monotonic()
+            while self._queued and self._queued[0].done():
+                self._queued.popleft().result()  # re-raise a worker failure here, on the main thread
+            if len(self._queued) >= MAX_QUEUED_BATCHES:
+                # The worker is behind: stop fetching (bounded memory) but keep polling, which
+                # returns nothing while paused and keeps the member within max.poll.interval.ms.
+                if not paused:
+                    self._source.pause()
+                    paused = True
+                wait([self._queued[0]], timeout=0.5)
+                self._source.poll(cfg.poll.max_records, 0)
                 continue
-            if self._inflight is not None:
-                self._inflight.result()  # re-raise a worker failure here, on the main thread
-                self._inflight = None
+            if paused:
                 self._source.resume()
+                paused = False
+            # Fetching and decoding the next batch overlaps with the forward pass of the last
+            # one: the worker releases the GIL inside torch and numpy.
             records = self._source.poll(cfg.poll.max_records, cfg.poll.timeout_ms)
-            now = time.monotonic()
             if records:
-                self._source.pause()
-                self._inflight = self._worker.submit(self.pipeline.process, records)
-            elif self.pipeline.has_held():
-                self._inflight = self._worker.submit(self.pipeline.retry_held)
-                self._source.pause()
+                self._queued.append(self._worker.submit(self.pipeline.process, records))
+            elif self.pipeline.has_held() and not self._queued:
+                self._queued.append(self._worker.submit(self.pipeline.retry_held))
             if now - last_judge >= cfg.intervals.judge_s:
-                self._wait_inflight()
-                self._worker.submit(self.pipeline.run_judgement).result()
+                self._queued.append(self._worker.submit(self.pipeline.run_judgement))
                 last_judge = now
             if now - last_checkpoint >= cfg.intervals.checkpoint_s:
-                self._wait_inflight()
-                self._worker.submit(self.checkpoint).result()
+                self._drain()  # the checkpoint commits through the consumer: not while it polls
+                self.checkpoint()
                 last_checkpoint = now
             if now - last_lag >= cfg.intervals.lag_s:
                 self._export_lag()
                 last_lag = now
         self._shutdown()
 
-    def _wait_inflight(self) -> None:
-        if self._inflight is not None:
-            self._inflight.result()
-            self._inflight = None
-            self._source.resume()
+    def _drain(self) -> None:
+        """Wait until every queued batch is folded (the worker is then idle)."""
+        while self._queued:
+            self._queued.popleft().result()
 
     def checkpoint(self) -> None:
         """Checkpoint state with the offsets it includes, then commit those offsets."""
@@ -194,10 +205,10 @@ class Agent:
             self.models.get(versions[-1])
 
     def _shutdown(self) -> None:
-        log.info("draining: finishing the batch in flight, checkpointing, committing")
-        self._wait_inflight()
+        log.info("draining: finishing the batches in flight, checkpointing, committing")
+        self._drain()
         self._worker.submit(self.pipeline.run_judgement).result()
-        self._worker.submit(self.checkpoint).result()
+        self.checkpoint()
         self._worker.shutdown(wait=True)
         self._source.close()
         self.sink.close()

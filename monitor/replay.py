@@ -97,7 +97,7 @@ class EventFactory:
     """Makes encoded events for a scenario, ``batch`` at a time (one forward per version)."""
 
     def __init__(self, data: Interactions, models: dict[str, SASRec], scenario: Scenario, *,
-                 seed: int = 0, batch: int = 256, offset: int = 0) -> None:
+                 seed: int = 0, batch: int = 256, offset: int = 0, history_limit: int = 200) -> None:
         missing = {v for _, v in scenario.versions} - set(models)
         if missing:
             raise ValueError(f"scenario names versions without a model: {sorted(missing)}")
@@ -107,6 +107,7 @@ class EventFactory:
         self.batch = batch
         self.steps = timeline_steps(data)
         self.offset = offset
+        self.history_limit = history_limit  # a serving system sends the recent history, not all of it
         self._rng = np.random.default_rng(seed)
         self._encoder = msgspec.json.Encoder()
         self._contexts = [context_of(int(u)) for u in data.user_ids]
@@ -128,7 +129,7 @@ class EventFactory:
             made += size
 
     def _history(self, index: int, user: int, step: int) -> np.ndarray:
-        history = self.data.sequences[user][:step]
+        history = self.data.sequences[user][max(0, step - self.history_limit):step]
         shift = self.scenario.shift
         if shift is not None and index >= shift.start and self._contexts[user].get(shift.field) == shift.value:
             swap = self._rng.random(len(history)) < shift.strength

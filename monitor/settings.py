@@ -179,11 +179,15 @@ class ModelSettings:
     root: Path = Path("checkpoints")  # one directory per published version
     max_loaded: int = 3  # versions kept in memory (LRU)
     retry_after_s: float = 10.0  # how often a missing/broken version is looked for again
+    # torch intra-op threads. 1 on purpose: the forward passes are small (~128 x 50 x 64), and
+    # a second OpenMP thread contending with the poll, HTTP and Kafka IO threads on 2 cores
+    # measured 10x slower, not faster (docs/architecture.md).
+    torch_threads: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
-        if self.max_loaded < 1 or self.retry_after_s < 0:
-            raise ValueError("models.max_loaded must be >= 1 and models.retry_after_s >= 0")
+        if self.max_loaded < 1 or self.retry_after_s < 0 or self.torch_threads < 1:
+            raise ValueError("models.max_loaded and models.torch_threads must be >= 1, models.retry_after_s >= 0")
 
 
 @dataclass(frozen=True)
