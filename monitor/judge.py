@@ -92,6 +92,9 @@ class JudgeConfig:
     min_samples: int = 200  # a window is judged once it holds this many events
     alpha: float = 0.01  # Benjamini-Hochberg FDR level per round
     min_effect: float = 0.1  # JS distance floor for a flag (sample-size independent)
+    # Floor for model_update windows (None: min_effect). Real retrains of one recipe differ by up to
+    # ~0.5 (docs/drift.md, "Calibration on real retrains"); 0.65 is the calibrated value.
+    update_min_effect: float | None = 0.65
     raise_after: int = 2  # consecutive flagged windows that raise drift
     clear_after: int = 3  # consecutive unflagged windows that clear it
     max_keys: int = 20_000  # series cap (windows and baselines); beyond it: refused, counted
@@ -107,6 +110,8 @@ class JudgeConfig:
             (self.min_samples >= 1, "min_samples must be >= 1"),
             (0.0 < self.alpha < 1.0, "alpha must be in (0, 1)"),
             (0.0 <= self.min_effect <= 1.0, "min_effect must be in [0, 1]"),
+            (self.update_min_effect is None or 0.0 <= self.update_min_effect <= 1.0,
+             "update_min_effect must be None or in [0, 1]"),
             (self.raise_after >= 1, "raise_after must be >= 1"),
             (self.clear_after >= 1, "clear_after must be >= 1"),
             (self.max_keys >= 1, "max_keys must be >= 1"),
@@ -139,7 +144,7 @@ class KeyResult:
     psi: float
     p_value: float
     p_adjusted: float  # Benjamini-Hochberg across the round
-    threshold: float  # min_effect
+    threshold: float  # the effect floor applied: min_effect, or update_min_effect for model_update
     samples: int  # events in the window
     reference_samples: int
     flagged: bool
@@ -381,13 +386,15 @@ class Judge:
         psis = psi(a, b, c.psi_epsilon)
         _, _, p = chi2_homogeneity(a, b, c.min_expected)
         p_adj = bh_adjust(p)
-        flags = (p_adj <= c.alpha) & (score >= c.min_effect)
+        floors = np.array([self._floor(kind) for kind in pending.kinds])
+        flags = (p_adj <= c.alpha) & (score >= floors)
 
         # Plain Python scalars once, not a numpy scalar conversion per field per series.
         cols = zip(
             pending.keys,
             pending.kinds,
             pending.ref_versions,
+            floors.tolist(),
             score.tolist(),
             raw.tolist(),
             psis.tolist(),
@@ -398,7 +405,7 @@ class Judge:
             b.sum(axis=1).tolist(),
         )
         results = []
-        for key, kind, ref_version, s, r, ps, pv, pa, flagged, n, m in cols:
+        for key, kind, ref_version, floor, s, r, ps, pv, pa, flagged, n, m in cols:
             series = self._series[key]
             if kind == MODEL_UPDATE:
                 if series.update is None:
@@ -421,7 +428,7 @@ class Judge:
                     psi=ps,
                     p_value=pv,
                     p_adjusted=pa,
-                    threshold=c.min_effect,
+                    threshold=floor,
                     samples=int(n),
                     reference_samples=int(m),
                     flagged=flagged,
@@ -433,6 +440,11 @@ class Judge:
             )
             series.window.reset()
         return tuple(results)
+
+    def _floor(self, kind: str) -> float:
+        """The effect floor of a window of this kind."""
+        c = self.config
+        return c.update_min_effect if kind == MODEL_UPDATE and c.update_min_effect is not None else c.min_effect
 
     def _update_active(self, key: SeriesKey) -> bool:
         return key.model_version in self._updates and self._store.status(key) == "collecting"

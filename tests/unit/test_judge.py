@@ -360,7 +360,7 @@ def test_pinned_version_is_judged_against_the_known_good_baseline() -> None:
 def run_update(seed: int, shifted: set[str], rounds: int = 13) -> list[JudgeReport]:
     """v1 frozen; v2 takes over at t=100 with 200 events per series per round."""
     rng = np.random.default_rng(seed)
-    config = JudgeConfig()
+    config = JudgeConfig(update_min_effect=None)  # the mechanism, at the within-version floor
     keys = keys_for("v1", cohorts=6, layers=2)
     judge = frozen_v1(rng, keys, config)
     assert judge.start_update("v2", "v1", at=100.0)
@@ -434,7 +434,7 @@ def test_update_without_previous_baseline_counts_no_reference() -> None:
 
 def test_save_load_mid_stream_gives_identical_verdicts() -> None:
     rng = np.random.default_rng(14)
-    config = JudgeConfig(reference_events=1000, reference_seconds=5.0)
+    config = JudgeConfig(reference_events=1000, reference_seconds=5.0, update_min_effect=None)
     keys = keys_for("v1", cohorts=4)
     judge = frozen_v1(rng, keys, JudgeConfig(reference_events=1000))
     judge = Judge.from_state(judge.to_state(), config)
