@@ -2,7 +2,8 @@
 #
 #   make venv       .venv with the project installed editable, dev extras included
 #   make services   install the local stack (deploy/stack.sh) and start all of it
-#   make test       venv + services, pytest over tests/, then stop the services
+#   make test       venv + services + scenario models (trained once into var/models), pytest over tests/,
+#                   then stop the services
 #   make stop       stop the services
 #   make demo       the agent on an embedded default: no services, in-process events, /metrics on :9108
 #
@@ -49,7 +50,7 @@ test: install venv
 	trap '$(STACK) stop all' EXIT; \
 	trap 'exit 130' INT; \
 	trap 'exit 143' TERM; \
-	$(STACK) start all && $(PY) -m pytest -q $(PYTEST_ARGS) $(TESTS) || status=$$?; \
+	$(STACK) start all && $(VENV)/bin/attnmon scenario-models && $(PY) -m pytest -q $(PYTEST_ARGS) $(TESTS) || status=$$?; \
 	exit $$status
 
 stop:

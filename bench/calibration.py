@@ -27,9 +27,9 @@ _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 sys.path.insert(0, str(_BENCH.parent))
 
-from bench.detection import CALIBRATED_JUDGE, CALIBRATED_PAIRED, RecordingPaired, instrumented_run, twin_round  # noqa: E402
+from bench.detection import TWIN_PAIRED, RecordingPaired, instrumented_run, twin_round  # noqa: E402
 from model.data import load_movielens  # noqa: E402
-from monitor.judge import MODEL_UPDATE, WITHIN_VERSION  # noqa: E402
+from monitor.judge import MODEL_UPDATE, WITHIN_VERSION, JudgeConfig  # noqa: E402
 from monitor.paired import cutoff_from_benign  # noqa: E402
 from monitor.replay import EventFactory  # noqa: E402
 from monitor.scenarios import DEFAULT_ROOT, build_scenario, load_models, serving_traffic, train_scenario_models  # noqa: E402
@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         within = sorted({(v.dimension, v.cohort) for r in twins for v in r.report.cohorts
                          if v.kind == WITHIN_VERSION and v.drifting})
         caused = sorted({(k.dimension, k.cohort) for r in twins for k in r.paired.model_caused})
-        print(f"  calibrated (update_min_effect {CALIBRATED_JUDGE.update_min_effect}, event_js_cutoff "
-              f"{CALIBRATED_PAIRED.event_js_cutoff}): model_update drifting {cohorts or 'none'}; "
-              f"within_version drifting {within or 'none'}; paired model_caused {caused or 'none'}")
+        print(f"  with model_update at the within-version floor ({JudgeConfig().min_effect}, the pre-calibration "
+              f"default): model_update drifting {cohorts or 'none'}; within_version drifting {within or 'none'}; "
+              f"with paired cutoff {TWIN_PAIRED.event_js_cutoff}: model_caused {caused or 'none'}")
         if name == "benign_update" and traffic == "serving":
             benign_js = js
     if benign_js is not None and benign_js.size:

@@ -11,7 +11,10 @@ The same windows are then judged three ways:
 
 (a) attnmon: a model_update cohort verdict (BH across the round, effect floor,
     hysteresis), and separately a paired ``model_caused`` verdict; the agent
-    alerts on either, so "either" is its figure;
+    alerts on either, so "either (defaults)" is its figure. The same values also
+    feed a twin judge at the pre-calibration model_update floor (0.1) and a twin
+    paired comparison at the cutoff ``cutoff_from_benign`` gives (0.65), so the
+    table shows what the calibration changed;
 (b) Evidently 0.7's default data-drift test (``Report([DataDriftPreset()])``): per
     cohort and judged window, reference = the previous version's baseline-period
     per-event statistics of that cohort (exactly the events of the judge's frozen
@@ -142,13 +145,15 @@ class TwinJudge(Judge):
         return super().start_update(new_version, previous_version, at)
 
 
-# The calibrated settings (docs/drift.md, "Calibration on real retrains"), judged beside the defaults.
-CALIBRATED_JUDGE = JudgeConfig(update_min_effect=0.65)
-CALIBRATED_PAIRED = PairedConfig(event_js_cutoff=0.65)
+# Judged beside the defaults on the same values (docs/drift.md, "Calibration on real retrains"):
+# the judge as it was before calibration (model_update at the within-version floor 0.1), and the
+# paired comparison at the cutoff cutoff_from_benign gives on a benign retrain (0.65, default 0.5).
+TWIN_JUDGE = JudgeConfig(update_min_effect=None)
+TWIN_PAIRED = PairedConfig(event_js_cutoff=0.65)
 
 
 def instrumented_run(root: Path, *, judge_config: JudgeConfig | None = None, paired_config: PairedConfig | None = None,
-                     twin_judge: JudgeConfig = CALIBRATED_JUDGE, twin_paired: PairedConfig = CALIBRATED_PAIRED,
+                     twin_judge: JudgeConfig = TWIN_JUDGE, twin_paired: PairedConfig = TWIN_PAIRED,
                      seed: int = 0) -> ScenarioRun:
     assigner = RecordingAssigner(scenario_cohorts())
     run = ScenarioRun(root, pipeline_class=RecordingPipeline, assigner=assigner,
@@ -171,7 +176,7 @@ class Trace:
     previous: str
     new: str
     rounds: list[Round]
-    twin_rounds: list[Round]  # the same rounds judged with the calibrated settings
+    twin_rounds: list[Round]  # the same rounds judged with TWIN_JUDGE / TWIN_PAIRED
     marks: list[int]  # len(pipeline.batches) at each round
     run: ScenarioRun
 
@@ -313,8 +318,8 @@ class Outcome:
     detail: dict
 
 
-def _attnmon_delays(rounds: list[Round], counts: list[dict], new: str, label: str) -> dict[str, int | None]:
-    """First-verdict delays (events of the detecting cohort) of cohort, paired and either verdicts."""
+def _attnmon_delays(rounds: list[Round], counts: list[dict], new: str) -> tuple[int | None, int | None]:
+    """First-verdict delays (events of the detecting cohort) of model_update cohort and paired verdicts."""
     cohort = paired = None
     for round_, count in zip(rounds, counts, strict=True):
         hits = [count[(v.dimension, v.cohort)] for v in round_.report.cohorts
@@ -324,14 +329,21 @@ def _attnmon_delays(rounds: list[Round], counts: list[dict], new: str, label: st
         hits = [count[(k.dimension, k.cohort)] for k in round_.paired.model_caused if k.new_version == new]
         if hits and paired is None:
             paired = min(hits)
-    either = min((d for d in (cohort, paired) if d is not None), default=None)
-    return {f"attnmon cohort{label}": cohort, f"attnmon paired{label}": paired, f"attnmon either{label}": either}
+    return cohort, paired
+
+
+def _first(*delays: int | None) -> int | None:
+    return min((d for d in delays if d is not None), default=None)
 
 
 def judge_update(trace: Trace, kind: str, seed: int, reference_events: int) -> Outcome:
     counts = _counts_per_round(trace, trace.new)
-    delays = {**_attnmon_delays(trace.rounds, counts, trace.new, ""),
-              **_attnmon_delays(trace.twin_rounds, counts, trace.new, " (calibrated)")}
+    cohort, paired = _attnmon_delays(trace.rounds, counts, trace.new)
+    cohort_old, paired_benign = _attnmon_delays(trace.twin_rounds, counts, trace.new)
+    delays: dict[str, int | None] = {
+        METHODS[0]: cohort, METHODS[1]: paired, METHODS[2]: _first(cohort, paired),
+        METHODS[3]: cohort_old, METHODS[4]: paired_benign, METHODS[5]: _first(cohort, paired_benign),
+    }
     within_raised: set = set()
     max_score: dict[str, float] = {}
     flagged_cohorts: set = set()
@@ -374,12 +386,19 @@ def judge_update(trace: Trace, kind: str, seed: int, reference_events: int) -> O
 # -- the bench ----------------------------------------------------------------------------------------
 
 
-METHODS = ("attnmon cohort", "attnmon paired", "attnmon either",
-           "attnmon cohort (calibrated)", "attnmon paired (calibrated)", "attnmon either (calibrated)",
-           "evidently", "naive per-head")
+METHODS = (
+    "attnmon cohort (update floor 0.65)",  # the defaults
+    "attnmon paired (cutoff 0.5)",
+    "attnmon either (defaults)",  # what the agent alerts on
+    "attnmon cohort (old floor 0.1)",
+    "attnmon paired (cutoff 0.65)",  # cutoff_from_benign
+    "attnmon either (floor .65, cut .65)",
+    "evidently",
+    "naive per-head",
+)
 
 
-SHORT = dict(zip(METHODS, ("cohort", "paired", "either", "cal.cohort", "cal.paired", "cal.either", "evidently", "naive")))
+SHORT = dict(zip(METHODS, ("cohort", "paired", "either", "cohort@.1", "paired@.65", "either@.65", "evidently", "naive")))
 
 
 def pairs(base: list[str], harmful: list[str], count: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -391,7 +410,7 @@ def pairs(base: list[str], harmful: list[str], count: int) -> tuple[list[tuple[s
 
 
 def table(outcomes: list[Outcome]) -> str:
-    lines = [f"{'method':<28} {'TPR':>12} {'FPR':>12} {'median delay (events/cohort)':>30}"]
+    lines = [f"{'method':<36} {'TPR':>12} {'FPR':>12} {'median delay (events/cohort)':>30}"]
     for method in METHODS:
         harmful = [o for o in outcomes if o.kind == "harmful"]
         benign = [o for o in outcomes if o.kind == "benign"]
@@ -399,7 +418,7 @@ def table(outcomes: list[Outcome]) -> str:
         fp = sum(o.delays[method] is not None for o in benign)
         delays = [o.delays[method] for o in harmful if o.delays[method] is not None]
         delay = f"{np.median(delays):.0f}" if delays else "-"
-        lines.append(f"{method:<28} {tp:>3}/{len(harmful):<3} {100 * tp / max(1, len(harmful)):>4.0f}% "
+        lines.append(f"{method:<36} {tp:>3}/{len(harmful):<3} {100 * tp / max(1, len(harmful)):>4.0f}% "
                      f"{fp:>3}/{len(benign):<3} {100 * fp / max(1, len(benign)):>4.0f}% {delay:>30}")
     return "\n".join(lines)
 

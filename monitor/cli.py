@@ -162,6 +162,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scenario_models(args: argparse.Namespace) -> int:
+    from monitor.scenarios import train_scenario_models
+
+    started = time.monotonic()
+    versions = train_scenario_models(args.root)  # reuses what is already published
+    print(json.dumps({"versions": versions, "root": str(args.root), "seconds": round(time.monotonic() - started, 1)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnmon", description="Monitor the attention of a sequential recommender.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -250,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--width", type=int, default=100)
     explain.add_argument("--version", help="explain under another model version (e.g. the previous one)")
     explain.set_defaults(func=_cmd_explain)
+
+    models = sub.add_parser("scenario-models", help="train (or reuse) the base, benign and harmful scenario models")
+    models.add_argument("--root", type=Path, default=Path("var/models"))
+    models.set_defaults(func=_cmd_scenario_models)
     return parser
 
 

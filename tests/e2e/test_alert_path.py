@@ -37,6 +37,10 @@ from monitor import scenarios
 from monitor.grafana import dashboard_queries, run_queries
 from monitor.source import EventProducer
 
+# `make test` trains the scenario models before pytest (`attnmon scenario-models`); run alone,
+# the first use trains them here, which needs more than the default per-test timeout.
+pytestmark = pytest.mark.timeout(2400)
+
 REPO = Path(__file__).resolve().parents[2]
 AGENT_PORT = 9108  # what deploy/prometheus/prometheus.yml scrapes
 WEBHOOK_PORT = 19095  # what alerts/alertmanager.yml notifies
