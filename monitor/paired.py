@@ -72,7 +72,9 @@ class PairKey(NamedTuple):
 class PairedConfig:
     """Paired-comparison settings; ``from_mapping`` rejects unknown keys."""
 
-    event_js_cutoff: float = 0.5  # per-event JS distance counted as "row moved a lot"
+    # Per-event JS distance counted as "row moved a lot": 0.65, calibrated on real benign
+    # retrains (cutoff_from_benign; docs/drift.md) -- two fits of one recipe already move rows ~0.5.
+    event_js_cutoff: float = 0.65
     benign_fraction: float = 0.1  # share of such events a benign retrain may show
     min_pairs: int = 100  # a window is judged once it holds this many pairs
     alpha: float = 0.01  # Benjamini-Hochberg FDR across cohorts per round

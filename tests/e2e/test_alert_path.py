@@ -134,6 +134,10 @@ class Agent:
             "state": {"directory": str(tmp / "state")},
             "http": {"host": "127.0.0.1", "port": AGENT_PORT},
             "intervals": {"judge_s": 1.0, "checkpoint_s": 5.0},
+            # Baselines collect for >= 3 s as well as 2,000 events: the previous version's freeze
+            # within its 4 s of traffic, and a new version's own baselines cannot freeze before
+            # raise_after (2) model-update windows are judged at 1 s intervals.
+            "judge": {"reference_seconds": 3.0},
             "cohorts": [
                 {"name": "platform", "allowlist": list(scenarios.PLATFORMS)},
                 {"name": "region", "allowlist": list(scenarios.REGIONS)},

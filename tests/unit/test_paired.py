@@ -60,7 +60,7 @@ def test_exact_raise_and_clear_windows(seed: int) -> None:
 
 def test_result_fields() -> None:
     rng = np.random.default_rng(3)
-    pc = PairedComparison()
+    pc = PairedComparison(PairedConfig(event_js_cutoff=0.5))
     js, overlap = harmful(rng, 400)
     pc.observe(KEY, js, overlap)
     (r,) = pc.judge(now=1.0).results
