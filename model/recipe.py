@@ -39,14 +39,23 @@ def train_sasrec(
     label: str = "",
     data: Interactions | None = None,
     on_epoch: Callable[[int, float, float | None], None] | None = None,
+    train_tail: int | None = None,
+    extra_metrics: dict | None = None,
 ) -> Published:
-    """Train SASRec on the leave-one-out split, evaluate on test, publish a checkpoint."""
+    """Train SASRec on the leave-one-out split, evaluate on test, publish a checkpoint.
+
+    ``train_tail`` trains on each user's most recent training items only (validation and
+    test keep the full histories); ``extra_metrics`` are stored in metrics.json too.
+    """
     data = data or load_movielens()
     split = leave_one_out(data.sequences)
+    train_split = split if not train_tail else dataclasses.replace(
+        split, train=tuple(s[-train_tail:] for s in split.train))
     config = SASRecConfig(n_items=data.catalog.n_items, **(model_config or {}))
     seed_everything(train_config.seed, train_config.threads)
     model = SASRec(config)
-    result = train(model, split, n_items=config.n_items, max_len=config.max_len, config=train_config, on_epoch=on_epoch)
+    result = train(model, train_split, n_items=config.n_items, max_len=config.max_len, config=train_config,
+                   on_epoch=on_epoch)
     test = held_out_metrics(model, split, n_items=config.n_items, max_len=config.max_len)
     metrics = {
         "test": test.as_dict(),
@@ -55,6 +64,7 @@ def train_sasrec(
         "best_epoch": result.best_epoch,
         "train_seconds": round(result.seconds, 1),
         "train_config": dataclasses.asdict(train_config),
+        **(extra_metrics or {}),
     }
     version = checkpoint.save(model, data.catalog, metrics, root, label=label)
     return Published(version=version, path=root / version, train=result, test=test)

@@ -50,10 +50,10 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from model import checkpoint
-from model.data import Interactions, leave_one_out, load_movielens
-from model.recipe import held_out_metrics
+from model.data import Interactions, load_movielens
+from model.recipe import train_sasrec
 from model.sasrec import SASRec, SASRecConfig
-from model.train import TrainConfig, seed_everything, train
+from model.train import TrainConfig
 from monitor.cohorts import CohortAssigner, CohortDimension
 from monitor.events import Reason
 from monitor.judge import Judge, JudgeConfig, JudgeReport
@@ -196,28 +196,10 @@ def _train_and_publish(root: Path, recipe: Recipe, seed: int, data: Interactions
     Validation and test use the full histories (the project's protocol: full ranking,
     seen items excluded), so the figures compare with every other version's.
     """
-    split = leave_one_out(data.sequences)
-    train_split = split if not recipe.tail else dataclasses.replace(
-        split, train=tuple(s[-recipe.tail:] for s in split.train))
-    config = SASRecConfig(n_items=data.catalog.n_items, **recipe.model_config())
-    train_config = recipe.train_config(seed)
-    seed_everything(train_config.seed, train_config.threads)
-    model = SASRec(config)
-    result = train(model, train_split, n_items=config.n_items, max_len=config.max_len, config=train_config,
-                   on_epoch=on_epoch)
-    test = held_out_metrics(model, split, n_items=config.n_items, max_len=config.max_len)
-    metrics = {
-        "test": test.as_dict(),
-        "valid": result.valid.as_dict(),
-        "epochs": result.epochs,
-        "best_epoch": result.best_epoch,
-        "train_seconds": round(result.seconds, 1),
-        "train_config": dataclasses.asdict(train_config),
-        "train_tail": recipe.tail,
-        "scenario_family": recipe.family,
-    }
-    model.eval()
-    return checkpoint.save(model, data.catalog, metrics, root, label=label)
+    published = train_sasrec(root, model_config=recipe.model_config(), train_config=recipe.train_config(seed),
+                             label=label, data=data, on_epoch=on_epoch, train_tail=recipe.tail,
+                             extra_metrics={"train_tail": recipe.tail, "scenario_family": recipe.family})
+    return published.version
 
 
 def train_scenario_models(
