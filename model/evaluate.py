@@ -37,10 +37,13 @@ class RankingMetrics:
         return dataclasses.asdict(self)
 
 
+def ndcg_gains(ranks: np.ndarray) -> np.ndarray:
+    """Per-user NDCG@10 contribution (one relevant item): 1/log2(rank + 2) inside the top 10."""
+    return np.where(ranks < CUTOFF, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
 def _hit_and_gain(ranks: np.ndarray) -> tuple[float, float]:
-    hit = ranks < CUTOFF
-    gain = np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
-    return float(hit.mean()), float(gain.mean())
+    return float((ranks < CUTOFF).mean()), float(ndcg_gains(ranks).mean())
 
 
 def _sample_negatives(rng: np.random.Generator, n_items: int, seen: set[int], count: int) -> np.ndarray:
@@ -56,7 +59,7 @@ def _sample_negatives(rng: np.random.Generator, n_items: int, seen: set[int], co
 
 
 @torch.inference_mode()
-def evaluate(
+def target_ranks(
     model: Ranker,
     histories: Sequence[np.ndarray],
     targets: np.ndarray,
@@ -66,10 +69,9 @@ def evaluate(
     negatives: int = 100,
     seed: int = 0,
     batch_size: int = 256,
-) -> RankingMetrics:
-    """Rank each target against the catalogue (and against sampled negatives).
-
-    ``negatives=0`` skips the sampled protocol (its metrics are then NaN).
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per user, how many items outrank the target: in the full catalogue, and among
+    ``negatives`` sampled items (None when ``negatives=0``).
 
     Ties count against the target (pessimistic), so a model with constant scores
     cannot look good.
@@ -95,6 +97,26 @@ def evaluate(
                 seen.add(int(target))
                 negative_ids = _sample_negatives(rng, n_items, seen, negatives)
                 sampled_ranks[start + row] = int((user_scores[negative_ids] >= target_score).sum())
+    return full_ranks, (sampled_ranks if negatives else None)
+
+
+def evaluate(
+    model: Ranker,
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    *,
+    n_items: int,
+    max_len: int,
+    negatives: int = 100,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> RankingMetrics:
+    """Rank each target against the catalogue (and against sampled negatives).
+
+    ``negatives=0`` skips the sampled protocol (its metrics are then NaN).
+    """
+    full_ranks, sampled_ranks = target_ranks(model, histories, targets, n_items=n_items, max_len=max_len,
+                                             negatives=negatives, seed=seed, batch_size=batch_size)
     hr, ndcg = _hit_and_gain(full_ranks)
-    hr_s, ndcg_s = _hit_and_gain(sampled_ranks) if negatives else (float("nan"), float("nan"))
+    hr_s, ndcg_s = _hit_and_gain(sampled_ranks) if sampled_ranks is not None else (float("nan"), float("nan"))
     return RankingMetrics(hr10=hr, ndcg10=ndcg, hr10_sampled=hr_s, ndcg10_sampled=ndcg_s, users=len(targets))

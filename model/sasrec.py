@@ -105,16 +105,39 @@ class _Block(nn.Module):
         q, k, v = self.qkv(normed).chunk(3, dim=-1)
         return self._split(q), self._split(k), self._split(v)
 
-    def last_row_weights(self, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
-        """Attention of the last position only: [B, H, L]. Skips values, output and FFN."""
-        d = x.shape[-1]
+    # -- serving fast path: the same arithmetic, fewer kernels ------------------------------
+    # Masks are additive biases (0 or -1e30) instead of masked_fill on a boolean [B, 1, L, L]
+    # mask: adding -1e30 to a finite logit gives -1e30 exactly, so the softmax is unchanged,
+    # and one add replaces the mask's and/not/fill kernels. q, k and v come out of one
+    # permute of the fused projection (one copy instead of three).
+
+    def serving_forward(self, x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` for inference, returning only the last query row: x, weights [B, H, L].
+
+        bias [B, 1, L, L]: 0 where a query may see a key, -1e30 elsewhere.
+        """
+        b, length, d = x.shape
+        qkv = self.qkv(self.attn_norm(x)).view(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # [B, H, L, dh] each
+        weights = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim) + bias, dim=-1)
+        context = (weights @ v).transpose(1, 2).reshape(b, length, d)
+        x = x + self.out(context)
+        x = x + self.ffn(self.ffn_norm(x))
+        return x, weights[:, :, -1, :]
+
+    def last_row_weights(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        """Attention of the last position only: [B, H, L]. Skips values, output and FFN.
+
+        key_bias [B, 1, L]: 0 for real keys, -1e30 for padding.
+        """
+        b, length, d = x.shape
         normed = self.attn_norm(x)
         w_q, w_k, _ = self.qkv.weight.split(d, dim=0)
         b_q, b_k, _ = self.qkv.bias.split(d, dim=0)
-        q = F.linear(normed[:, -1:], w_q, b_q)  # [B, 1, d]
-        k = F.linear(normed, w_k, b_k)  # [B, L, d]
-        logits = (self._split(q) @ self._split(k).transpose(-1, -2)).squeeze(2) / math.sqrt(self.head_dim)
-        return torch.softmax(logits.masked_fill(~key_valid[:, None, :], _MASKED), dim=-1)
+        q = F.linear(normed[:, -1], w_q, b_q).view(b, self.heads, 1, self.head_dim)
+        k = F.linear(normed, w_k, b_k).view(b, length, self.heads, self.head_dim).transpose(1, 2)
+        logits = (q @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(self.head_dim)
+        return torch.softmax(logits + key_bias, dim=-1)
 
 
 class SASRec(nn.Module):
@@ -204,14 +227,18 @@ class SASRec(nn.Module):
         first_used = int(real.any(dim=0).nonzero()[0]) if bool(real.any()) else width - 1
         trimmed = histories[:, first_used:]
         valid = trimmed != 0
+        width_used = trimmed.shape[1]
         x = self._embed(trimmed)
-        mask = self._mask(trimmed)
+        key_bias = torch.zeros(batch, 1, width_used, dtype=x.dtype).masked_fill_(~valid[:, None, :], _MASKED)
+        causal_bias = torch.full((width_used, width_used), _MASKED, dtype=x.dtype).triu_(1)
+        bias = key_bias[:, :, None, :] + causal_bias  # [B, 1, L, L]
+        keep = valid.unsqueeze(-1)
         rows = []
         for block in self.blocks[:-1]:
-            x, weights = block(x, mask)
-            x = x * valid.unsqueeze(-1)
-            rows.append(weights[:, :, -1, :])
-        rows.append(self.blocks[-1].last_row_weights(x, valid))
+            x, row = block.serving_forward(x, bias)
+            x = x * keep
+            rows.append(row)
+        rows.append(self.blocks[-1].last_row_weights(x, key_bias))
         out = histories.new_zeros((batch, self.config.layers, self.config.heads, width), dtype=x.dtype)
         out[..., first_used:] = torch.stack(rows, dim=1)
         return out

@@ -162,7 +162,8 @@ class Agent:
             # one: the worker releases the GIL inside torch and numpy.
             records = self._source.poll(cfg.poll.max_records, cfg.poll.timeout_ms)
             if records:
-                self._queued.append(self._worker.submit(self.pipeline.process, records))
+                decoded = self.pipeline.decode(records)  # here, not on the worker: it is the busier thread
+                self._queued.append(self._worker.submit(self.pipeline.process, records, decoded))
             elif self.pipeline.has_held() and not self._queued:
                 self._queued.append(self._worker.submit(self.pipeline.retry_held))
             if now - last_judge >= cfg.intervals.judge_s:
@@ -210,6 +211,7 @@ class Agent:
         self._worker.submit(self.pipeline.run_judgement).result()
         self.checkpoint()
         self._worker.shutdown(wait=True)
+        self.pipeline.close()
         self._source.close()
         self.sink.close()
         log.info("stopped cleanly")

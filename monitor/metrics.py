@@ -20,6 +20,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from monitor.events import Reason
 from monitor.stats import STATISTICS
@@ -167,6 +168,37 @@ class AttentionHistograms(Collector):
             yield family
 
 
+class BulkHistogram(Collector):
+    """An unlabelled histogram folded a batch at a time with numpy.
+
+    prometheus-client's ``Histogram.observe`` takes a lock per value; at thousands of
+    events per second that loop cost a tenth of the fold worker's time.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._lock = threading.Lock()
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # last: above every bound
+        self._sum = 0.0
+
+    def observe_many(self, values: np.ndarray) -> None:
+        # A value equal to a bound belongs to that bound's bucket (le = less or equal).
+        counts = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self._counts))
+        total = float(values.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts), self._sum
+        family = HistogramMetricFamily(self.name, self.documentation)
+        buckets = [(floatToGoString(b), float(c)) for b, c in zip(self.bounds, cumulative[:-1], strict=True)]
+        family.add_metric([], [*buckets, ("+Inf", float(cumulative[-1]))], total)
+        yield family
+
+
 class DriftCollector(Collector):
     """Exports the latest drift and model-update verdicts at scrape time.
 
@@ -258,10 +290,11 @@ class AgentMetrics:
             "attnmon_batch_events", "Events per processed batch.",
             buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048), registry=registry,
         )
-        self.latency = Histogram(
+        self.latency = BulkHistogram(
             "attnmon_event_to_metric_latency_seconds", "From the event's timestamp to its statistics being observed.",
-            buckets=LATENCY_BUCKETS, registry=registry,
+            LATENCY_BUCKETS,
         )
+        registry.register(self.latency)
         self.lag = Gauge(
             "attnmon_consumer_lag_records", "Records between the consumer's position and the partition end.",
             ("topic", "partition"), registry=registry,

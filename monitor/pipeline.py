@@ -17,10 +17,12 @@ drives it with an in-process source. Either way the same code runs.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -52,6 +54,7 @@ DeadLetter = Callable[[RecordLike, Reason, str], None]
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     max_batch: int = 128  # rows per forward pass (the agent raises glibc's thresholds, see allocator.py)
+    forward_threads: int = 2  # forward passes run in parallel, one intra-op thread each (recompute.py)
     unknown_version_grace_s: float = 30.0  # how long an event may wait for its model version
     max_held: int = 10_000  # events waiting at most; beyond it they are dead-lettered at once
     paired_fraction: float = 0.2  # share of a new version's events also run through the previous version
@@ -61,8 +64,8 @@ class PipelineConfig:
     limits: EventLimits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_held < 0 or self.paired_max_per_batch < 0:
-            raise ValueError("max_batch must be >= 1; max_held and paired_max_per_batch >= 0")
+        if self.max_batch < 1 or self.forward_threads < 1 or self.max_held < 0 or self.paired_max_per_batch < 0:
+            raise ValueError("max_batch and forward_threads must be >= 1; max_held and paired_max_per_batch >= 0")
         if not 0.0 <= self.paired_fraction <= 1.0:
             raise ValueError("paired_fraction must be in [0, 1]")
         if self.unknown_version_grace_s < 0:
@@ -107,23 +110,41 @@ class Pipeline:
         self._drift_rows: dict[str, list[dict]] = {}
         self._latest_keys: dict[tuple[str, SeriesKey], dict] = {}
         self._latest_pairs: dict[PairKey, dict] = {}
+        self._forwards = (ThreadPoolExecutor(config.forward_threads, thread_name_prefix="attnmon-forward")
+                          if config.forward_threads > 1 else None)
         self.last_report: JudgeReport | None = None
         self.last_paired: PairedReport | None = None
 
     # -- intake --------------------------------------------------------------------------
-    def process(self, records: Sequence[RecordLike]) -> int:
-        """Fold a polled batch in; returns how many events were folded."""
+    def decode(self, records: Sequence[RecordLike]) -> list[Event | InvalidEvent]:
+        """Decode a polled batch, one outcome per record. Pure: the agent runs it on its
+        poll thread, so the worker that owns the state spends its time on folding."""
+        started = time.perf_counter()
+        limits = self.config.limits
+        decoded: list[Event | InvalidEvent] = []
+        for record in records:
+            try:
+                decoded.append(decode(record.value, limits))  # type: ignore[arg-type]
+            except InvalidEvent as err:
+                decoded.append(err)
+            except Exception as exc:  # a decoder bug must not stop the batch; keep it visible in detail
+                decoded.append(InvalidEvent(Reason.NOT_JSON, f"unexpected {type(exc).__name__}: {exc}"))
+        self.metrics.observe_stage("decode", time.perf_counter() - started)
+        return decoded
+
+    def process(self, records: Sequence[RecordLike], decoded: Sequence[Event | InvalidEvent] | None = None) -> int:
+        """Fold a polled batch in (``decoded``: its :meth:`decode`, if already done);
+        returns how many events were folded."""
+        if decoded is None:
+            decoded = self.decode(records)
         started = time.perf_counter()
         by_version: dict[str, list[tuple[RecordLike, Event]]] = {}
-        for record in records:
+        for record, outcome in zip(records, decoded, strict=True):
             self.offsets.seen((record.topic, record.partition), record.offset)
-            try:
-                event = decode(record.value, self.config.limits)  # type: ignore[arg-type]
-            except InvalidEvent as err:
-                self._reject(record, err.reason, err.detail)
+            if isinstance(outcome, InvalidEvent):
+                self._reject(record, outcome.reason, outcome.detail)
                 continue
-            by_version.setdefault(event.model_version, []).append((record, event))
-        self.metrics.observe_stage("decode", time.perf_counter() - started)
+            by_version.setdefault(outcome.model_version, []).append((record, outcome))
         folded = 0
         for version, items in by_version.items():
             served = self.registry.get(version)
@@ -149,6 +170,11 @@ class Pipeline:
             self._held.append(_Held(record, event, now))
             self.offsets.hold((record.topic, record.partition), record.offset)
         self.metrics.held.set(len(self._held))
+
+    def close(self) -> None:
+        """Stop the forward-pass threads (after the last batch)."""
+        if self._forwards is not None:
+            self._forwards.shutdown(wait=True)
 
     def has_held(self) -> bool:
         return bool(self._held)
@@ -191,7 +217,8 @@ class Pipeline:
         unknown_items = truncated = 0
         # One vectorised vocabulary lookup for the whole group, then split per event.
         sizes = [len(event.history) for _, event in items]
-        all_raw = np.fromiter((i for _, event in items for i in event.history), dtype=np.int64, count=sum(sizes))
+        all_raw = np.fromiter(itertools.chain.from_iterable(event.history for _, event in items), dtype=np.int64,
+                              count=sum(sizes))
         all_indices = served.to_indices(all_raw)
         bounds = np.cumsum(sizes)[:-1]
         for (record, event), raw, indices in zip(items, np.split(all_raw, bounds), np.split(all_indices, bounds),
@@ -214,9 +241,7 @@ class Pipeline:
         if not kept:
             return 0
 
-        started = time.perf_counter()
         statistics, per_head = self._statistics(served, histories)
-        self.metrics.observe_stage("recompute", time.perf_counter() - started)
 
         started = time.perf_counter()
         lengths = np.fromiter((min(len(h), served.max_len) for h in histories), dtype=np.int64, count=len(histories))
@@ -234,10 +259,8 @@ class Pipeline:
                     for layer in range(members.shape[2]):
                         key = SeriesKey(version, dimension, dim_labels[code], statistic, layer)
                         self.judge.observe(key, members[:, s_index, layer], now)
-        wall = self._clock()
-        observe = self.metrics.latency.observe
-        for event in kept:
-            observe(max(0.0, wall - event.ts / 1000.0))
+        event_seconds = np.fromiter((e.ts for e in kept), dtype=np.float64, count=len(kept)) / 1000.0
+        self.metrics.latency.observe_many(np.maximum(0.0, self._clock() - event_seconds))
         self._processed.inc(len(kept))
         self.metrics.observe_stage("fold", time.perf_counter() - started)
 
@@ -256,8 +279,9 @@ class Pipeline:
         out = np.empty((len(histories), len(STATISTICS), config_b.layers), dtype=np.float32)
         per_head = (np.empty((len(histories), len(STATISTICS), config_b.layers, config_b.heads), dtype=np.float32)
                     if config.per_head else None)
-        stats_seconds = 0.0
-        for chunk in recompute(model, histories, max_len=served.max_len, max_batch=self.config.max_batch):
+        started, stats_seconds = time.perf_counter(), 0.0
+        for chunk in recompute(model, histories, max_len=served.max_len, max_batch=self.config.max_batch,
+                               executor=self._forwards):
             t0 = time.perf_counter()
             out[chunk.rows] = compute(chunk.weights, chunk.lengths, chunk.item_index, served.genre_matrix,
                                       averaged_config)
@@ -265,6 +289,8 @@ class Pipeline:
                 per_head[chunk.rows] = compute(chunk.weights, chunk.lengths, chunk.item_index,
                                                served.genre_matrix, config)
             stats_seconds += time.perf_counter() - t0
+        # recompute: waiting for (and, inline, running) the forward passes; stats overlap them
+        self.metrics.observe_stage("recompute", time.perf_counter() - started - stats_seconds)
         self.metrics.observe_stage("stats", stats_seconds)
         return out, per_head
 
@@ -323,7 +349,8 @@ class Pipeline:
     def _mean_rows(self, served: ServedModel, histories: list[np.ndarray], width: int) -> np.ndarray:
         """Head-averaged rows [B, layers, width] (head averaging: invariant to head permutations)."""
         out = np.zeros((len(histories), served.checkpoint.config.layers, width), dtype=np.float32)
-        for chunk in recompute(served.checkpoint.model, histories, max_len=width, max_batch=self.config.max_batch):
+        for chunk in recompute(served.checkpoint.model, histories, max_len=width, max_batch=self.config.max_batch,
+                               executor=self._forwards):
             w = chunk.weights.shape[-1]
             out[chunk.rows, :, width - w:] = chunk.weights.mean(axis=2)
         return out

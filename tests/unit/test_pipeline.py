@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -160,3 +161,26 @@ def test_per_head_statistics_are_exported_with_a_head_label_when_configured(tmp_
     # The head-averaged series are there too, and the judge still sees head-averaged values only.
     assert h.value(statistic_metric("max_weight") + "_count", model_version=version, dimension="all",
                    cohort="all", layer="0") == 8
+
+
+def test_decoding_elsewhere_and_parallel_forwards_change_nothing(tmp_path, catalog):
+    """The agent decodes on its poll thread and runs forward passes on a pool: the
+    outcome must equal decoding and recomputing inline, one pass at a time."""
+    version = _publish(tmp_path, catalog, 0, "a")
+    items = [int(i) for i in catalog.item_ids[1:60]]
+    records = [Rec("t", 0, i, _event(version, items[: 1 + i % 50], platform=("ios", "web")[i % 2]))
+               for i in range(300)]
+    records.insert(17, Rec("t", 0, 300, b"{not json"))
+    inline, pooled = Harness(tmp_path, forward_threads=1), Harness(tmp_path, forward_threads=2, max_batch=16)
+    assert inline.pipeline.process(records) == 300
+    with ThreadPoolExecutor(1) as poll_thread:
+        decoded = poll_thread.submit(pooled.pipeline.decode, records).result()
+    assert pooled.pipeline.process(records, decoded) == 300
+    pooled.pipeline.close()
+    assert inline.dead == pooled.dead == [(300, Reason.NOT_JSON)]
+    for statistic in ("entropy", "max_weight", "recent_mass"):
+        for cohort, dimension in (("all", "all"), ("ios", "platform"), ("web", "platform")):
+            name = statistic_metric(statistic) + "_sum"
+            labels = dict(model_version=version, dimension=dimension, cohort=cohort, layer="1")
+            assert inline.value(name, **labels) == pytest.approx(pooled.value(name, **labels), rel=1e-6)
+            assert inline.value(name, **labels) > 0
