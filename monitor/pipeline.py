@@ -211,29 +211,34 @@ class Pipeline:
         version = served.version
         now = self._clock()
         self._note_version(version, now)
-        histories: list[np.ndarray] = []
-        raw_histories: list[np.ndarray] = []
-        kept: list[Event] = []
-        unknown_items = truncated = 0
-        # One vectorised vocabulary lookup for the whole group, then split per event.
-        sizes = [len(event.history) for _, event in items]
+        previous = self._previous.get(version)
+        pairing = previous is not None and version in self.judge.updates
+        # One vectorised vocabulary lookup for the whole group, then split per event; only
+        # events with unknown items (rare) are touched one by one.
+        sizes = np.fromiter((len(event.history) for _, event in items), dtype=np.int64, count=len(items))
         all_raw = np.fromiter(itertools.chain.from_iterable(event.history for _, event in items), dtype=np.int64,
-                              count=sum(sizes))
+                              count=int(sizes.sum()))
         all_indices = served.to_indices(all_raw)
-        bounds = np.cumsum(sizes)[:-1]
-        for (record, event), raw, indices in zip(items, np.split(all_raw, bounds), np.split(all_indices, bounds),
-                                                 strict=True):
-            known = indices >= 0
-            if not known.all():
-                unknown_items += int((~known).sum())
-                indices, raw = indices[known], raw[known]
-                if len(indices) == 0:
-                    self._reject(record, Reason.UNKNOWN_ITEMS, f"none of {len(event.history)} history items is known to {version}")
-                    continue
-            truncated += len(indices) > served.max_len
-            histories.append(indices)
-            raw_histories.append(raw)
-            kept.append(event)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))  # histories are never empty (decode)
+        unknown = np.add.reduceat((all_indices < 0).astype(np.int64), starts)
+        histories = np.split(all_indices, starts[1:])
+        raw_histories = np.split(all_raw, starts[1:]) if pairing else []  # only the paired sample needs them
+        keep = np.ones(len(items), dtype=bool)
+        for k in np.flatnonzero(unknown).tolist():
+            known = histories[k] >= 0
+            histories[k] = histories[k][known]
+            if pairing:
+                raw_histories[k] = raw_histories[k][known]
+            if not known.any():
+                keep[k] = False
+                self._reject(items[k][0], Reason.UNKNOWN_ITEMS,
+                             f"none of {sizes[k]} history items is known to {version}")
+        kept = [event for (_, event), k in zip(items, keep, strict=True) if k]
+        if not keep.all():
+            histories = [h for h, k in zip(histories, keep, strict=True) if k]
+            raw_histories = [h for h, k in zip(raw_histories, keep, strict=True) if k] if pairing else []
+        unknown_items = int(unknown.sum())
+        truncated = int(((sizes - unknown)[keep] > served.max_len).sum())
         if unknown_items:
             self.metrics.unknown_items.labels(version).inc(unknown_items)
         if truncated:
@@ -264,8 +269,7 @@ class Pipeline:
         self._processed.inc(len(kept))
         self.metrics.observe_stage("fold", time.perf_counter() - started)
 
-        previous = self._previous.get(version)
-        if previous is not None and version in self.judge.updates:
+        if pairing and previous is not None:
             self._pair(served, previous, raw_histories, codes, labels)
         return len(kept)
 
