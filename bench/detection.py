@@ -89,14 +89,12 @@ class RecordingPipeline(Pipeline):
         self.batches: list[dict] = []  # {version, avg [B,S,L], heads [B,S,L,H], codes [B,D]}
 
     def _statistics(self, served, histories):
-        result = super()._statistics(served, histories)
-        # The pipeline returns head-averaged values, or (head-averaged, per-head or None).
-        avg, heads = result if isinstance(result, tuple) else (result, None)
+        avg, heads = result = super()._statistics(served, histories)  # heads: None unless configured
         if heads is None:  # per-head values are not configured: compute them here, for the naive judge
             per_head = dataclasses.replace(self.config.stats, per_head=True)
             heads = np.empty((*avg.shape, served.checkpoint.config.heads), np.float32)
             for chunk in recompute(served.checkpoint.model, histories, max_len=served.max_len,
-                                   max_batch=self.config.max_batch):
+                                   max_batch=self.config.max_batch, executor=self._forwards):
                 heads[chunk.rows] = compute(chunk.weights, chunk.lengths, chunk.item_index, served.genre_matrix, per_head)
         self.batches.append({"version": served.version, "avg": avg, "heads": heads})
         return result

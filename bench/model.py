@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 from model.baselines import GRU4Rec, GRU4RecConfig, Popularity  # noqa: E402
 from model.data import Split, leave_one_out, left_pad, load_movielens  # noqa: E402
-from model.evaluate import RankingMetrics, evaluate, ndcg_gains, target_ranks  # noqa: E402
+from model.evaluate import RankingMetrics, ndcg_gains, target_ranks  # noqa: E402
 from model.sasrec import SASRec, SASRecConfig  # noqa: E402
 from model.train import TrainConfig, seed_everything, train  # noqa: E402
 from monitor.recompute import recompute  # noqa: E402
@@ -61,11 +61,12 @@ def throughput(model: SASRec, histories: list[np.ndarray], batch: int, fast: boo
     return done / (time.perf_counter() - started)
 
 
-def user_gains(model: torch.nn.Module, split: Split, n_items: int, max_len: int) -> np.ndarray:
-    """Per-user NDCG@10 on the test split, full ranking."""
-    ranks, _ = target_ranks(model, split.test_history, split.test_target, n_items=n_items, max_len=max_len,
-                            negatives=0)
-    return ndcg_gains(ranks)
+def test_ranking(model: torch.nn.Module, split: Split, n_items: int, max_len: int, seed: int,
+                 ) -> tuple[RankingMetrics, np.ndarray]:
+    """Test-split metrics (full and sampled) and each user's NDCG@10 (full), from one ranking."""
+    full, sampled = target_ranks(model, split.test_history, split.test_target, n_items=n_items, max_len=max_len,
+                                 seed=seed)
+    return RankingMetrics.from_ranks(full, sampled), ndcg_gains(full)
 
 
 def paired_difference(a: list[np.ndarray], b: list[np.ndarray], resamples: int = 10_000) -> tuple[float, float, float, float]:
@@ -107,19 +108,18 @@ def main() -> int:
             seed_everything(seed, config.threads)
             model = build()
             result = train(model, split, n_items=n, max_len=model.config.max_len, config=config)
-            metrics = evaluate(model, split.test_history, split.test_target, n_items=n,
-                               max_len=model.config.max_len, seed=seed)
+            metrics, per_user = test_ranking(model, split, n, model.config.max_len, seed)
             results[name].append(metrics)
-            gains[name].append(user_gains(model, split, n, model.config.max_len))
+            gains[name].append(per_user)
             training[name].append((result.seconds, result.best_epoch))
             print(f"seed {seed} {name:<8} {result.epochs} epochs (best {result.best_epoch}) in {result.seconds:.0f}s: "
                   f"test HR@10 {metrics.hr10:.4f} NDCG@10 {metrics.ndcg10:.4f}", flush=True)
             if name == "SASRec" and served is None:
                 served = model
         popular = Popularity(n, split.train)
-        results["most popular"].append(evaluate(popular, split.test_history, split.test_target, n_items=n,
-                                                max_len=50, seed=seed))
-        gains["most popular"].append(user_gains(popular, split, n, 50))
+        metrics, per_user = test_ranking(popular, split, n, 50, seed)
+        results["most popular"].append(metrics)
+        gains["most popular"].append(per_user)
 
     print(f"\nMovieLens (dslabs), leave-one-out, {len(split.test_target)} users, {len(args.seeds)} seed(s); "
           "mean ± std")

@@ -33,6 +33,13 @@ class RankingMetrics:
     ndcg10_sampled: float
     users: int
 
+    @classmethod
+    def from_ranks(cls, full_ranks: np.ndarray, sampled_ranks: np.ndarray | None) -> RankingMetrics:
+        """From :func:`target_ranks`' output (sampled metrics NaN without sampled ranks)."""
+        hr, ndcg = _hit_and_gain(full_ranks)
+        hr_s, ndcg_s = _hit_and_gain(sampled_ranks) if sampled_ranks is not None else (float("nan"), float("nan"))
+        return cls(hr10=hr, ndcg10=ndcg, hr10_sampled=hr_s, ndcg10_sampled=ndcg_s, users=len(full_ranks))
+
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
 
@@ -115,8 +122,5 @@ def evaluate(
 
     ``negatives=0`` skips the sampled protocol (its metrics are then NaN).
     """
-    full_ranks, sampled_ranks = target_ranks(model, histories, targets, n_items=n_items, max_len=max_len,
-                                             negatives=negatives, seed=seed, batch_size=batch_size)
-    hr, ndcg = _hit_and_gain(full_ranks)
-    hr_s, ndcg_s = _hit_and_gain(sampled_ranks) if sampled_ranks is not None else (float("nan"), float("nan"))
-    return RankingMetrics(hr10=hr, ndcg10=ndcg, hr10_sampled=hr_s, ndcg10_sampled=ndcg_s, users=len(targets))
+    return RankingMetrics.from_ranks(*target_ranks(model, histories, targets, n_items=n_items, max_len=max_len,
+                                                   negatives=negatives, seed=seed, batch_size=batch_size))

@@ -1,13 +1,15 @@
 """The long-running agent: poll -> fold -> judge -> checkpoint -> commit, until told to stop.
 
 Threads and why:
-- the main thread polls the source and queues batches for the worker, so fetching and
-  decoding the next batch overlaps with the forward pass of the last one. With two
-  batches queued it pauses every partition but keeps polling, so a slow forward pass
-  never pushes the member past ``max.poll.interval.ms`` and memory stays bounded;
+- the main thread polls the source, decodes each batch (``Pipeline.decode`` is pure) and
+  queues it for the worker, so fetching and decoding the next batch overlaps with folding
+  the last one. With two batches queued it pauses every partition but keeps polling, so a
+  slow forward pass never pushes the member past ``max.poll.interval.ms`` and memory stays
+  bounded;
 - one worker thread does everything that touches pipeline state (fold, judge), in FIFO
   order, so state needs no locks; checkpoints run with the worker drained and the main
   thread not polling, since they commit through the consumer;
+- the pipeline's ``forward_threads`` run a batch's forward passes in parallel for the worker;
 - the HTTP thread serves /metrics, /healthz and /readyz.
 
 Delivery: offsets are committed only after the state that includes them is
