@@ -129,14 +129,19 @@ class _Block(nn.Module):
         """Attention of the last position only: [B, H, L]. Skips values, output and FFN.
 
         key_bias [B, 1, L]: 0 for real keys, -1e30 for padding.
+
+        The key projection is folded into the query instead of applied to every position:
+        q_h . (W_h n_j + b_h) = (W_h^T q_h) . n_j + q_h . b_h, so each row costs one
+        [L, d] x [d, H] product instead of an [L, d] x [d, d] projection of all keys.
         """
         b, length, d = x.shape
         normed = self.attn_norm(x)
         w_q, w_k, _ = self.qkv.weight.split(d, dim=0)
         b_q, b_k, _ = self.qkv.bias.split(d, dim=0)
-        q = F.linear(normed[:, -1], w_q, b_q).view(b, self.heads, 1, self.head_dim)
-        k = F.linear(normed, w_k, b_k).view(b, length, self.heads, self.head_dim).transpose(1, 2)
-        logits = (q @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(self.head_dim)
+        q = F.linear(normed[:, -1], w_q, b_q).view(b, self.heads, self.head_dim) / math.sqrt(self.head_dim)
+        folded = torch.einsum("bhe,hed->bhd", q, w_k.view(self.heads, self.head_dim, d))  # [B, H, d]
+        offset = (q * b_k.view(self.heads, self.head_dim)).sum(-1, keepdim=True)  # [B, H, 1]
+        logits = torch.bmm(folded, normed.transpose(1, 2)) + offset  # [B, H, L]
         return torch.softmax(logits + key_bias, dim=-1)
 
 

@@ -273,11 +273,12 @@ class AgentMetrics:
             "attnmon_events_held", "Events waiting for their model version to appear.", registry=registry
         )
         self.unknown_items = Counter(
-            "attnmon_history_items_unknown", "History items the model version does not know (dropped).",
+            "attnmon_history_items_unknown",
+            "History items the model version does not know, skipped inside the span of history it reads.",
             ("model_version",), registry=registry,
         )
         self.truncated = Counter(
-            "attnmon_history_truncated", "Histories longer than the model reads (oldest items ignored).",
+            "attnmon_history_truncated", "Histories with items older than the model's window (those are not read).",
             ("model_version",), registry=registry,
         )
         self.stage_seconds = Histogram(

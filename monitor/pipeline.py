@@ -213,34 +213,13 @@ class Pipeline:
         self._note_version(version, now)
         previous = self._previous.get(version)
         pairing = previous is not None and version in self.judge.updates
-        # One vectorised vocabulary lookup for the whole group, then split per event; only
-        # events with unknown items (rare) are touched one by one.
-        sizes = np.fromiter((len(event.history) for _, event in items), dtype=np.int64, count=len(items))
-        all_raw = np.fromiter(itertools.chain.from_iterable(event.history for _, event in items), dtype=np.int64,
-                              count=int(sizes.sum()))
-        all_indices = served.to_indices(all_raw)
-        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))  # histories are never empty (decode)
-        unknown = np.add.reduceat((all_indices < 0).astype(np.int64), starts)
-        histories = np.split(all_indices, starts[1:])
-        raw_histories = np.split(all_raw, starts[1:]) if pairing else []  # only the paired sample needs them
-        keep = np.ones(len(items), dtype=bool)
-        for k in np.flatnonzero(unknown).tolist():
-            known = histories[k] >= 0
-            histories[k] = histories[k][known]
-            if pairing:
-                raw_histories[k] = raw_histories[k][known]
-            if not known.any():
-                keep[k] = False
-                self._reject(items[k][0], Reason.UNKNOWN_ITEMS,
-                             f"none of {sizes[k]} history items is known to {version}")
+        histories, raw_histories, keep, skipped, truncated = self._window_histories(served, items, keep_raw=pairing)
         kept = [event for (_, event), k in zip(items, keep, strict=True) if k]
         if not keep.all():
             histories = [h for h, k in zip(histories, keep, strict=True) if k]
             raw_histories = [h for h, k in zip(raw_histories, keep, strict=True) if k] if pairing else []
-        unknown_items = int(unknown.sum())
-        truncated = int(((sizes - unknown)[keep] > served.max_len).sum())
-        if unknown_items:
-            self.metrics.unknown_items.labels(version).inc(unknown_items)
+        if skipped:
+            self.metrics.unknown_items.labels(version).inc(skipped)
         if truncated:
             self.metrics.truncated.labels(version).inc(truncated)
         if not kept:
@@ -249,7 +228,7 @@ class Pipeline:
         statistics, per_head = self._statistics(served, histories)
 
         started = time.perf_counter()
-        lengths = np.fromiter((min(len(h), served.max_len) for h in histories), dtype=np.int64, count=len(histories))
+        lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))  # windows: <= max_len
         codes = self.assigner.assign([e.context for e in kept], lengths)
         labels = self.assigner.labels()
         for column, dimension in enumerate(self.assigner.dimensions):
@@ -272,6 +251,51 @@ class Pipeline:
         if pairing and previous is not None:
             self._pair(served, previous, raw_histories, codes, labels)
         return len(kept)
+
+    def _window_histories(
+        self, served: ServedModel, items: list[tuple[RecordLike, Event]], *, keep_raw: bool
+    ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, int, int]:
+        """Each event's window: the last ``max_len`` items of its history the model knows.
+
+        Returns model indices per event, their raw ids (only with ``keep_raw``: the paired
+        comparison looks them up in another version), which events have any known item,
+        the unknown items skipped inside the windows and how many windows start after the
+        history's first item. Only the tail the model can read is looked up, in one
+        vectorised pass; an event whose tail holds unknown items is looked up whole, since
+        its window then reaches further back. Unknown items older than the window are
+        not counted: the model would not have read them anyway.
+        """
+        window = served.max_len
+        tails = [event.history[-window:] for _, event in items]
+        sizes = np.fromiter(map(len, tails), dtype=np.int64, count=len(tails))
+        all_raw = np.fromiter(itertools.chain.from_iterable(tails), dtype=np.int64, count=int(sizes.sum()))
+        all_indices = served.to_indices(all_raw)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))  # histories are never empty (decode)
+        unknown = np.add.reduceat((all_indices < 0).astype(np.int64), starts)
+        histories = np.split(all_indices, starts[1:])
+        raw_histories = np.split(all_raw, starts[1:]) if keep_raw else []
+        full_sizes = np.fromiter((len(event.history) for _, event in items), dtype=np.int64, count=len(items))
+        cut = full_sizes > sizes
+        keep = np.ones(len(items), dtype=bool)
+        skipped = 0
+        for k in np.flatnonzero(unknown).tolist():  # rare: only events with unknown items in their tail
+            history = items[k][1].history
+            raw = np.fromiter(history, dtype=np.int64, count=len(history)) if cut[k] else all_raw[starts[k]:][:sizes[k]]
+            indices = served.to_indices(raw) if cut[k] else histories[k]
+            known_at = np.flatnonzero(indices >= 0)
+            if known_at.size == 0:
+                keep[k] = False
+                self._reject(items[k][0], Reason.UNKNOWN_ITEMS,
+                             f"none of {len(history)} history items is known to {served.version}")
+                continue
+            first = int(known_at[-window]) if known_at.size >= window else 0  # where the window starts
+            in_window = known_at[known_at >= first]
+            skipped += (len(raw) - first) - len(in_window)
+            cut[k] = first > 0
+            histories[k] = indices[in_window]
+            if keep_raw:
+                raw_histories[k] = raw[in_window]
+        return histories, raw_histories, keep, skipped, int(cut[keep].sum())
 
     def _statistics(self, served: ServedModel, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Head-averaged [B, stats, layers] for the histories, in their order, and per-head

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 _VERSION_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
+DENSE_LOOKUP_MAX_ID = 1 << 22  # a direct table up to 4M raw ids costs at most 32 MiB per version
+
+
 @dataclasses.dataclass(frozen=True)
 class ServedModel:
     """A loaded version plus the lookup tables the hot path needs."""
@@ -35,6 +38,9 @@ class ServedModel:
     raw_ids: np.ndarray  # [n_items] ascending raw item ids of model indices 1..n_items
     raw_order: np.ndarray  # [n_items] model index of raw_ids[i]
     genre_matrix: np.ndarray  # [V, G] float32, row-normalised
+    # raw id -> model index, -1 if unknown; the last slot answers every id beyond the table.
+    # None when the catalogue's ids are too sparse for a table (binary search then).
+    dense: np.ndarray | None = None
 
     @property
     def version(self) -> str:
@@ -45,22 +51,27 @@ class ServedModel:
         return self.checkpoint.config.max_len
 
     def to_indices(self, raw_history: np.ndarray) -> np.ndarray:
-        """Raw item ids -> model indices; unknown items map to -1. Vectorised."""
-        position = np.searchsorted(self.raw_ids, raw_history)
+        """Raw item ids -> model indices (int64); unknown items map to -1. Vectorised."""
+        raw = np.asarray(raw_history, dtype=np.int64)
+        if self.dense is not None:  # one gather instead of a binary search per item
+            beyond = len(self.dense) - 1
+            return self.dense[np.where((raw < 0) | (raw > beyond), beyond, raw)]
+        position = np.searchsorted(self.raw_ids, raw)
         position = np.minimum(position, len(self.raw_ids) - 1)
-        found = self.raw_ids[position] == raw_history
+        found = self.raw_ids[position] == raw
         return np.where(found, self.raw_order[position], -1)
 
     @classmethod
     def from_checkpoint(cls, loaded: Checkpoint) -> ServedModel:
         ids = loaded.catalog.item_ids[1:]
         order = np.argsort(ids, kind="stable")
-        return cls(
-            checkpoint=loaded,
-            raw_ids=ids[order],
-            raw_order=(order + 1).astype(np.int64),
-            genre_matrix=loaded.catalog.genre_matrix(),
-        )
+        raw_ids, raw_order = ids[order], (order + 1).astype(np.int64)
+        dense = None
+        if len(raw_ids) and 0 <= raw_ids[0] and raw_ids[-1] < DENSE_LOOKUP_MAX_ID:
+            dense = np.full(int(raw_ids[-1]) + 2, -1, dtype=np.int64)
+            dense[raw_ids] = raw_order
+        return cls(checkpoint=loaded, raw_ids=raw_ids, raw_order=raw_order,
+                   genre_matrix=loaded.catalog.genre_matrix(), dense=dense)
 
 
 class ModelRegistry:

@@ -108,6 +108,30 @@ def test_unknown_items_are_dropped_and_counted(tmp_path, catalog):
     assert h.value("attnmon_events_total", outcome="processed", reason="ok") == 1
 
 
+def test_window_is_the_last_known_items_and_only_unknown_items_inside_it_count(tmp_path, catalog):
+    version = _publish(tmp_path, catalog, 0, "a")  # max_len 20
+    h = Harness(tmp_path)
+    served = h.pipeline.registry.get(version)
+    known = [int(i) for i in catalog.item_ids[1:41]]
+    unknown = 999_999_999
+    histories = [
+        [unknown] + known,  # unknown long before the window: never read, not counted
+        known[:30] + [unknown] + known[30:],  # unknown inside the tail: the window reaches one item further back
+        [unknown] + known[:5] + [unknown],  # shorter than the window: both unknown items skipped
+    ]
+    records = [Rec("t", 0, offset, _event(version, history)) for offset, history in enumerate(histories)]
+    items = [(record, event) for record, event in zip(records, h.pipeline.decode(records))]
+    windows, raw, keep, skipped, truncated = h.pipeline._window_histories(served, items, keep_raw=True)
+    expected_raw = [known[20:], known[20:], known[:5]]
+    assert [w.tolist() for w in raw] == expected_raw
+    assert [w.tolist() for w in windows] == [served.to_indices(np.asarray(r)).tolist() for r in expected_raw]
+    assert keep.all() and (skipped, truncated) == (1 + 2, 2)
+    h.pipeline.process(records)
+    assert h.value("attnmon_history_items_unknown_total", model_version=version) == 3
+    assert h.value("attnmon_history_truncated_total", model_version=version) == 2
+    assert h.value("attnmon_events_total", outcome="processed", reason="ok") == 3
+
+
 def test_unknown_version_is_held_then_served_when_published(tmp_path, catalog):
     h = Harness(tmp_path, unknown_version_grace_s=60.0)
     torch.manual_seed(3)
