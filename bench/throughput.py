@@ -2,14 +2,17 @@
 
 Three measurements in one run, on the same events and the same model:
 
-1. **max rate**: the agent (in-process, real KafkaSource, real DeadLetterSink) drains a
-   pre-filled topic; events/s from first to last fold;
-2. **latency at half the max rate**: a producer process sends at half of (1)'s rate with
-   each event's ts set at send time; p50/p99 of the agent's own
-   ``attnmon_event_to_metric_latency_seconds`` histogram;
+1. **max rate**: agents with the production defaults, each in its own process with a
+   real KafkaSource and DeadLetterSink, drain a pre-filled topic; events/s once every
+   agent holds partitions. Measured for one agent, and for ``--replicas`` agents in one
+   consumer group on the same machine (the way to use more cores than one Python
+   process can: see docs/architecture.md, "Threads and CPU");
+2. **latency at half the max rate**, for each of those deployments: a producer process
+   sends at half its rate with each event's ts set at send time; p50/p99 of the
+   agents' ``attnmon_event_to_metric_latency_seconds`` histograms, summed by bucket;
 3. **naive path**: per-event ``json.loads``, a batch-1 full forward (``model.attention``),
    and one labelled ``observe`` per value with prometheus-client, on a slice of the same
-   events from the same broker.
+   events from the same broker, in one process.
 
 Needs the broker (``deploy/stack.sh start kafka``) and a trained model under
 ``--checkpoints`` (``attnmon train``). Prints figures; asserts nothing.
@@ -27,7 +30,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
+from typing import Any
 from pathlib import Path
 
 # `python bench/throughput.py` puts bench/ first on sys.path, where bench/model.py would
@@ -94,37 +100,122 @@ def processed(agent: Agent) -> float:
                if s.name == "attnmon_events_total")
 
 
-def run_agent_until(agent: Agent, total: int, timeout_s: float) -> tuple[float, float]:
-    """Run the agent on a thread until it has folded ``total`` events: (first fold time, last)."""
+@dataclasses.dataclass(frozen=True)
+class ReplicaSpec:
+    """What a replica process needs to build its agent (picklable: replicas are spawned)."""
+
+    bootstrap: str
+    topic: str
+    group_id: str
+    checkpoints: Path
+    state: Path
+    threads: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaResult:
+    samples: list[tuple[float, float]]  # (time.monotonic(), events processed so far)
+    stages: dict[str, float]  # stage -> seconds (attnmon_stage_duration_seconds sums)
+    latency_buckets: list[tuple[float, float]]  # (le, cumulative count) of the event-to-metric histogram
+
+
+@dataclasses.dataclass
+class Shared:
+    """Progress the parent reads while replicas run (multiprocessing shared memory)."""
+
+    counts: Any  # Array("d", replicas): events processed per replica
+    ready: Any  # Array("b", replicas): partitions assigned and a model loaded
+    stop: Any  # Event: the parent says stop
+
+
+def histogram_buckets(agent: Agent, name: str) -> list[tuple[float, float]]:
+    return sorted((float(s.labels["le"]), s.value) for m in agent.registry.collect() if m.name == name
+                  for s in m.samples if s.name == name + "_bucket")
+
+
+def stage_seconds(agent: Agent) -> dict[str, float]:
+    return {s.labels["stage"]: s.value for m in agent.registry.collect() if m.name == "attnmon_stage_duration_seconds"
+            for s in m.samples if s.name.endswith("_sum")}
+
+
+def run_replica(index: int, spec: ReplicaSpec, shared: Shared, results: Queue) -> None:
+    """One agent process with the production defaults, as a deployment would run it."""
+    kafka = KafkaSettings(bootstrap_servers=spec.bootstrap)
+    settings = agent_settings(kafka, spec.topic, spec.checkpoints, spec.state, spec.threads)
+    settings = dataclasses.replace(settings, kafka=dataclasses.replace(settings.kafka, group_id=spec.group_id))
+    agent = Agent(settings, lambda a, r: KafkaSource(settings.kafka, on_assigned=a, on_revoked=r),
+                  DeadLetterSink(kafka))
     thread = threading.Thread(target=agent.run)
     thread.start()
-    first = last = None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    samples = []
+    while not shared.stop.is_set():
         done = processed(agent)
-        now = time.monotonic()
-        if done > 0 and first is None:
-            first = now
-        if done >= total:
-            last = now
-            break
+        samples.append((time.monotonic(), done))
+        shared.counts[index] = done
+        shared.ready[index] = agent.ready()[0]
         time.sleep(0.02)
     agent.stop()
     thread.join()
-    if first is None or last is None:
-        raise SystemExit(f"agent folded {processed(agent):.0f} of {total} events within {timeout_s}s")
-    return first, last
+    results.put((index, ReplicaResult(samples, stage_seconds(agent),
+                                      histogram_buckets(agent, "attnmon_event_to_metric_latency_seconds"))))
 
 
-def quantile_from_histogram(agent: Agent, name: str, q: float) -> float:
+def run_replicas(kafka: KafkaSettings, topic: str, replicas: int, checkpoints: Path, work: Path, threads: int,
+                 total: int, *, produce: Callable[[], None] | None = None,
+                 timeout_s: float = 600) -> tuple[list[ReplicaResult], float]:
+    """Run ``replicas`` agent processes in one new consumer group until they have processed
+    ``total`` events; with ``produce``, call it once every replica is ready. Returns each
+    replica's result and when the last event was done."""
+    spawn = multiprocessing.get_context("spawn")
+    shared = Shared(spawn.Array("d", replicas), spawn.Array("b", replicas), spawn.Event())
+    results: Queue = spawn.Queue()
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    processes = [spawn.Process(target=run_replica, args=(i, ReplicaSpec(
+        kafka.bootstrap_servers, topic, group, checkpoints, work / "state" / f"{topic}-{i}", threads), shared, results))
+        for i in range(replicas)]
+    for process in processes:
+        process.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        if produce is not None:
+            while not all(shared.ready) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            produce()
+        while sum(shared.counts) < total and time.monotonic() < deadline:
+            time.sleep(0.02)
+        finished = time.monotonic()
+        done = sum(shared.counts)
+    finally:
+        shared.stop.set()
+        collected = dict(results.get(timeout=120) for _ in processes)
+        for process in processes:
+            process.join()
+        for i in range(replicas):
+            shutil.rmtree(work / "state" / f"{topic}-{i}", ignore_errors=True)
+    if done < total:
+        raise SystemExit(f"{replicas} replica(s) processed {done:.0f} of {total} events within {timeout_s:.0f}s")
+    return [collected[i] for i in range(replicas)], finished
+
+
+def steady_rate(results: list[ReplicaResult], finished: float) -> float:
+    """Events/s from the moment every replica is processing to the last event.
+
+    A new consumer group assigns every partition to the first member to join, then
+    rebalances as the others join; the rate is measured once all of them hold partitions.
+    """
+    starts = [next(t for t, n in r.samples if n > 0) for r in results]
+    start = max(starts)
+    at_start = sum(max((n for t, n in r.samples if t <= start), default=0.0) for r in results)
+    at_end = sum(r.samples[-1][1] for r in results)
+    return (at_end - at_start) / (finished - start)
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
     """Linear interpolation inside the bucket, as Prometheus' histogram_quantile does."""
-    samples = [s for m in agent.registry.collect() if m.name == name for s in m.samples if s.name == name + "_bucket"]
-    bounds = [(float(s.labels["le"]), s.value) for s in samples]
-    bounds.sort()
-    total = bounds[-1][1]
+    total = buckets[-1][1]
     target = q * total
     previous_bound, previous_count = 0.0, 0.0
-    for bound, count in bounds:
+    for bound, count in buckets:
         if count >= target:
             if bound == float("inf"):
                 return previous_bound
@@ -134,29 +225,28 @@ def quantile_from_histogram(agent: Agent, name: str, q: float) -> float:
     return float("nan")
 
 
-def stage_seconds(agent: Agent) -> dict[str, float]:
-    out = {}
-    for metric in agent.registry.collect():
-        if metric.name == "attnmon_stage_duration_seconds":
-            for s in metric.samples:
-                if s.name.endswith("_sum"):
-                    out[s.labels["stage"]] = s.value
-    return out
+def merged_latency(results: list[ReplicaResult]) -> list[tuple[float, float]]:
+    """Sum the replicas' histograms bucket by bucket, as Prometheus' sum by (le) does."""
+    merged: dict[float, float] = {}
+    for result in results:
+        for bound, count in result.latency_buckets:
+            merged[bound] = merged.get(bound, 0.0) + count
+    return sorted(merged.items())
 
 
-def bench_max_rate(kafka: KafkaSettings, checkpoints: Path, events: list[bytes], work: Path,
-                   threads: int) -> tuple[float, dict]:
+def bench_max_rate(kafka: KafkaSettings, checkpoints: Path, events: list[bytes], work: Path, threads: int,
+                   replicas: int) -> tuple[float, dict[str, float]]:
+    """Max events/s of ``replicas`` agents draining a pre-filled topic; stage seconds summed."""
     topic = f"bench.max.{uuid.uuid4().hex[:6]}"
-    ensure_topic(kafka, topic, 2)
+    ensure_topic(kafka, topic, max(2, replicas))
     fill(kafka, topic, events)
-    agent = Agent(agent_settings(kafka, topic, checkpoints, work / "state-max", threads),
-                  lambda a, r: KafkaSource(dataclasses.replace(kafka, topic=topic, group_id=f"bench-{uuid.uuid4().hex[:8]}",
-                                                               max_poll_records=512), on_assigned=a, on_revoked=r),
-                  DeadLetterSink(kafka))
-    first, last = run_agent_until(agent, len(events), timeout_s=600)
-    rate = (len(events) - 1) / (last - first)
+    results, finished = run_replicas(kafka, topic, replicas, checkpoints, work, threads, len(events))
     delete_topic(kafka, topic)
-    return rate, stage_seconds(agent)
+    stages: dict[str, float] = {}
+    for result in results:
+        for stage, seconds in result.stages.items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+    return steady_rate(results, finished), stages
 
 
 def send_paced(kafka: KafkaSettings, topic: str, events: list[bytes], rate: float, sent_rate: Synchronized) -> None:
@@ -175,29 +265,25 @@ def send_paced(kafka: KafkaSettings, topic: str, events: list[bytes], rate: floa
 
 
 def bench_latency(kafka: KafkaSettings, checkpoints: Path, events: list[bytes], work: Path, rate: float,
-                  threads: int) -> tuple[float, float, float]:
+                  threads: int, replicas: int) -> tuple[float, float, float]:
+    """Event-to-metric p50/p99 of ``replicas`` agents while a producer sends at ``rate``."""
     topic = f"bench.lat.{uuid.uuid4().hex[:6]}"
-    ensure_topic(kafka, topic, 2)
-    settings = agent_settings(kafka, topic, checkpoints, work / "state-lat", threads)
-    agent = Agent(settings, lambda a, r: KafkaSource(settings.kafka, on_assigned=a, on_revoked=r), DeadLetterSink(kafka))
-    thread = threading.Thread(target=agent.run)
-    thread.start()
-    time.sleep(3.0)  # join the group before the clock starts
-    # The load generator is a separate process, as upstream services are: in this process
-    # its Python send loop would hold the GIL the agent needs and inflate the latencies.
+    ensure_topic(kafka, topic, max(2, replicas))
+    # The load generator is a separate process, as upstream services are: in an agent's
+    # process its Python send loop would hold the GIL the agent needs.
     spawn = multiprocessing.get_context("spawn")
     sent_rate = spawn.Value("d", 0.0)
-    producer = spawn.Process(target=send_paced, args=(kafka, topic, events, rate, sent_rate))
-    producer.start()
-    producer.join()
-    deadline = time.monotonic() + 120
-    while processed(agent) < len(events) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    agent.stop()
-    thread.join()
+
+    def produce() -> None:
+        time.sleep(1.0)  # let the group settle after the last join
+        producer = spawn.Process(target=send_paced, args=(kafka, topic, events, rate, sent_rate))
+        producer.start()
+        producer.join()
+
+    results, _ = run_replicas(kafka, topic, replicas, checkpoints, work, threads, len(events), produce=produce)
     delete_topic(kafka, topic)
-    name = "attnmon_event_to_metric_latency_seconds"
-    return sent_rate.value, quantile_from_histogram(agent, name, 0.5), quantile_from_histogram(agent, name, 0.99)
+    buckets = merged_latency(results)
+    return sent_rate.value, quantile(buckets, 0.5), quantile(buckets, 0.99)
 
 
 def bench_naive(kafka: KafkaSettings, checkpoints: Path, version: str, events: list[bytes]) -> float:
@@ -241,6 +327,12 @@ def bench_naive(kafka: KafkaSettings, checkpoints: Path, version: str, events: l
     return rate
 
 
+def _deployment(replicas: int) -> str:
+    if replicas == 1:
+        return "one agent process"
+    return f"{replicas} agent processes in one consumer group, a partition each"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", default="127.0.0.1:19092")
@@ -249,6 +341,8 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--naive-events", type=int, default=1_500)
     parser.add_argument("--work", type=Path, default=Path("var/bench"))
+    parser.add_argument("--replicas", type=int, default=2,
+                        help="also measure this many agent processes in one consumer group (1: only one)")
     parser.add_argument("--torch-threads", type=int, default=ModelSettings.torch_threads,
                         help="models.torch_threads for the agent (the naive path uses the same)")
     args = parser.parse_args()
@@ -261,27 +355,42 @@ def main() -> int:
           f"heads={loaded.config.heads}; {len(events):,} events, mean history {np.mean(lengths):.0f} items "
           f"(after truncation to L)")
 
-    print(f"torch threads: {args.torch_threads} (agent and naive path)")
-    rate, stages = bench_max_rate(kafka, args.checkpoints, events, args.work, args.torch_threads)
-    total_stage = stages.get("batch", 0.0)
-    print(f"\nmax rate (agent, real broker): {rate:,.0f} events/s")
-    print(f"  where the time goes (wall seconds; the fold worker was busy {total_stage:.2f}s of {len(events) / rate:.2f}s):")
-    print(f"    {'decode':<10} {stages.get('decode', 0.0):7.2f}s  on the poll thread, overlapping the worker")
-    for stage in ("recompute", "stats", "fold"):
-        share = stages.get(stage, 0.0) / total_stage if total_stage else 0.0
-        print(f"    {stage:<10} {stages.get(stage, 0.0):7.2f}s  {share:6.1%} of the worker's time")
+    print(f"torch threads: {args.torch_threads} (agent and naive path); agents run with the production defaults")
+    rates: dict[int, float] = {}
+    for replicas in sorted({1, args.replicas}):
+        # More replicas drain a larger topic, so that the steady part after the group's
+        # rebalance is long enough to measure.
+        topic_events = events * replicas
+        rate, stages = bench_max_rate(kafka, args.checkpoints, topic_events, args.work, args.torch_threads, replicas)
+        rates[replicas] = rate
+        busy = stages.get("batch", 0.0)
+        print(f"\nmax rate, {replicas} replica{'s' if replicas > 1 else ''} ({_deployment(replicas)}): "
+              f"{rate:,.0f} events/s")
+        if replicas == 1:
+            print(f"  where the time goes (wall seconds; the fold worker was busy {busy:.2f}s of "
+                  f"{len(topic_events) / rate:.2f}s):")
+            print(f"    {'decode':<10} {stages.get('decode', 0.0):7.2f}s  on the poll thread, overlapping the worker")
+            for stage in ("recompute", "stats", "fold"):
+                share = stages.get(stage, 0.0) / busy if busy else 0.0
+                print(f"    {stage:<10} {stages.get(stage, 0.0):7.2f}s  {share:6.1%} of the worker's time")
+        else:
+            print(f"  {rate / rates[1]:.2f}x one replica")
 
-    target = rate / 2
-    n_latency = min(len(events), int(target * 20))  # ~20 s of traffic
-    sent_rate, p50, p99 = bench_latency(kafka, args.checkpoints, events[:n_latency], args.work, target,
-                                       args.torch_threads)
-    print(f"\nlatency at half the max rate ({sent_rate:,.0f} events/s sent, {n_latency:,} events): "
-          f"event-to-metric p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+    for replicas, rate in rates.items():
+        target = rate / 2
+        n_latency = min(len(events), int(target * 20))  # ~20 s of traffic
+        sent_rate, p50, p99 = bench_latency(kafka, args.checkpoints, events[:n_latency], args.work, target,
+                                           args.torch_threads, replicas)
+        print(f"\nlatency at half the max rate, {replicas} replica{'s' if replicas > 1 else ''} "
+              f"({sent_rate:,.0f} events/s sent, {n_latency:,} events): "
+              f"event-to-metric p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
 
     torch.set_num_threads(args.torch_threads)
     naive = bench_naive(kafka, args.checkpoints, version, events[: args.naive_events])
     print(f"\nnaive path (json, batch-1 full forward, per-value labelled observe): {naive:,.0f} events/s")
-    print(f"speed-up of the agent over the naive path: {rate / naive:.1f}x")
+    print(f"speed-up over the naive path: one replica {rates[1] / naive:.1f}x"
+          + "".join(f"; {r} replicas {rate / naive:.1f}x" for r, rate in rates.items() if r > 1)
+          + " (the naive path is one process)")
     return 0
 
 
