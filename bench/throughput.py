@@ -48,7 +48,7 @@ from model import checkpoint
 from model.data import left_pad, load_movielens
 from monitor.daemon import Agent
 from monitor.replay import EventFactory, Scenario
-from monitor.settings import IntervalSettings, KafkaSettings, ModelSettings, Settings, StateSettings
+from monitor.settings import IntervalSettings, KafkaSettings, ModelSettings, PollSettings, Settings, StateSettings
 from monitor.source import DeadLetterSink, EventProducer, KafkaSource, delete_topic, ensure_topic
 from monitor.stats import STATISTICS, compute
 
@@ -77,14 +77,23 @@ def fill(kafka: KafkaSettings, topic: str, events: list[bytes]) -> None:
     producer.close()
 
 
-def agent_settings(kafka: KafkaSettings, topic: str, checkpoints: Path, state: Path, threads: int) -> Settings:
+@dataclasses.dataclass(frozen=True)
+class Knobs:
+    """The agent settings a run varies; everything else is the production default."""
+
+    torch_threads: int = ModelSettings.torch_threads
+    poll_records: int = PollSettings.max_records
+
+
+def agent_settings(kafka: KafkaSettings, topic: str, checkpoints: Path, state: Path, knobs: Knobs) -> Settings:
     # A state left by an earlier run would make this run's model look like an update of
     # that run's model (paired comparisons on every batch): always start from scratch.
     shutil.rmtree(state, ignore_errors=True)
     return Settings(
         kafka=dataclasses.replace(kafka, topic=topic, dead_letter_topic=topic + ".dlq",
-                                  group_id=f"bench-{uuid.uuid4().hex[:8]}"),
-        models=ModelSettings(root=checkpoints, torch_threads=threads),
+                                  group_id=f"bench-{uuid.uuid4().hex[:8]}", max_poll_records=knobs.poll_records),
+        models=ModelSettings(root=checkpoints, torch_threads=knobs.torch_threads),
+        poll=PollSettings(max_records=knobs.poll_records),
         state=StateSettings(directory=state),
         intervals=IntervalSettings(),  # production defaults: judge every 5 s, checkpoint every 10 s
     )
@@ -109,7 +118,7 @@ class ReplicaSpec:
     group_id: str
     checkpoints: Path
     state: Path
-    threads: int
+    knobs: Knobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +150,7 @@ def stage_seconds(agent: Agent) -> dict[str, float]:
 def run_replica(index: int, spec: ReplicaSpec, shared: Shared, results: Queue) -> None:
     """One agent process with the production defaults, as a deployment would run it."""
     kafka = KafkaSettings(bootstrap_servers=spec.bootstrap)
-    settings = agent_settings(kafka, spec.topic, spec.checkpoints, spec.state, spec.threads)
+    settings = agent_settings(kafka, spec.topic, spec.checkpoints, spec.state, spec.knobs)
     settings = dataclasses.replace(settings, kafka=dataclasses.replace(settings.kafka, group_id=spec.group_id))
     agent = Agent(settings, lambda a, r: KafkaSource(settings.kafka, on_assigned=a, on_revoked=r),
                   DeadLetterSink(kafka))
@@ -160,7 +169,7 @@ def run_replica(index: int, spec: ReplicaSpec, shared: Shared, results: Queue) -
                                       histogram_buckets(agent, "attnmon_event_to_metric_latency_seconds"))))
 
 
-def run_replicas(kafka: KafkaSettings, topic: str, replicas: int, checkpoints: Path, work: Path, threads: int,
+def run_replicas(kafka: KafkaSettings, topic: str, replicas: int, checkpoints: Path, work: Path, knobs: Knobs,
                  total: int, *, produce: Callable[[], None] | None = None,
                  timeout_s: float = 600) -> tuple[list[ReplicaResult], float]:
     """Run ``replicas`` agent processes in one new consumer group until they have processed
@@ -171,7 +180,7 @@ def run_replicas(kafka: KafkaSettings, topic: str, replicas: int, checkpoints: P
     results: Queue = spawn.Queue()
     group = f"bench-{uuid.uuid4().hex[:8]}"
     processes = [spawn.Process(target=run_replica, args=(i, ReplicaSpec(
-        kafka.bootstrap_servers, topic, group, checkpoints, work / "state" / f"{topic}-{i}", threads), shared, results))
+        kafka.bootstrap_servers, topic, group, checkpoints, work / "state" / f"{topic}-{i}", knobs), shared, results))
         for i in range(replicas)]
     for process in processes:
         process.start()
@@ -234,13 +243,13 @@ def merged_latency(results: list[ReplicaResult]) -> list[tuple[float, float]]:
     return sorted(merged.items())
 
 
-def bench_max_rate(kafka: KafkaSettings, checkpoints: Path, events: list[bytes], work: Path, threads: int,
+def bench_max_rate(kafka: KafkaSettings, checkpoints: Path, events: list[bytes], work: Path, knobs: Knobs,
                    replicas: int) -> tuple[float, dict[str, float]]:
     """Max events/s of ``replicas`` agents draining a pre-filled topic; stage seconds summed."""
     topic = f"bench.max.{uuid.uuid4().hex[:6]}"
     ensure_topic(kafka, topic, max(2, replicas))
     fill(kafka, topic, events)
-    results, finished = run_replicas(kafka, topic, replicas, checkpoints, work, threads, len(events))
+    results, finished = run_replicas(kafka, topic, replicas, checkpoints, work, knobs, len(events))
     delete_topic(kafka, topic)
     stages: dict[str, float] = {}
     for result in results:
@@ -265,7 +274,7 @@ def send_paced(kafka: KafkaSettings, topic: str, events: list[bytes], rate: floa
 
 
 def bench_latency(kafka: KafkaSettings, checkpoints: Path, events: list[bytes], work: Path, rate: float,
-                  threads: int, replicas: int) -> tuple[float, float, float]:
+                  knobs: Knobs, replicas: int) -> tuple[float, float, float]:
     """Event-to-metric p50/p99 of ``replicas`` agents while a producer sends at ``rate``."""
     topic = f"bench.lat.{uuid.uuid4().hex[:6]}"
     ensure_topic(kafka, topic, max(2, replicas))
@@ -280,7 +289,7 @@ def bench_latency(kafka: KafkaSettings, checkpoints: Path, events: list[bytes], 
         producer.start()
         producer.join()
 
-    results, _ = run_replicas(kafka, topic, replicas, checkpoints, work, threads, len(events), produce=produce)
+    results, _ = run_replicas(kafka, topic, replicas, checkpoints, work, knobs, len(events), produce=produce)
     delete_topic(kafka, topic)
     buckets = merged_latency(results)
     return sent_rate.value, quantile(buckets, 0.5), quantile(buckets, 0.99)
@@ -343,6 +352,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("var/bench"))
     parser.add_argument("--replicas", type=int, default=2,
                         help="also measure this many agent processes in one consumer group (1: only one)")
+    parser.add_argument("--poll-records", type=int, default=PollSettings.max_records,
+                        help="poll.max_records (and kafka max_poll_records) for the agents")
     parser.add_argument("--torch-threads", type=int, default=ModelSettings.torch_threads,
                         help="models.torch_threads for the agent (the naive path uses the same)")
     args = parser.parse_args()
@@ -355,13 +366,15 @@ def main() -> int:
           f"heads={loaded.config.heads}; {len(events):,} events, mean history {np.mean(lengths):.0f} items "
           f"(after truncation to L)")
 
-    print(f"torch threads: {args.torch_threads} (agent and naive path); agents run with the production defaults")
+    knobs = Knobs(torch_threads=args.torch_threads, poll_records=args.poll_records)
+    print(f"torch threads: {args.torch_threads} (agent and naive path); poll.max_records {args.poll_records}; "
+          "otherwise the agents' production defaults")
     rates: dict[int, float] = {}
     for replicas in sorted({1, args.replicas}):
         # More replicas drain a larger topic, so that the steady part after the group's
         # rebalance is long enough to measure.
         topic_events = events * replicas
-        rate, stages = bench_max_rate(kafka, args.checkpoints, topic_events, args.work, args.torch_threads, replicas)
+        rate, stages = bench_max_rate(kafka, args.checkpoints, topic_events, args.work, knobs, replicas)
         rates[replicas] = rate
         busy = stages.get("batch", 0.0)
         print(f"\nmax rate, {replicas} replica{'s' if replicas > 1 else ''} ({_deployment(replicas)}): "
@@ -380,7 +393,7 @@ def main() -> int:
         target = rate / 2
         n_latency = min(len(events), int(target * 20))  # ~20 s of traffic
         sent_rate, p50, p99 = bench_latency(kafka, args.checkpoints, events[:n_latency], args.work, target,
-                                           args.torch_threads, replicas)
+                                           knobs, replicas)
         print(f"\nlatency at half the max rate, {replicas} replica{'s' if replicas > 1 else ''} "
               f"({sent_rate:,.0f} events/s sent, {n_latency:,} events): "
               f"event-to-metric p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")

@@ -280,7 +280,8 @@ class Pipeline:
         skipped = 0
         for k in np.flatnonzero(unknown).tolist():  # rare: only events with unknown items in their tail
             history = items[k][1].history
-            raw = np.fromiter(history, dtype=np.int64, count=len(history)) if cut[k] else all_raw[starts[k]:][:sizes[k]]
+            tail = all_raw[starts[k] : starts[k] + sizes[k]]
+            raw = np.fromiter(history, dtype=np.int64, count=len(history)) if cut[k] else tail
             indices = served.to_indices(raw) if cut[k] else histories[k]
             known_at = np.flatnonzero(indices >= 0)
             if known_at.size == 0:
