@@ -6,7 +6,7 @@ Three measurements in one run, on the same events and the same model:
    real KafkaSource and DeadLetterSink, drain a pre-filled topic; events/s once every
    agent holds partitions. Measured for one agent, and for ``--replicas`` agents in one
    consumer group on the same machine (the way to use more cores than one Python
-   process can: see docs/architecture.md, "Threads and CPU");
+   process can: docs/architecture.md, "One process, one interpreter lock");
 2. **latency at half the max rate**, for each of those deployments: a producer process
    sends at half its rate with each event's ts set at send time; p50/p99 of the
    agents' ``attnmon_event_to_metric_latency_seconds`` histograms, summed by bucket;
@@ -33,8 +33,8 @@ import uuid
 from collections.abc import Callable
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 # `python bench/throughput.py` puts bench/ first on sys.path, where bench/model.py would
 # shadow the `model` package; drop it.
