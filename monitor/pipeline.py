@@ -213,11 +213,7 @@ class Pipeline:
         self._note_version(version, now)
         previous = self._previous.get(version)
         pairing = previous is not None and version in self.judge.updates
-        histories, raw_histories, keep, skipped, truncated = self._window_histories(served, items, keep_raw=pairing)
-        kept = [event for (_, event), k in zip(items, keep, strict=True) if k]
-        if not keep.all():
-            histories = [h for h, k in zip(histories, keep, strict=True) if k]
-            raw_histories = [h for h, k in zip(raw_histories, keep, strict=True) if k] if pairing else []
+        kept, histories, raw_histories, skipped, truncated = self._window_histories(served, items, keep_raw=pairing)
         if skipped:
             self.metrics.unknown_items.labels(version).inc(skipped)
         if truncated:
@@ -254,13 +250,13 @@ class Pipeline:
 
     def _window_histories(
         self, served: ServedModel, items: list[tuple[RecordLike, Event]], *, keep_raw: bool
-    ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, int, int]:
+    ) -> tuple[list[Event], list[np.ndarray], list[np.ndarray], int, int]:
         """Each event's window: the last ``max_len`` items of its history the model knows.
 
-        Returns model indices per event, their raw ids (only with ``keep_raw``: the paired
-        comparison looks them up in another version), which events have any known item,
-        the unknown items skipped inside the windows and how many windows start after the
-        history's first item. Only the tail the model can read is looked up, in one
+        Returns the events with any known item (the others are dead-lettered), the model
+        indices of their windows, the windows' raw ids (only with ``keep_raw``: the paired
+        comparison looks them up in another version), the unknown items skipped inside the
+        windows and how many windows start after the history's first item. Only the tail the model can read is looked up, in one
         vectorised pass; an event whose tail holds unknown items is looked up whole, since
         its window then reaches further back. Unknown items older than the window are
         not counted: the model would not have read them anyway.
@@ -296,7 +292,11 @@ class Pipeline:
             histories[k] = indices[in_window]
             if keep_raw:
                 raw_histories[k] = raw[in_window]
-        return histories, raw_histories, keep, skipped, int(cut[keep].sum())
+        kept = [event for (_, event), k in zip(items, keep, strict=True) if k]
+        if not keep.all():
+            histories = [h for h, k in zip(histories, keep, strict=True) if k]
+            raw_histories = [h for h, k in zip(raw_histories, keep, strict=True) if k] if keep_raw else []
+        return kept, histories, raw_histories, skipped, int(cut[keep].sum())
 
     def _statistics(self, served: ServedModel, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Head-averaged [B, stats, layers] for the histories, in their order, and per-head

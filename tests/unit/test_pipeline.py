@@ -121,11 +121,11 @@ def test_window_is_the_last_known_items_and_only_unknown_items_inside_it_count(t
     ]
     records = [Rec("t", 0, offset, _event(version, history)) for offset, history in enumerate(histories)]
     items = [(record, event) for record, event in zip(records, h.pipeline.decode(records))]
-    windows, raw, keep, skipped, truncated = h.pipeline._window_histories(served, items, keep_raw=True)
+    kept, windows, raw, skipped, truncated = h.pipeline._window_histories(served, items, keep_raw=True)
     expected_raw = [known[20:], known[20:], known[:5]]
     assert [w.tolist() for w in raw] == expected_raw
     assert [w.tolist() for w in windows] == [served.to_indices(np.asarray(r)).tolist() for r in expected_raw]
-    assert keep.all() and (skipped, truncated) == (1 + 2, 2)
+    assert kept == [event for _, event in items] and (skipped, truncated) == (1 + 2, 2)
     h.pipeline.process(records)
     assert h.value("attnmon_history_items_unknown_total", model_version=version) == 3
     assert h.value("attnmon_history_truncated_total", model_version=version) == 2
