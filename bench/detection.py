@@ -62,7 +62,7 @@ from monitor.cohorts import CohortAssigner  # noqa: E402
 from monitor.judge import MODEL_UPDATE, WITHIN_VERSION, Judge, JudgeConfig  # noqa: E402
 from monitor.paired import PairedComparison, PairedConfig  # noqa: E402
 from monitor.pipeline import Pipeline  # noqa: E402
-from monitor.recompute import recompute  # noqa: E402
+from monitor.recompute import collect  # noqa: E402
 from monitor.replay import EventFactory, Scenario  # noqa: E402
 from monitor.scenarios import (  # noqa: E402
     DEFAULT_ROOT,
@@ -88,13 +88,12 @@ class RecordingPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         self.batches: list[dict] = []  # {version, avg [B,S,L], heads [B,S,L,H], codes [B,D]}
 
-    def _statistics(self, served, histories):
-        avg, heads = result = super()._statistics(served, histories)  # heads: None unless configured
+    def _statistics(self, served, passes, count):
+        avg, heads = result = super()._statistics(served, passes, count)  # heads: None unless configured
         if heads is None:  # per-head values are not configured: compute them here, for the naive judge
             per_head = dataclasses.replace(self.config.stats, per_head=True)
             heads = np.empty((*avg.shape, served.checkpoint.config.heads), np.float32)
-            for chunk in recompute(served.checkpoint.model, histories, max_len=served.max_len,
-                                   max_batch=self.config.max_batch, executor=self._forwards):
+            for chunk in collect(passes):  # the same passes again: a finished one returns its rows
                 heads[chunk.rows] = compute(chunk.weights, chunk.lengths, chunk.item_index, served.genre_matrix, per_head)
         self.batches.append({"version": served.version, "avg": avg, "heads": heads})
         return result

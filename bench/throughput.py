@@ -2,11 +2,12 @@
 
 Three measurements in one run, on the same events and the same model:
 
-1. **max rate**: agents with the production defaults, each in its own process with a
-   real KafkaSource and DeadLetterSink, drain a pre-filled topic; events/s once every
-   agent holds partitions. Measured for one agent, and for ``--replicas`` agents in one
-   consumer group on the same machine (the way to use more cores than one Python
-   process can: docs/architecture.md, "One process, one interpreter lock");
+1. **max rate**: agents with the production defaults, each in its own process (with its
+   forward-pass child process) and a real KafkaSource and DeadLetterSink, drain a
+   pre-filled topic; events/s once every agent holds partitions, and the CPU each
+   process spent per event meanwhile. Measured for one agent, and with ``--replicas``
+   also for that many agents in one consumer group (for machines with more cores than
+   one agent uses: docs/architecture.md, "Forward passes in a child process");
 2. **latency at half the max rate**, for each of those deployments: a producer process
    sends at half its rate with each event's ts set at send time; p50/p99 of the
    agents' ``attnmon_event_to_metric_latency_seconds`` histograms, summed by bucket;
@@ -24,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
+import os
 import re
 import shutil
 import sys
@@ -121,9 +123,23 @@ class ReplicaSpec:
     knobs: Knobs
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds so far of this process and of its live children (the forward process)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children = 0.0
+    for child in multiprocessing.active_children():
+        try:
+            fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # not Linux, or the child just ended
+            continue
+        children += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return time.process_time(), children
+
+
 @dataclasses.dataclass(frozen=True)
 class ReplicaResult:
     samples: list[tuple[float, float]]  # (time.monotonic(), events processed so far)
+    cpu: tuple[float, float, float]  # events, agent-process and forward-process CPU seconds while processing
     stages: dict[str, float]  # stage -> seconds (attnmon_stage_duration_seconds sums)
     latency_buckets: list[tuple[float, float]]  # (le, cumulative count) of the event-to-metric histogram
 
@@ -157,15 +173,20 @@ def run_replica(index: int, spec: ReplicaSpec, shared: Shared, results: Queue) -
     thread = threading.Thread(target=agent.run)
     thread.start()
     samples = []
+    cpu_from: tuple[float, float, float] | None = None
     while not shared.stop.is_set():
         done = processed(agent)
+        if done and cpu_from is None:
+            cpu_from = (done, *cpu_seconds())
         samples.append((time.monotonic(), done))
         shared.counts[index] = done
         shared.ready[index] = agent.ready()[0]
         time.sleep(0.02)
+    cpu_to = (processed(agent), *cpu_seconds())
+    cpu = tuple(b - a for a, b in zip(cpu_from or cpu_to, cpu_to, strict=True))
     agent.stop()
     thread.join()
-    results.put((index, ReplicaResult(samples, stage_seconds(agent),
+    results.put((index, ReplicaResult(samples, cpu, stage_seconds(agent),
                                       histogram_buckets(agent, "attnmon_event_to_metric_latency_seconds"))))
 
 
@@ -244,8 +265,9 @@ def merged_latency(results: list[ReplicaResult]) -> list[tuple[float, float]]:
 
 
 def bench_max_rate(kafka: KafkaSettings, checkpoints: Path, events: list[bytes], work: Path, knobs: Knobs,
-                   replicas: int) -> tuple[float, dict[str, float]]:
-    """Max events/s of ``replicas`` agents draining a pre-filled topic; stage seconds summed."""
+                   replicas: int) -> tuple[float, dict[str, float], tuple[float, float, float]]:
+    """Max events/s of ``replicas`` agents draining a pre-filled topic; stage seconds and
+    (events, agent-process CPU, forward-process CPU) summed over the replicas."""
     topic = f"bench.max.{uuid.uuid4().hex[:6]}"
     ensure_topic(kafka, topic, max(2, replicas))
     fill(kafka, topic, events)
@@ -255,7 +277,8 @@ def bench_max_rate(kafka: KafkaSettings, checkpoints: Path, events: list[bytes],
     for result in results:
         for stage, seconds in result.stages.items():
             stages[stage] = stages.get(stage, 0.0) + seconds
-    return steady_rate(results, finished), stages
+    cpu = tuple(sum(values) for values in zip(*(result.cpu for result in results), strict=True))
+    return steady_rate(results, finished), stages, cpu
 
 
 def send_paced(kafka: KafkaSettings, topic: str, events: list[bytes], rate: float, sent_rate: Synchronized) -> None:
@@ -350,8 +373,9 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--naive-events", type=int, default=1_500)
     parser.add_argument("--work", type=Path, default=Path("var/bench"))
-    parser.add_argument("--replicas", type=int, default=2,
-                        help="also measure this many agent processes in one consumer group (1: only one)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="also measure this many agents in one consumer group (1: only one); each agent "
+                             "is a process and its forward-pass child, so more pay off only beyond 2 cores")
     parser.add_argument("--poll-records", type=int, default=PollSettings.max_records,
                         help="poll.max_records (and kafka max_poll_records) for the agents")
     parser.add_argument("--torch-threads", type=int, default=ModelSettings.torch_threads,
@@ -374,7 +398,8 @@ def main() -> int:
         # More replicas drain a larger topic, so that the steady part after the group's
         # rebalance is long enough to measure.
         topic_events = events * replicas
-        rate, stages = bench_max_rate(kafka, args.checkpoints, topic_events, args.work, knobs, replicas)
+        rate, stages, (cpu_events, agent_cpu, forward_cpu) = bench_max_rate(
+            kafka, args.checkpoints, topic_events, args.work, knobs, replicas)
         rates[replicas] = rate
         busy = stages.get("batch", 0.0)
         print(f"\nmax rate, {replicas} replica{'s' if replicas > 1 else ''} ({_deployment(replicas)}): "
@@ -383,9 +408,12 @@ def main() -> int:
             print(f"  where the time goes (wall seconds; the fold worker was busy {busy:.2f}s of "
                   f"{len(topic_events) / rate:.2f}s):")
             print(f"    {'decode':<10} {stages.get('decode', 0.0):7.2f}s  on the poll thread, overlapping the worker")
-            for stage in ("recompute", "stats", "fold"):
+            for stage, what in (("recompute", "waiting for the forward process"), ("stats", ""), ("fold", "")):
                 share = stages.get(stage, 0.0) / busy if busy else 0.0
-                print(f"    {stage:<10} {stages.get(stage, 0.0):7.2f}s  {share:6.1%} of the worker's time")
+                print(f"    {stage:<10} {stages.get(stage, 0.0):7.2f}s  {share:6.1%} of the worker's time  {what}")
+        if cpu_events:
+            print(f"  CPU per event while processing: agent process {agent_cpu / cpu_events * 1e6:.0f} us "
+                  f"(poll, decode, statistics, fold), forward process {forward_cpu / cpu_events * 1e6:.0f} us")
         else:
             print(f"  {rate / rates[1]:.2f}x one replica")
 

@@ -9,7 +9,10 @@ Threads and why:
 - one worker thread does everything that touches pipeline state (fold, judge), in FIFO
   order, so state needs no locks; checkpoints run with the worker drained and the main
   thread not polling, since they commit through the consumer;
-- the pipeline's ``forward_threads`` run a batch's forward passes in parallel for the worker;
+- the forward passes run in a child process (``pipeline.forward_processes``, see
+  ``monitor.forward``). While another batch waits behind the one on the worker, the worker
+  starts that batch's passes before it folds this one's statistics (a deferred batch), so
+  the child never waits for the worker's serial Python;
 - the HTTP thread serves /metrics, /healthz and /readyz.
 
 Delivery: offsets are committed only after the state that includes them is
@@ -46,7 +49,9 @@ from monitor.settings import Settings
 log = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
-MAX_QUEUED_BATCHES = 2  # one folding, one fetched and waiting: bounds memory, keeps the worker busy
+# One on the worker and two fetched: bounds memory; a batch is deferred only while another
+# waits behind it, and a second one gives the poll thread time to queue it.
+MAX_QUEUED_BATCHES = 3
 
 
 class Source(Protocol):
@@ -100,6 +105,7 @@ class Agent:
         self.registry.register(DriftCollector(self.pipeline.drift_rows))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnmon-fold")
         self._queued: deque[Future] = deque()  # FIFO on the single worker: state needs no locks
+        self._batches: set[Future] = set()  # the queued futures that fold a polled batch
         self._stop = threading.Event()
         self._last_tick = time.monotonic()
         self._source = source_factory(self._on_assigned, self._on_revoked)
@@ -147,7 +153,7 @@ class Agent:
         while not self._stop.is_set():
             now = self._last_tick = time.monotonic()
             while self._queued and self._queued[0].done():
-                self._queued.popleft().result()  # re-raise a worker failure here, on the main thread
+                self._pop()  # re-raises a worker failure here, on the main thread
             if len(self._queued) >= MAX_QUEUED_BATCHES:
                 # The worker is behind: stop fetching (bounded memory) but keep polling, which
                 # returns nothing while paused and keeps the member within max.poll.interval.ms.
@@ -165,7 +171,11 @@ class Agent:
             records = self._source.poll(cfg.poll.max_records, cfg.poll.timeout_ms)
             if records:
                 decoded = self.pipeline.decode(records)  # here, not on the worker: it is the busier thread
-                self._queued.append(self._worker.submit(self.pipeline.process, records, decoded))
+                batch = self._worker.submit(self.pipeline.process, records, decoded, defer=self._batch_waiting)
+                self._batches.add(batch)
+                self._queued.append(batch)
+            elif not self._queued and self.pipeline.has_pending():  # not expected: a deferred batch
+                self._queued.append(self._worker.submit(self.pipeline.flush))  # always has one behind it
             elif self.pipeline.has_held() and not self._queued:
                 self._queued.append(self._worker.submit(self.pipeline.retry_held))
             if now - last_judge >= cfg.intervals.judge_s:
@@ -180,10 +190,21 @@ class Agent:
                 last_lag = now
         self._shutdown()
 
+    def _pop(self) -> None:
+        future = self._queued.popleft()
+        self._batches.discard(future)
+        future.result()
+
+    def _batch_waiting(self) -> bool:
+        """On the worker, during a batch: is another polled batch queued behind it?"""
+        return sum(1 for future in list(self._queued) if future in self._batches and not future.done()) > 1
+
     def _drain(self) -> None:
-        """Wait until every queued batch is folded (the worker is then idle)."""
+        """Wait until every queued batch is folded, a deferred one included (the worker is then idle)."""
         while self._queued:
-            self._queued.popleft().result()
+            self._pop()
+        if self.pipeline.has_pending():
+            self._worker.submit(self.pipeline.flush).result()
 
     def checkpoint(self) -> None:
         """Checkpoint state with the offsets it includes, then commit those offsets."""
@@ -205,7 +226,7 @@ class Agent:
     def _preload_newest(self) -> None:
         versions = self.models.available_versions()
         if versions:
-            self.models.get(versions[-1])
+            self.pipeline.warm(versions[-1])  # loads it here and in the forward process
 
     def _shutdown(self) -> None:
         log.info("draining: finishing the batches in flight, checkpointing, committing")

@@ -324,6 +324,10 @@ class AgentMetrics:
             registry=registry,
         )
         self.judge_runs = Counter("attnmon_judge_runs", "Drift judgements run.", registry=registry)
+        self.forward_pool_replaced = Counter(
+            "attnmon_forward_pool_replacements", "Forward-pass process pools replaced after a child process died.",
+            registry=registry,
+        )
         self.attention = AttentionHistograms()
         registry.register(self.attention)
         self.attention_per_head = AttentionHistograms(per_head=True)  # stays empty unless stats.per_head

@@ -4,7 +4,8 @@ metrics, per-cohort drift windows and baselines; offsets tracked for commit.
     record bytes -> decode (bad: dead-letter + count)
       -> group by model_version (unknown: held for a grace period, then dead-lettered)
       -> raw item ids -> model indices (unknown items dropped and counted)
-      -> recompute attention rows (fast path, length-sorted chunks)
+      -> recompute attention rows (fast path, length-sorted chunks; in a child
+         process by default, see monitor.forward)
       -> statistics [B, stats, layers]
       -> fold into Prometheus histograms and the judge, per cohort dimension
       -> after a model update: recompute the previous version on a sample of the
@@ -12,6 +13,11 @@ metrics, per-cohort drift windows and baselines; offsets tracked for commit.
 
 The daemon (``monitor.daemon``) drives this with a Kafka source; ``attnmon demo``
 drives it with an in-process source. Either way the same code runs.
+
+A batch can be *deferred* (``process(defer=...)``): its passes are started, and its
+statistics are folded by the next call, after that call has started its own passes.
+The forward process then never waits for the worker's serial fold. A deferred batch's
+offsets are seen but must not be committed before :meth:`Pipeline.flush`.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,7 +39,8 @@ from monitor.judge import Judge, JudgeReport
 from monitor.metrics import AgentMetrics
 from monitor.offsets import OffsetTracker
 from monitor.paired import PairedComparison, PairedReport, PairKey
-from monitor.recompute import recompute
+from monitor.forward import ProcessForwards, make_forwards
+from monitor.recompute import StartedChunk, collect, start
 from monitor.registry import ModelRegistry, ServedModel
 from monitor.stats import STATISTICS, StatsConfig, compute, paired_divergence
 
@@ -53,8 +59,13 @@ DeadLetter = Callable[[RecordLike, Reason, str], None]
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    max_batch: int = 128  # rows per forward pass (the agent raises glibc's thresholds, see allocator.py)
-    forward_threads: int = 2  # forward passes run in parallel, one intra-op thread each (recompute.py)
+    # Rows per forward pass. 64 rather than 128: in the forward process, 128-row chunks
+    # outgrow the core's 1 MiB L2 (the agent ran 12.5k/11.2k events/s against 14.4k/12.9k).
+    max_batch: int = 64
+    # Child processes that run the forward passes (monitor/forward.py): 1 leaves the other
+    # core of 2 to polling and folding. 0 runs them in this process on forward_threads.
+    forward_processes: int = 1
+    forward_threads: int = 2  # with forward_processes 0: passes in parallel, one intra-op thread each
     unknown_version_grace_s: float = 30.0  # how long an event may wait for its model version
     max_held: int = 10_000  # events waiting at most; beyond it they are dead-lettered at once
     paired_fraction: float = 0.2  # share of a new version's events also run through the previous version
@@ -66,10 +77,25 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.forward_threads < 1 or self.max_held < 0 or self.paired_max_per_batch < 0:
             raise ValueError("max_batch and forward_threads must be >= 1; max_held and paired_max_per_batch >= 0")
+        if self.forward_processes < 0:
+            raise ValueError("forward_processes must be >= 0")
         if not 0.0 <= self.paired_fraction <= 1.0:
             raise ValueError("paired_fraction must be in [0, 1]")
         if self.unknown_version_grace_s < 0:
             raise ValueError("unknown_version_grace_s must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """One version's usable events of a batch, with their forward passes started."""
+
+    served: ServedModel
+    events: list[Event]
+    histories: list[np.ndarray]  # model indices of each event's window
+    raw_histories: list[np.ndarray]  # raw ids of the same windows (only when pairing)
+    passes: list[StartedChunk]
+    previous: str | None  # the version this one replaced, when its events are paired
+    now: float
 
 
 @dataclasses.dataclass
@@ -110,8 +136,9 @@ class Pipeline:
         self._drift_rows: dict[str, list[dict]] = {}
         self._latest_keys: dict[tuple[str, SeriesKey], dict] = {}
         self._latest_pairs: dict[PairKey, dict] = {}
-        self._forwards = (ThreadPoolExecutor(config.forward_threads, thread_name_prefix="attnmon-forward")
-                          if config.forward_threads > 1 else None)
+        self._pending: list[_Prepared] = []  # a deferred batch, folded by the next call or flush()
+        self._forwards = make_forwards(config.forward_processes, config.forward_threads,
+                                       max_loaded=registry.max_loaded, on_replaced=metrics.forward_pool_replaced.inc)
         self.last_report: JudgeReport | None = None
         self.last_paired: PairedReport | None = None
 
@@ -132,9 +159,15 @@ class Pipeline:
         self.metrics.observe_stage("decode", time.perf_counter() - started)
         return decoded
 
-    def process(self, records: Sequence[RecordLike], decoded: Sequence[Event | InvalidEvent] | None = None) -> int:
+    def process(self, records: Sequence[RecordLike], decoded: Sequence[Event | InvalidEvent] | None = None,
+                *, defer: Callable[[], bool] | None = None) -> int:
         """Fold a polled batch in (``decoded``: its :meth:`decode`, if already done);
-        returns how many events were folded."""
+        returns how many events this call folded.
+
+        A batch deferred by the previous call is folded here, once this batch's passes
+        are started. Then, if ``defer`` says so (the agent: another batch is waiting),
+        this batch is left for the next call or :meth:`flush`.
+        """
         if decoded is None:
             decoded = self.decode(records)
         started = time.perf_counter()
@@ -145,14 +178,19 @@ class Pipeline:
                 self._reject(record, outcome.reason, outcome.detail)
                 continue
             by_version.setdefault(outcome.model_version, []).append((record, outcome))
-        folded = 0
+        prepared = []
         for version, items in by_version.items():
             served = self.registry.get(version)
             if served is None:
                 self._hold(items)
-            else:
-                folded += self._fold(served, items)
+            elif (batch := self._prepare(served, items)) is not None:
+                prepared.append(batch)
+        folded = self.flush()  # the previous batch, while this one's passes run
         folded += self.retry_held()
+        if defer is not None and prepared and defer():
+            self._pending = prepared
+        else:
+            folded += sum(self._finish(batch) for batch in prepared)
         self.metrics.batch_events.observe(len(records))
         self.metrics.observe_stage("batch", time.perf_counter() - started)
         return folded
@@ -171,10 +209,23 @@ class Pipeline:
             self.offsets.hold((record.topic, record.partition), record.offset)
         self.metrics.held.set(len(self._held))
 
+    def flush(self) -> int:
+        """Fold a deferred batch, if any; returns how many events that folded."""
+        pending, self._pending = self._pending, []
+        return sum(self._finish(batch) for batch in pending)
+
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def warm(self, version: str) -> None:
+        """Start forward-pass processes and load ``version`` there ahead of traffic."""
+        served = self.registry.get(version)
+        if served is not None and isinstance(self._forwards, ProcessForwards):
+            self._forwards.warm(served)
+
     def close(self) -> None:
-        """Stop the forward-pass threads (after the last batch)."""
-        if self._forwards is not None:
-            self._forwards.shutdown(wait=True)
+        """Stop the forward passes' threads or processes (after the last batch)."""
+        self._forwards.close()
 
     def has_held(self) -> bool:
         return bool(self._held)
@@ -208,6 +259,11 @@ class Pipeline:
 
     # -- folding -------------------------------------------------------------------------
     def _fold(self, served: ServedModel, items: list[tuple[RecordLike, Event]]) -> int:
+        batch = self._prepare(served, items)
+        return 0 if batch is None else self._finish(batch)
+
+    def _prepare(self, served: ServedModel, items: list[tuple[RecordLike, Event]]) -> _Prepared | None:
+        """Look the windows up and start their forward passes; None if no event is usable."""
         version = served.version
         now = self._clock()
         self._note_version(version, now)
@@ -219,9 +275,16 @@ class Pipeline:
         if truncated:
             self.metrics.truncated.labels(version).inc(truncated)
         if not kept:
-            return 0
+            return None
+        passes = start(lambda chunks: self._forwards.submit(served, chunks), histories,
+                       max_len=served.max_len, max_batch=self.config.max_batch)
+        return _Prepared(served, kept, histories, raw_histories, passes, previous if pairing else None, now)
 
-        statistics, per_head = self._statistics(served, histories)
+    def _finish(self, batch: _Prepared) -> int:
+        """Statistics of a prepared batch, folded into metrics, the judge and pairs."""
+        served, kept, histories, now = batch.served, batch.events, batch.histories, batch.now
+        version = served.version
+        statistics, per_head = self._statistics(served, batch.passes, len(histories))
 
         started = time.perf_counter()
         lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))  # windows: <= max_len
@@ -244,8 +307,8 @@ class Pipeline:
         self._processed.inc(len(kept))
         self.metrics.observe_stage("fold", time.perf_counter() - started)
 
-        if pairing and previous is not None:
-            self._pair(served, previous, raw_histories, codes, labels)
+        if batch.previous is not None:
+            self._pair(served, batch.previous, batch.raw_histories, codes, labels)
         return len(kept)
 
     def _window_histories(
@@ -298,19 +361,19 @@ class Pipeline:
             raw_histories = [h for h, k in zip(raw_histories, keep, strict=True) if k] if keep_raw else []
         return kept, histories, raw_histories, skipped, int(cut[keep].sum())
 
-    def _statistics(self, served: ServedModel, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Head-averaged [B, stats, layers] for the histories, in their order, and per-head
-        [B, stats, layers, heads] when ``stats.per_head`` is configured (else None)."""
-        model = served.checkpoint.model
+    def _statistics(self, served: ServedModel, passes: list[StartedChunk],
+                    count: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Head-averaged [B, stats, layers] for the ``count`` histories of ``passes``, in
+        their order, and per-head [B, stats, layers, heads] when ``stats.per_head`` is
+        configured (else None)."""
         config = self.config.stats
         averaged_config = dataclasses.replace(config, per_head=False)
         config_b = served.checkpoint.config
-        out = np.empty((len(histories), len(STATISTICS), config_b.layers), dtype=np.float32)
-        per_head = (np.empty((len(histories), len(STATISTICS), config_b.layers, config_b.heads), dtype=np.float32)
+        out = np.empty((count, len(STATISTICS), config_b.layers), dtype=np.float32)
+        per_head = (np.empty((count, len(STATISTICS), config_b.layers, config_b.heads), dtype=np.float32)
                     if config.per_head else None)
         started, stats_seconds = time.perf_counter(), 0.0
-        for chunk in recompute(model, histories, max_len=served.max_len, max_batch=self.config.max_batch,
-                               executor=self._forwards):
+        for chunk in collect(passes):
             t0 = time.perf_counter()
             out[chunk.rows] = compute(chunk.weights, chunk.lengths, chunk.item_index, served.genre_matrix,
                                       averaged_config)
@@ -378,8 +441,9 @@ class Pipeline:
     def _mean_rows(self, served: ServedModel, histories: list[np.ndarray], width: int) -> np.ndarray:
         """Head-averaged rows [B, layers, width] (head averaging: invariant to head permutations)."""
         out = np.zeros((len(histories), served.checkpoint.config.layers, width), dtype=np.float32)
-        for chunk in recompute(served.checkpoint.model, histories, max_len=width, max_batch=self.config.max_batch,
-                               executor=self._forwards):
+        passes = start(lambda chunks: self._forwards.submit(served, chunks), histories,
+                       max_len=width, max_batch=self.config.max_batch)
+        for chunk in collect(passes):
             w = chunk.weights.shape[-1]
             out[chunk.rows, :, width - w:] = chunk.weights.mean(axis=2)
         return out
@@ -472,6 +536,8 @@ class Pipeline:
 
     # -- state ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        if self._pending:  # its offsets are seen: a checkpoint now would skip its events after a crash
+            raise RuntimeError("state() while a batch is deferred: flush() first")
         return {
             "judge": self.judge.to_state(),
             "paired": self.paired.to_state(),

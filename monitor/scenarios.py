@@ -398,7 +398,7 @@ class ScenarioRun:
             paired if paired is not None else PairedComparison(paired_config or PairedConfig()),
             AgentMetrics(self.metrics_registry),
             lambda record, reason, detail: self.dead_letters.append((record.offset, reason, detail)),
-            pipeline_config or PipelineConfig(),
+            pipeline_config or PipelineConfig(forward_processes=0),  # offline replay: passes in this process
             seed=seed,
         )
         self.events = 0

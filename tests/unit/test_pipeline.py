@@ -64,7 +64,7 @@ class Harness:
             PairedComparison(),
             self.metrics,
             lambda record, reason, detail: self.dead.append((record.offset, reason)),
-            PipelineConfig(**config),
+            PipelineConfig(**{"forward_processes": 0, **config}),  # the process path: test_forward.py
         )
 
     def value(self, name: str, **labels) -> float:
@@ -208,3 +208,59 @@ def test_decoding_elsewhere_and_parallel_forwards_change_nothing(tmp_path, catal
             labels = dict(model_version=version, dimension=dimension, cohort=cohort, layer="1")
             assert inline.value(name, **labels) == pytest.approx(pooled.value(name, **labels), rel=1e-6)
             assert inline.value(name, **labels) > 0
+
+
+def _sums(h: Harness, version: str) -> dict[tuple[str, str, str], float]:
+    return {(statistic, cohort, layer): h.value(statistic_metric(statistic) + "_sum", model_version=version,
+                                                 dimension=dimension, cohort=cohort, layer=layer)
+            for statistic in ("entropy", "max_weight", "recent_mass", "genre_entropy")
+            for cohort, dimension in (("all", "all"), ("ios", "platform"), ("web", "platform"))
+            for layer in ("0", "1")}
+
+
+def test_forward_passes_in_a_child_process_change_nothing(tmp_path, catalog):
+    """The agent's default runs the passes in a child process; the folded statistics must
+    equal those of passes in this process, through an update with paired comparisons."""
+    v1, v2 = _publish(tmp_path, catalog, 0, "a"), _publish(tmp_path, catalog, 1, "b")
+    items = [int(i) for i in catalog.item_ids[1:60]]
+
+    def batch(version: str, first: int) -> list[Rec]:
+        return [Rec("t", 0, first + i, _event(version, items[: 1 + i % 50], platform=("ios", "web")[i % 2]))
+                for i in range(120)]
+
+    here, child = Harness(tmp_path, paired_fraction=1.0), Harness(tmp_path, paired_fraction=1.0, forward_processes=1)
+    try:
+        for h in (here, child):
+            assert h.pipeline.process(batch(v1, 0)) == 120
+            assert h.pipeline.process(batch(v2, 120)) == 120
+        for version in (v1, v2):
+            assert _sums(child, version) == pytest.approx(_sums(here, version), rel=1e-6)
+            assert min(_sums(child, version).values()) > 0
+        here.pipeline.paired.judge(0.0), child.pipeline.paired.judge(0.0)
+        assert here.pipeline.paired.counts["pairs"] == child.pipeline.paired.counts["pairs"] == 64 * 3  # paired_max_per_batch
+    finally:
+        child.pipeline.close()
+
+
+def test_a_deferred_batch_is_folded_by_the_next_call_or_flush(tmp_path, catalog):
+    version = _publish(tmp_path, catalog, 0, "a")
+    items = [int(i) for i in catalog.item_ids[1:40]]
+    records = [Rec("t", 0, i, _event(version, items[: 2 + i % 30])) for i in range(90)]
+    deferring, direct = Harness(tmp_path), Harness(tmp_path)
+    count = lambda h: h.value("attnmon_events_total", outcome="processed", reason="ok")  # noqa: E731
+
+    assert deferring.pipeline.process(records[:40], defer=lambda: True) == 0
+    assert deferring.pipeline.has_pending() and count(deferring) == 0
+    with pytest.raises(RuntimeError, match="deferred"):
+        deferring.pipeline.state()  # its offsets are seen: a checkpoint now could lose it
+    assert deferring.pipeline.process(records[40:70], defer=lambda: True) == 40  # folds the first
+    assert deferring.pipeline.process(records[70:], defer=lambda: False) == 50  # folds both
+    assert not deferring.pipeline.has_pending() and deferring.pipeline.flush() == 0
+    assert deferring.pipeline.process(records[:10], defer=lambda: True) == 0
+    assert deferring.pipeline.flush() == 10 and not deferring.pipeline.has_pending()
+    deferring.pipeline.state()
+
+    direct.pipeline.process(records)
+    direct.pipeline.process(records[:10])
+    assert count(deferring) == count(direct) == 100
+    assert _sums(deferring, version) == pytest.approx(_sums(direct, version), rel=1e-6)

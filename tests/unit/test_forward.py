@@ -1,0 +1,82 @@
+"""Forward passes in a child process: the same rows as in-process, a died child replaced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from model import checkpoint
+from model.data import left_pad, load_movielens
+from model.sasrec import SASRec, SASRecConfig
+from monitor.forward import InlineForwards, ProcessForwards
+from monitor.registry import ModelRegistry, ServedModel
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> list[ServedModel]:
+    """Two published versions (different weights), loaded as the agent loads them."""
+    root = tmp_path_factory.mktemp("versions")
+    catalog = load_movielens().catalog
+    versions = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = SASRec(SASRecConfig(n_items=catalog.n_items, max_len=20, hidden=16, layers=2, heads=2))
+        versions.append(checkpoint.save(model, catalog, {}, root, label=f"v{seed}"))
+    registry = ModelRegistry(root)
+    return [registry.get(version) for version in versions]
+
+
+def _chunks(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [left_pad([rng.integers(1, 500, size=rng.integers(1, 21)) for _ in range(rows)], 20)
+            for rows in (7, 16, 3)]
+
+
+def _rows(pending) -> list[np.ndarray]:
+    return [p.result() for p in pending]
+
+
+def test_rows_from_the_child_are_bit_identical_to_in_process_rows(served):
+    """Alternating versions with room for one model in the child also proves its LRU reloads."""
+    pool = ProcessForwards(1, torch_threads=1, max_loaded=1)
+    try:
+        for turn in range(4):  # versions alternate, so the child evicts and reloads each time
+            version = served[turn % 2]
+            chunks = _chunks(turn)
+            remote, local = _rows(pool.submit(version, chunks)), _rows(InlineForwards().submit(version, chunks))
+            assert len(remote) == len(local) == 3
+            for a, b in zip(remote, local, strict=True):
+                assert a.shape == b.shape and a.dtype == np.float32
+                np.testing.assert_array_equal(a, b)  # same code, one intra-op thread: identical bits
+        assert not np.array_equal(_rows(pool.submit(served[0], chunks))[0], _rows(pool.submit(served[1], chunks))[0])
+    finally:
+        pool.close()
+
+
+def test_a_killed_child_is_replaced_and_its_passes_retried(served):
+    replaced = []
+    pool = ProcessForwards(1, torch_threads=1, on_replaced=lambda: replaced.append(1))
+    try:
+        pool.warm(served[0])
+        (pid,) = pool.pids()
+        chunks = _chunks(5)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the child is gone once the OS has reaped it
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        rows = _rows(pool.submit(served[0], chunks))
+        for a, b in zip(rows, _rows(InlineForwards().submit(served[0], chunks)), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert replaced == [1]
+        assert pool.pids() and pool.pids()[0] != pid
+    finally:
+        pool.close()
