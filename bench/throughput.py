@@ -361,8 +361,8 @@ def bench_naive(kafka: KafkaSettings, checkpoints: Path, version: str, events: l
 
 def _deployment(replicas: int) -> str:
     if replicas == 1:
-        return "one agent process"
-    return f"{replicas} agent processes in one consumer group, a partition each"
+        return "one agent: a process and its forward-pass child"
+    return f"{replicas} agents in one consumer group, a partition each"
 
 
 def main() -> int:
@@ -408,14 +408,17 @@ def main() -> int:
             print(f"  where the time goes (wall seconds; the fold worker was busy {busy:.2f}s of "
                   f"{len(topic_events) / rate:.2f}s):")
             print(f"    {'decode':<10} {stages.get('decode', 0.0):7.2f}s  on the poll thread, overlapping the worker")
-            for stage, what in (("recompute", "waiting for the forward process"), ("stats", ""), ("fold", "")):
+            for stage, what in (("recompute", ", waiting for the forward process"), ("stats", ""), ("fold", "")):
                 share = stages.get(stage, 0.0) / busy if busy else 0.0
-                print(f"    {stage:<10} {stages.get(stage, 0.0):7.2f}s  {share:6.1%} of the worker's time  {what}")
+                print(f"    {stage:<10} {stages.get(stage, 0.0):7.2f}s  {share:6.1%} of the worker's time{what}")
+            for stage, what in (("judge", "drift judgements (every intervals.judge_s)"),
+                                ("checkpoint", "checkpoints (every intervals.checkpoint_s)")):
+                print(f"    {stage:<10} {stages.get(stage, 0.0):7.2f}s  {what}")
+        else:
+            print(f"  {rate / rates[1]:.2f}x one replica")
         if cpu_events:
             print(f"  CPU per event while processing: agent process {agent_cpu / cpu_events * 1e6:.0f} us "
                   f"(poll, decode, statistics, fold), forward process {forward_cpu / cpu_events * 1e6:.0f} us")
-        else:
-            print(f"  {rate / rates[1]:.2f}x one replica")
 
     for replicas, rate in rates.items():
         target = rate / 2

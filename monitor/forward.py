@@ -20,7 +20,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
+import signal
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -88,8 +91,22 @@ _child_max_loaded = 1
 def _child_init(torch_threads: int, max_loaded: int) -> None:
     global _child_max_loaded
     _child_max_loaded = max_loaded
+    # Ctrl-C reaches the whole process group, and systemd's default KillMode signals every
+    # process of the unit: the agent drains and then stops its children itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A child blocked on its task queue outlives a parent that was killed (it holds the
+    # queue's write end itself), so it watches for being orphaned.
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True,
+                     name="attnmon-orphan-watch").start()
     torch.set_num_threads(torch_threads)
     keep_freed_memory()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _child_forward(directory: str, chunks: list[np.ndarray]) -> list[np.ndarray]:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,8 @@ from model.data import left_pad, load_movielens
 from model.sasrec import SASRec, SASRecConfig
 from monitor.forward import InlineForwards, ProcessForwards
 from monitor.registry import ModelRegistry, ServedModel
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +86,41 @@ def test_a_killed_child_is_replaced_and_its_passes_retried(served):
         assert pool.pids() and pool.pids()[0] != pid
     finally:
         pool.close()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    status = Path(f"/proc/{pid}/stat")
+    return status.exists() and status.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+
+
+def test_the_child_exits_when_the_agent_is_killed(served, tmp_path):
+    """SIGKILL gives the agent no chance to stop its child: the child must notice by itself."""
+    script = tmp_path / "agent.py"
+    script.write_text(textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from monitor.forward import ProcessForwards
+        from monitor.registry import ModelRegistry
+        if __name__ == "__main__":
+            pool = ProcessForwards(1)
+            pool.warm(ModelRegistry(Path({str(served[0].checkpoint.path.parent)!r})).get({served[0].version!r}))
+            print(pool.pids()[0], flush=True)
+            time.sleep(120)
+    """))
+    agent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        child = int(agent.stdout.readline())
+        assert not _gone(child)
+        agent.kill()
+        agent.wait()
+        deadline = time.monotonic() + 15
+        while not _gone(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(child)
+    finally:
+        agent.kill()
