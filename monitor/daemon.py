@@ -3,7 +3,7 @@
 Threads and why:
 - the main thread polls the source, decodes each batch (``Pipeline.decode`` is pure) and
   queues it for the worker, so fetching and decoding the next batch overlaps with folding
-  the last one. With two batches queued it pauses every partition but keeps polling, so a
+  the last one. With three batches queued it pauses every partition but keeps polling, so a
   slow forward pass never pushes the member past ``max.poll.interval.ms`` and memory stays
   bounded;
 - one worker thread does everything that touches pipeline state (fold, judge), in FIFO

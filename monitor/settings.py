@@ -179,10 +179,9 @@ class ModelSettings:
     root: Path = Path("checkpoints")  # one directory per published version
     max_loaded: int = 3  # versions kept in memory (LRU)
     retry_after_s: float = 10.0  # how often a missing/broken version is looked for again
-    # torch intra-op threads per forward pass. 1 on purpose: the passes are small (~128 x 50 x 64);
-    # use the cores through parallel passes instead (pipeline.forward_threads). OpenMP threads
-    # spin between kernels and starved the poll thread: p99 latency 2.5 s vs 0.2 s on 2 cores
-    # (docs/architecture.md).
+    # torch intra-op threads per forward pass (the forward process inherits it). 1 on purpose:
+    # the passes are small (~64 x 50 x 64); OpenMP threads spin between kernels and starved
+    # the poll thread: p99 latency 2.5 s vs 0.2 s on 2 cores (docs/architecture.md).
     torch_threads: int = 1
 
     def __post_init__(self) -> None:
