@@ -1,13 +1,13 @@
 """Where the agent's forward passes run: in this process, or in child processes.
 
-Why child processes: a forward pass is ~60 us of exact fp32 work per history, but
+Why a child process: a forward pass is ~50 us of exact fp32 work per history, but
 between its ~40 torch kernels it needs the interpreter lock, which the poll thread
 (kafka-python's record parsing, msgspec decode) and the fold worker hold for most of
-their time. On threads of one process, the passes ran at ~82 us of CPU per history
-instead of ~56 alone, and the agent used 1.3 of 2 cores. One child process runs them at
-~75 us per history, statistics excluded, with a lock of its own (docs/architecture.md,
-"Forward passes in a child process"). The parent sends a padded chunk of indices
-(~34 KiB for 128 histories) and gets its attention rows back (~68 KiB).
+their time. On threads of the agent, the passes took ~82 us of CPU per history instead
+of ~56 alone, and the agent used 1.3 of 2 cores. One child, with a lock of its own, takes
+63-66 us per history in the running agent (docs/architecture.md, "Forward passes in a
+child process"). Per history, the parent sends at most 400 bytes of padded indices and
+gets back at most 800 bytes of attention rows (50 columns, 2 layers, 2 heads).
 
 A child loads a model version from its checkpoint directory the first time a chunk
 names it and keeps at most ``max_loaded`` versions (least recently used goes first).
@@ -37,7 +37,7 @@ import torch
 from model import checkpoint
 from model.sasrec import SASRec
 from monitor.allocator import keep_freed_memory
-from monitor.recompute import Pending, forward
+from monitor.recompute import InlinePass, Pending, forward
 from monitor.registry import ServedModel
 
 log = logging.getLogger(__name__)
@@ -50,21 +50,11 @@ class Forwards(Protocol):
     def close(self) -> None: ...
 
 
-class _Inline:
-    """The pass runs when its rows are asked for (on the caller's thread)."""
-
-    def __init__(self, model: SASRec, padded: np.ndarray) -> None:
-        self._model, self._padded = model, padded
-
-    def result(self) -> np.ndarray:
-        return forward(self._model, self._padded)
-
-
 class InlineForwards:
     """No parallelism: each pass runs on the thread that collects it."""
 
     def submit(self, served: ServedModel, chunks: list[np.ndarray]) -> list[Pending]:
-        return [_Inline(served.checkpoint.model, padded) for padded in chunks]
+        return [InlinePass(served.checkpoint.model, padded) for padded in chunks]
 
     def close(self) -> None:
         pass
@@ -95,8 +85,8 @@ def _child_init(torch_threads: int, max_loaded: int) -> None:
     # process of the unit: the agent drains and then stops its children itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # A child blocked on its task queue outlives a parent that was killed (it holds the
-    # queue's write end itself), so it watches for being orphaned.
+    # A child waiting on its task queue does not notice a parent that was killed (SIGKILL,
+    # OOM): it would live on as an orphan, so it watches for being re-parented.
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True,
                      name="attnmon-orphan-watch").start()
     torch.set_num_threads(torch_threads)

@@ -58,8 +58,9 @@ def forward(model: SASRec, padded: np.ndarray) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Deferred:
-    """Inline: the pass runs when its rows are asked for, so one chunk's rows at a time are alive."""
+class InlinePass:
+    """A pass that runs when its rows are asked for, on the caller's thread (so one chunk's
+    rows at a time are alive)."""
 
     model: SASRec
     padded: np.ndarray
@@ -113,7 +114,7 @@ def recompute(
     in order as they finish, so the caller's work on one chunk overlaps the next passes.
     """
     if executor is None:
-        run: Forward = lambda chunks: [_Deferred(model, padded) for padded in chunks]  # noqa: E731
+        run: Forward = lambda chunks: [InlinePass(model, padded) for padded in chunks]  # noqa: E731
     else:
         run = lambda chunks: [executor.submit(forward, model, padded) for padded in chunks]  # noqa: E731
     return collect(start(run, histories, max_len=max_len, max_batch=max_batch))
