@@ -88,8 +88,8 @@ class RecordingPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         self.batches: list[dict] = []  # {version, avg [B,S,L], heads [B,S,L,H], codes [B,D]}
 
-    def _statistics(self, served, passes, count):
-        avg, heads = result = super()._statistics(served, passes, count)  # heads: None unless configured
+    def _statistics(self, served, passes):
+        avg, heads = result = super()._statistics(served, passes)  # heads: None unless configured
         if heads is None:  # per-head values are not configured: compute them here, for the naive judge
             per_head = dataclasses.replace(self.config.stats, per_head=True)
             heads = np.empty((*avg.shape, served.checkpoint.config.heads), np.float32)

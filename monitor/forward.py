@@ -9,8 +9,8 @@ of ~56 alone, and the agent used 1.3 of 2 cores. One child, with a lock of its o
 child process"). Per history, the parent sends at most 400 bytes of padded indices and
 gets back at most 800 bytes of attention rows (50 columns, 2 layers, 2 heads).
 
-A child loads a model version from its checkpoint directory the first time a chunk
-names it and keeps at most ``max_loaded`` versions (least recently used goes first).
+A child serves versions through a ``ModelRegistry`` of its own over the agent's checkpoint
+directory: loaded the first time a batch names them, at most ``max_loaded`` kept.
 If a child dies (OOM kill, crash), its passes fail with ``BrokenProcessPool``: the pool
 is replaced once and each of those passes is retried there; a second failure is raised.
 """
@@ -24,7 +24,6 @@ import os
 import signal
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,11 +33,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from model import checkpoint
-from model.sasrec import SASRec
 from monitor.allocator import keep_freed_memory
 from monitor.recompute import InlinePass, Pending, forward
-from monitor.registry import ServedModel
+from monitor.registry import ModelRegistry, ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +44,7 @@ class Forwards(Protocol):
     """Starts the forward passes of a served version over a batch's padded chunks."""
 
     def submit(self, served: ServedModel, chunks: list[np.ndarray]) -> list[Pending]: ...
+    def warm(self, served: ServedModel) -> None: ...  # ready ``served`` ahead of traffic
     def close(self) -> None: ...
 
 
@@ -55,6 +53,9 @@ class InlineForwards:
 
     def submit(self, served: ServedModel, chunks: list[np.ndarray]) -> list[Pending]:
         return [InlinePass(served.checkpoint.model, padded) for padded in chunks]
+
+    def warm(self, served: ServedModel) -> None:
+        pass  # the model is already loaded in this process
 
     def close(self) -> None:
         pass
@@ -69,18 +70,20 @@ class ThreadForwards:
     def submit(self, served: ServedModel, chunks: list[np.ndarray]) -> list[Pending]:
         return [self._pool.submit(forward, served.checkpoint.model, padded) for padded in chunks]
 
+    def warm(self, served: ServedModel) -> None:
+        pass  # the model is already loaded in this process
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
 
 # -- child side ------------------------------------------------------------------------------
-_child_models: OrderedDict[str, SASRec] = OrderedDict()
-_child_max_loaded = 1
+_child_registry: ModelRegistry | None = None
 
 
-def _child_init(torch_threads: int, max_loaded: int) -> None:
-    global _child_max_loaded
-    _child_max_loaded = max_loaded
+def _child_init(root: Path, torch_threads: int, max_loaded: int) -> None:
+    global _child_registry
+    _child_registry = ModelRegistry(root, max_loaded=max_loaded)
     # Ctrl-C reaches the whole process group, and systemd's default KillMode signals every
     # process of the unit: the agent drains and then stops its children itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -99,25 +102,21 @@ def _exit_when_orphaned(parent: int) -> None:
     os._exit(0)
 
 
-def _child_forward(directory: str, chunks: list[np.ndarray]) -> list[np.ndarray]:
-    model = _child_models.get(directory)
-    if model is None:
-        # The parent loaded (and verified) this version before sending work for it.
-        model = _child_models[directory] = checkpoint.load(Path(directory)).model
-        while len(_child_models) > _child_max_loaded:
-            _child_models.popitem(last=False)
-    else:
-        _child_models.move_to_end(directory)
-    return [forward(model, padded) for padded in chunks]
+def _child_forward(version: str, chunks: list[np.ndarray]) -> list[np.ndarray]:
+    assert _child_registry is not None  # set by _child_init
+    served = _child_registry.get(version)
+    if served is None:  # the parent loaded it just before: its directory changed meanwhile
+        raise RuntimeError(f"the forward process cannot load model version {version!r}")
+    return [forward(served.checkpoint.model, padded) for padded in chunks]
 
 
 # -- parent side -----------------------------------------------------------------------------
 class _RemoteBatch:
     """A batch's passes in a child, as one task; retried once on a fresh pool if the child died."""
 
-    def __init__(self, owner: ProcessForwards, directory: str, chunks: list[np.ndarray]) -> None:
-        self._owner, self._directory, self._chunks = owner, directory, chunks
-        self._future, self._pool = owner._start(directory, chunks)
+    def __init__(self, owner: ProcessForwards, version: str, chunks: list[np.ndarray]) -> None:
+        self._owner, self._version, self._chunks = owner, version, chunks
+        self._future, self._pool = owner._start(version, chunks)
         self._rows: list[np.ndarray] | None = None
 
     def result(self) -> list[np.ndarray]:
@@ -126,7 +125,7 @@ class _RemoteBatch:
                 self._rows = self._future.result()
             except BrokenProcessPool:
                 self._owner._replace(self._pool)
-                future, _ = self._owner._start(self._directory, self._chunks)
+                future, _ = self._owner._start(self._version, self._chunks)
                 self._rows = future.result()
         return self._rows
 
@@ -155,12 +154,13 @@ class ProcessForwards:
     and model load: a few seconds); :meth:`warm` starts them ahead of traffic.
     """
 
-    def __init__(self, processes: int, *, torch_threads: int = 1, max_loaded: int = 3,
+    def __init__(self, processes: int, root: Path, *, torch_threads: int = 1, max_loaded: int = 3,
                  on_replaced: Callable[[], None] | None = None) -> None:
+        """``root``: the checkpoint directory the agent's registry serves."""
         if processes < 1:
             raise ValueError("processes must be >= 1")
         self._processes = processes
-        self._init_args = (torch_threads, max_loaded)
+        self._init_args = (Path(root), torch_threads, max_loaded)
         self._on_replaced = on_replaced
         self._lock = threading.Lock()
         self._pool = self._new_pool()
@@ -171,14 +171,14 @@ class ProcessForwards:
         return ProcessPoolExecutor(self._processes, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_child_init, initargs=self._init_args)
 
-    def _start(self, directory: str, chunks: list[np.ndarray]) -> tuple[Future, ProcessPoolExecutor]:
+    def _start(self, version: str, chunks: list[np.ndarray]) -> tuple[Future, ProcessPoolExecutor]:
         with self._lock:
             pool = self._pool
         try:
-            return pool.submit(_child_forward, directory, chunks), pool
+            return pool.submit(_child_forward, version, chunks), pool
         except BrokenProcessPool:
             pool = self._replace(pool)
-            return pool.submit(_child_forward, directory, chunks), pool
+            return pool.submit(_child_forward, version, chunks), pool
 
     def _replace(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
         """Swap in a new pool unless another batch already replaced ``broken``."""
@@ -192,7 +192,7 @@ class ProcessForwards:
             return self._pool
 
     def submit(self, served: ServedModel, chunks: list[np.ndarray]) -> list[Pending]:
-        batch = _RemoteBatch(self, str(served.checkpoint.path), chunks)
+        batch = _RemoteBatch(self, served.version, chunks)
         return [_RemoteChunk(batch, i) for i in range(len(chunks))]
 
     def warm(self, served: ServedModel) -> None:
@@ -211,10 +211,11 @@ class ProcessForwards:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def make_forwards(processes: int, threads: int, *, max_loaded: int = 3,
+def make_forwards(processes: int, threads: int, registry: ModelRegistry, *,
                   on_replaced: Callable[[], None] | None = None) -> Forwards:
-    """``processes`` > 0: child processes; else ``threads`` threads here (1: inline)."""
+    """``processes`` > 0: child processes serving ``registry``'s versions; else ``threads``
+    threads here (1: inline)."""
     if processes > 0:
-        return ProcessForwards(processes, torch_threads=torch.get_num_threads(), max_loaded=max_loaded,
-                               on_replaced=on_replaced)
+        return ProcessForwards(processes, registry.root, torch_threads=torch.get_num_threads(),
+                               max_loaded=registry.max_loaded, on_replaced=on_replaced)
     return ThreadForwards(threads) if threads > 1 else InlineForwards()

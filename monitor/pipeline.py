@@ -39,7 +39,7 @@ from monitor.judge import Judge, JudgeReport
 from monitor.metrics import AgentMetrics
 from monitor.offsets import OffsetTracker
 from monitor.paired import PairedComparison, PairedReport, PairKey
-from monitor.forward import ProcessForwards, make_forwards
+from monitor.forward import make_forwards
 from monitor.recompute import StartedChunk, collect, start
 from monitor.registry import ModelRegistry, ServedModel
 from monitor.stats import STATISTICS, StatsConfig, compute, paired_divergence
@@ -137,8 +137,8 @@ class Pipeline:
         self._latest_keys: dict[tuple[str, SeriesKey], dict] = {}
         self._latest_pairs: dict[PairKey, dict] = {}
         self._pending: list[_Prepared] = []  # a deferred batch, folded by the next call or flush()
-        self._forwards = make_forwards(config.forward_processes, config.forward_threads,
-                                       max_loaded=registry.max_loaded, on_replaced=metrics.forward_pool_replaced.inc)
+        self._forwards = make_forwards(config.forward_processes, config.forward_threads, registry,
+                                       on_replaced=metrics.forward_pool_replaced.inc)
         self.last_report: JudgeReport | None = None
         self.last_paired: PairedReport | None = None
 
@@ -220,7 +220,7 @@ class Pipeline:
     def warm(self, version: str) -> None:
         """Start forward-pass processes and load ``version`` there ahead of traffic."""
         served = self.registry.get(version)
-        if served is not None and isinstance(self._forwards, ProcessForwards):
+        if served is not None:
             self._forwards.warm(served)
 
     def close(self) -> None:
@@ -276,15 +276,14 @@ class Pipeline:
             self.metrics.truncated.labels(version).inc(truncated)
         if not kept:
             return None
-        passes = start(lambda chunks: self._forwards.submit(served, chunks), histories,
-                       max_len=served.max_len, max_batch=self.config.max_batch)
+        passes = self._start_passes(served, histories, served.max_len)
         return _Prepared(served, kept, histories, raw_histories, passes, previous if pairing else None, now)
 
     def _finish(self, batch: _Prepared) -> int:
         """Statistics of a prepared batch, folded into metrics, the judge and pairs."""
         served, kept, histories, now = batch.served, batch.events, batch.histories, batch.now
         version = served.version
-        statistics, per_head = self._statistics(served, batch.passes, len(histories))
+        statistics, per_head = self._statistics(served, batch.passes)
 
         started = time.perf_counter()
         lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))  # windows: <= max_len
@@ -319,8 +318,8 @@ class Pipeline:
         Returns the events with any known item (the others are dead-lettered), the model
         indices of their windows, the windows' raw ids (only with ``keep_raw``: the paired
         comparison looks them up in another version), the unknown items skipped inside the
-        windows and how many windows start after the history's first item. Only the tail the model can read is looked up, in one
-        vectorised pass; an event whose tail holds unknown items is looked up whole, since
+        windows and how many windows start after the history's first item. Only the tail
+        the model can read is looked up, in one vectorised pass; an event whose tail holds unknown items is looked up whole, since
         its window then reaches further back. Unknown items older than the window are
         not counted: the model would not have read them anyway.
         """
@@ -361,11 +360,14 @@ class Pipeline:
             raw_histories = [h for h, k in zip(raw_histories, keep, strict=True) if k] if keep_raw else []
         return kept, histories, raw_histories, skipped, int(cut[keep].sum())
 
-    def _statistics(self, served: ServedModel, passes: list[StartedChunk],
-                    count: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Head-averaged [B, stats, layers] for the ``count`` histories of ``passes``, in
-        their order, and per-head [B, stats, layers, heads] when ``stats.per_head`` is
-        configured (else None)."""
+    def _start_passes(self, served: ServedModel, histories: list[np.ndarray], width: int) -> list[StartedChunk]:
+        return start(lambda chunks: self._forwards.submit(served, chunks), histories,
+                     max_len=width, max_batch=self.config.max_batch)
+
+    def _statistics(self, served: ServedModel, passes: list[StartedChunk]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Head-averaged [B, stats, layers] for the histories of ``passes``, in their order,
+        and per-head [B, stats, layers, heads] when ``stats.per_head`` is configured (else None)."""
+        count = sum(len(chunk.rows) for chunk in passes)
         config = self.config.stats
         averaged_config = dataclasses.replace(config, per_head=False)
         config_b = served.checkpoint.config
@@ -441,9 +443,7 @@ class Pipeline:
     def _mean_rows(self, served: ServedModel, histories: list[np.ndarray], width: int) -> np.ndarray:
         """Head-averaged rows [B, layers, width] (head averaging: invariant to head permutations)."""
         out = np.zeros((len(histories), served.checkpoint.config.layers, width), dtype=np.float32)
-        passes = start(lambda chunks: self._forwards.submit(served, chunks), histories,
-                       max_len=width, max_batch=self.config.max_batch)
-        for chunk in collect(passes):
+        for chunk in collect(self._start_passes(served, histories, width)):
             w = chunk.weights.shape[-1]
             out[chunk.rows, :, width - w:] = chunk.weights.mean(axis=2)
         return out

@@ -49,7 +49,7 @@ def _rows(pending) -> list[np.ndarray]:
 
 def test_rows_from_the_child_are_bit_identical_to_in_process_rows(served):
     """Alternating versions with room for one model in the child also proves its LRU reloads."""
-    pool = ProcessForwards(1, torch_threads=1, max_loaded=1)
+    pool = ProcessForwards(1, served[0].checkpoint.path.parent, torch_threads=1, max_loaded=1)
     try:
         for turn in range(4):  # versions alternate, so the child evicts and reloads each time
             version = served[turn % 2]
@@ -66,7 +66,8 @@ def test_rows_from_the_child_are_bit_identical_to_in_process_rows(served):
 
 def test_a_killed_child_is_replaced_and_its_passes_retried(served):
     replaced = []
-    pool = ProcessForwards(1, torch_threads=1, on_replaced=lambda: replaced.append(1))
+    pool = ProcessForwards(1, served[0].checkpoint.path.parent, torch_threads=1,
+                            on_replaced=lambda: replaced.append(1))
     try:
         pool.warm(served[0])
         (pid,) = pool.pids()
@@ -106,8 +107,9 @@ def test_the_child_exits_when_the_agent_is_killed(served, tmp_path):
         from monitor.forward import ProcessForwards
         from monitor.registry import ModelRegistry
         if __name__ == "__main__":
-            pool = ProcessForwards(1)
-            pool.warm(ModelRegistry(Path({str(served[0].checkpoint.path.parent)!r})).get({served[0].version!r}))
+            root = Path({str(served[0].checkpoint.path.parent)!r})
+            pool = ProcessForwards(1, root)
+            pool.warm(ModelRegistry(root).get({served[0].version!r}))
             print(pool.pids()[0], flush=True)
             time.sleep(120)
     """))
