@@ -50,7 +50,7 @@ test: install venv
 	trap '$(STACK) stop all' EXIT; \
 	trap 'exit 130' INT; \
 	trap 'exit 143' TERM; \
-	$(STACK) start all && $(VENV)/bin/attnmon scenario-models && $(PY) -m pytest -q $(PYTEST_ARGS) $(TESTS) || status=$$?; \
+	$(STACK) start all && $(PY) -m bench.scenarios && $(PY) -m pytest -q $(PYTEST_ARGS) $(TESTS) || status=$$?; \
 	exit $$status
 
 stop:

@@ -1,6 +1,6 @@
 """Calibration of the judge on real retrains: benign update, harmful update, cohort shift.
 
-Replays the three scenarios (``monitor/scenarios.py``) through the in-process pipeline
+Replays the three scenarios (``bench/scenarios.py``) through the in-process pipeline
 with the default ``JudgeConfig`` / ``PairedConfig`` and prints what the judge saw:
 effect sizes per statistic, flagged windows, verdicts per kind and cohort, the paired
 per-event distances (and the cutoff ``cutoff_from_benign`` would pick), plus the benign
@@ -29,11 +29,11 @@ sys.path.insert(0, str(_BENCH.parent))
 
 from bench.detection import TWIN_PAIRED, RecordingPaired, instrumented_run, twin_round  # noqa: E402
 from model.data import load_movielens  # noqa: E402
-from monitor.judge import MODEL_UPDATE, WITHIN_VERSION, JudgeConfig  # noqa: E402
-from monitor.paired import cutoff_from_benign  # noqa: E402
-from monitor.replay import EventFactory  # noqa: E402
-from monitor.scenarios import DEFAULT_ROOT, build_scenario, load_models, serving_traffic, train_scenario_models  # noqa: E402
-from monitor.stats import STATISTICS  # noqa: E402
+from monitor.drift.judge import MODEL_UPDATE, WITHIN_VERSION, JudgeConfig  # noqa: E402
+from monitor.drift.paired import cutoff_from_benign  # noqa: E402
+from monitor.tools.replay import EventFactory, serving_traffic  # noqa: E402
+from bench.scenarios import DEFAULT_ROOT, build_scenario, load_models, train_scenario_models  # noqa: E402
+from monitor.attention.stats import STATISTICS  # noqa: E402
 
 
 def summarise(name: str, rounds, paired: RecordingPaired, at: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Detection bench: are harmful model updates told from benign retrains, and how fast?
 
 Benign updates are a base-family model replaced by the same recipe at another seed;
-harmful ones replace it by the context-cut family (``monitor/scenarios.py``). Every
+harmful ones replace it by the context-cut family (``bench/scenarios.py``). Every
 update is replayed on its own interleaving of the traffic (``serving_traffic``, its
 own event seed) through the in-process pipeline with the default ``JudgeConfig`` /
 ``PairedConfig``: ``--before`` events of the previous version (its baselines freeze),
@@ -58,22 +58,21 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 sys.path.insert(0, str(_BENCH.parent))
 
 from model.data import load_movielens  # noqa: E402
-from monitor.cohorts import CohortAssigner  # noqa: E402
-from monitor.judge import MODEL_UPDATE, WITHIN_VERSION, Judge, JudgeConfig  # noqa: E402
-from monitor.paired import PairedComparison, PairedConfig  # noqa: E402
-from monitor.pipeline import Pipeline  # noqa: E402
-from monitor.recompute import collect  # noqa: E402
-from monitor.replay import EventFactory, Scenario  # noqa: E402
-from monitor.scenarios import (  # noqa: E402
+from monitor.drift.cohorts import CohortAssigner  # noqa: E402
+from monitor.drift.judge import MODEL_UPDATE, WITHIN_VERSION, Judge, JudgeConfig  # noqa: E402
+from monitor.drift.paired import PairedComparison, PairedConfig  # noqa: E402
+from monitor.stream.pipeline import Pipeline  # noqa: E402
+from monitor.attention.recompute import collect  # noqa: E402
+from monitor.tools.replay import EventFactory, Scenario, serving_traffic  # noqa: E402
+from bench.scenarios import (  # noqa: E402
     DEFAULT_ROOT,
     Round,
     ScenarioRun,
     load_models,
     scenario_cohorts,
-    serving_traffic,
     train_family_model,
 )
-from monitor.stats import STATISTICS, compute  # noqa: E402
+from monitor.attention.stats import STATISTICS, compute  # noqa: E402
 
 log = logging.getLogger("bench.detection")
 

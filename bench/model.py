@@ -31,8 +31,8 @@ from model.data import Split, leave_one_out, left_pad, load_movielens  # noqa: E
 from model.evaluate import RankingMetrics, ndcg_gains, target_ranks  # noqa: E402
 from model.sasrec import SASRec, SASRecConfig  # noqa: E402
 from model.train import TrainConfig, seed_everything, train  # noqa: E402
-from monitor.recompute import recompute  # noqa: E402
-from monitor.replay import timeline_steps  # noqa: E402
+from monitor.attention.recompute import recompute  # noqa: E402
+from monitor.tools.replay import timeline_steps  # noqa: E402
 
 FIELDS = ("hr10", "ndcg10", "hr10_sampled", "ndcg10_sampled")
 

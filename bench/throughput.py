@@ -48,11 +48,11 @@ from prometheus_client import CollectorRegistry, Histogram  # noqa: E402
 
 from model import checkpoint
 from model.data import left_pad, load_movielens
-from monitor.daemon import Agent
-from monitor.replay import EventFactory, Scenario
+from monitor.stream.agent import Agent
+from monitor.tools.replay import EventFactory, Scenario
 from monitor.settings import IntervalSettings, KafkaSettings, ModelSettings, PollSettings, Settings, StateSettings
-from monitor.source import DeadLetterSink, EventProducer, KafkaSource, delete_topic, ensure_topic
-from monitor.stats import STATISTICS, compute
+from monitor.stream.kafka import DeadLetterSink, EventProducer, KafkaSource, delete_topic, ensure_topic
+from monitor.attention.stats import STATISTICS, compute
 
 TS_FIELD = re.compile(rb'"ts":\d+')
 

@@ -162,12 +162,14 @@ cmd_install() {
   { command -v prometheus-alertmanager && command -v amtool; } >/dev/null || pkgs+=(prometheus-alertmanager)
   # Debian's python3 has no venv module without python3-venv; the Makefile needs it.
   python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3-venv)
+  # A producer that is not kafka-python (librdkafka, every codec): the integration tests use it.
+  command -v kcat >/dev/null || pkgs+=(kcat)
   if ((${#pkgs[@]})); then
     # On a host with systemd the packages also enable their own system
     # services (ports 9090/9093); ours use other ports and data dirs.
     apt_install "${pkgs[@]}"
   else
-    log "system packages present (java, mvn, prometheus, promtool, prometheus-alertmanager)"
+    log "system packages present (java, mvn, prometheus, promtool, prometheus-alertmanager, kcat)"
   fi
   local major
   major="$(java_major)"

@@ -49,9 +49,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from monitor.daemon import Agent, run_forever
+    from monitor.stream.agent import Agent, run_forever
     from monitor.settings import load_settings
-    from monitor.source import DeadLetterSink, KafkaSource
+    from monitor.stream.kafka import DeadLetterSink, KafkaSource
 
     settings = load_settings(args.config)  # validated before anything connects
     sink = DeadLetterSink(settings.kafka)
@@ -63,7 +63,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _scenario(args: argparse.Namespace, checkpoints: Path):
     from model.checkpoint import list_versions
-    from monitor.replay import Scenario
+    from monitor.tools.replay import Scenario
 
     versions = args.versions or [p.name for p in list_versions(checkpoints)[-1:]]
     if not versions:
@@ -76,9 +76,9 @@ def _scenario(args: argparse.Namespace, checkpoints: Path):
 def _cmd_replay(args: argparse.Namespace) -> int:
     from model import checkpoint
     from model.data import load_movielens
-    from monitor.replay import EventFactory, malformed_events
+    from monitor.tools.replay import EventFactory, malformed_events
     from monitor.settings import load_settings
-    from monitor.source import EventProducer, ensure_topic
+    from monitor.stream.kafka import EventProducer, ensure_topic
 
     scenario = _scenario(args, args.checkpoints)
     models = {v: checkpoint.load(args.checkpoints / v).model for _, v in scenario.versions}
@@ -112,7 +112,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from monitor.demo import run_demo
+    from monitor.tools.demo import run_demo
 
     scenario = _scenario(args, args.checkpoints) if args.versions else None
     return run_demo(events=args.events, rate=args.rate, checkpoints=args.checkpoints, port=args.port,
@@ -122,7 +122,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_dashboards_push(args: argparse.Namespace) -> int:
     import os
 
-    from monitor.grafana import push_dashboards
+    from monitor.tools.grafana import push_dashboards
 
     token = os.environ.get("GRAFANA_TOKEN")
     basic = tuple(args.basic_auth.split(":", 1)) if args.basic_auth else None
@@ -132,7 +132,7 @@ def _cmd_dashboards_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from monitor.report import ReportConfig, write_report
+    from monitor.tools.report import ReportConfig, write_report
 
     config = ReportConfig(alpha=args.alpha, min_effect=args.min_effect, max_events=args.max_events)
     version = tuple(None if v == "-" else v for v in args.versions) if args.versions else args.version
@@ -146,7 +146,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from monitor.explain import explain
+    from monitor.tools.explain import explain
 
     lines = (sys.stdin.buffer.read() if str(args.events) == "-" else args.events.read_bytes()).splitlines()
     lines = [line for line in lines if line.strip()]
@@ -159,15 +159,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     print(result.text)
     if result.png is not None:
         print(f"heatmap: {result.png}")
-    return 0
-
-
-def _cmd_scenario_models(args: argparse.Namespace) -> int:
-    from monitor.scenarios import train_scenario_models
-
-    started = time.monotonic()
-    versions = train_scenario_models(args.root)  # reuses what is already published
-    print(json.dumps({"versions": versions, "root": str(args.root), "seconds": round(time.monotonic() - started, 1)}))
     return 0
 
 
@@ -260,9 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--version", help="explain under another model version (e.g. the previous one)")
     explain.set_defaults(func=_cmd_explain)
 
-    models = sub.add_parser("scenario-models", help="train (or reuse) the base, benign and harmful scenario models")
-    models.add_argument("--root", type=Path, default=Path("var/models"))
-    models.set_defaults(func=_cmd_scenario_models)
     return parser
 
 

@@ -166,10 +166,10 @@ from pathlib import Path  # noqa: E402
 
 import yaml  # noqa: E402
 
-from monitor.cohorts import CohortDimension  # noqa: E402
-from monitor.judge import JudgeConfig  # noqa: E402
-from monitor.paired import PairedConfig  # noqa: E402
-from monitor.pipeline import PipelineConfig  # noqa: E402
+from monitor.drift.cohorts import CohortDimension  # noqa: E402
+from monitor.drift.judge import JudgeConfig  # noqa: E402
+from monitor.drift.paired import PairedConfig  # noqa: E402
+from monitor.stream.config import PipelineConfig  # noqa: E402
 
 ENV_PREFIX = "ATTNMON__"  # ATTNMON__KAFKA__BOOTSTRAP_SERVERS=host:9092 sets kafka.bootstrap_servers
 

@@ -135,7 +135,7 @@ def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
 @pytest.fixture
 def unique_topic(kafka_settings: KafkaSettings) -> Iterator[Callable[..., str]]:
     """Factory: ``unique_topic(partitions=2)`` creates a fresh topic; all are deleted afterwards."""
-    from monitor.source import delete_topic, ensure_topic
+    from monitor.stream.kafka import delete_topic, ensure_topic
 
     created: list[str] = []
 

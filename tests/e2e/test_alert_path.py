@@ -33,11 +33,11 @@ import pytest
 import yaml
 
 from model.data import load_movielens
-from monitor import scenarios
-from monitor.grafana import dashboard_queries, run_queries
-from monitor.source import EventProducer
+from bench import scenarios
+from monitor.tools.grafana import dashboard_queries, run_queries
+from monitor.stream.kafka import EventProducer
 
-# `make test` trains the scenario models before pytest (`attnmon scenario-models`); run alone,
+# `make test` trains the scenario models before pytest (`python -m bench.scenarios`); run alone,
 # the first use trains them here, which needs more than the default per-test timeout.
 pytestmark = pytest.mark.timeout(2400)
 

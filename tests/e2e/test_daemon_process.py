@@ -23,11 +23,11 @@ import pytest
 import yaml
 
 from model.data import load_movielens
-from monitor import state as state_store
-from monitor.baseline import SeriesKey
-from monitor.judge import Judge
-from monitor.replay import EventFactory, Scenario
-from monitor.source import EventProducer, KafkaSource
+from monitor.stream import state as state_store
+from monitor.drift.baseline import SeriesKey
+from monitor.drift.judge import Judge
+from monitor.tools.replay import EventFactory, Scenario
+from monitor.stream.kafka import EventProducer, KafkaSource
 from scaffold import publish_small, small_models
 
 REPO = Path(__file__).resolve().parents[2]

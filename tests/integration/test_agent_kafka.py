@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from model.data import load_movielens
-from monitor.baseline import SeriesKey
-from monitor.daemon import Agent
-from monitor.replay import EventFactory, Scenario
+from monitor.drift.baseline import SeriesKey
+from monitor.stream.agent import Agent
+from monitor.tools.replay import EventFactory, Scenario
 from monitor.settings import IntervalSettings, ModelSettings, Settings, StateSettings
-from monitor.source import DeadLetterSink, EventProducer, KafkaSource
+from monitor.stream.kafka import DeadLetterSink, EventProducer, KafkaSource
 from scaffold import publish_small, small_models
 
 # Broken records and the reason each must be dead-lettered with.

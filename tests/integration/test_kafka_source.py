@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from monitor.settings import KafkaSettings
-from monitor.source import (
+from monitor.stream.kafka import (
     CommitFailed,
     DeadLetterSink,
     EventProducer,

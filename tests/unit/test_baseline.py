@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from monitor.baseline import BaselineStore, SeriesKey
-from monitor.histogram import Histogram
+from monitor.drift.baseline import BaselineStore, SeriesKey
+from monitor.drift.histogram import Histogram
 
 KEY = SeriesKey("v1", "platform", "ios", "entropy", 0)
 

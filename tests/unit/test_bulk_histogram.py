@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from monitor.metrics import LATENCY_BUCKETS, BulkHistogram
+from monitor.export.metrics import LATENCY_BUCKETS, BulkHistogram
 
 
 def _exposition(registry: CollectorRegistry) -> list[str]:

@@ -1,4 +1,4 @@
-"""monitor.cohorts: buckets, unknown/other, admission, bounded cardinality, state."""
+"""monitor.drift.cohorts: buckets, unknown/other, admission, bounded cardinality, state."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from monitor.cohorts import ALL, OTHER, UNKNOWN, CohortAssigner, CohortDimension, sanitise
+from monitor.drift.cohorts import ALL, OTHER, UNKNOWN, CohortAssigner, CohortDimension, sanitise
 
 LENGTH = CohortDimension("history_length", kind="history_length", edges=(10, 50, 200))
 

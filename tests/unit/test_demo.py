@@ -11,7 +11,7 @@ import torch
 from model import checkpoint
 from model.data import load_movielens
 from model.sasrec import SASRec, SASRecConfig
-from monitor.demo import run_demo
+from monitor.tools.demo import run_demo
 
 
 class ScrapingOutput(io.StringIO):

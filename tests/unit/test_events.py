@@ -1,4 +1,4 @@
-"""monitor.events: the wire contract, every rejection reason, and robustness."""
+"""monitor.stream.events: the wire contract, every rejection reason, and robustness."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from monitor.events import (
+from monitor.stream.events import (
     DEFAULT_LIMITS,
     MAX_ITEM_ID,
     MAX_TS_MS,

@@ -1,4 +1,4 @@
-"""monitor.explain: one event's full attention, as a PNG heatmap and a bounded terminal view."""
+"""monitor.tools.explain: one event's full attention, as a PNG heatmap and a bounded terminal view."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from matplotlib import image as mpimg
 from model import checkpoint
 from model.data import ItemCatalog, load_movielens
 from model.sasrec import SASRec, SASRecConfig
-from monitor.events import Event, Recommendation, encode
-from monitor.explain import _display_width, _fit, explain, heatmap_size
-from monitor.recompute import recompute
-from monitor.registry import ModelRegistry
-from monitor.stats import STATISTICS, compute
+from monitor.stream.events import Event, Recommendation, encode
+from monitor.tools.explain import _display_width, _fit, explain, heatmap_size
+from monitor.attention.recompute import recompute
+from monitor.attention.registry import ModelRegistry
+from monitor.attention.stats import STATISTICS, compute
 
 MAX_LEN = 50
 UNKNOWN_ITEM = 2_000_000_000

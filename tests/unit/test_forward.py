@@ -17,8 +17,8 @@ import torch
 from model import checkpoint
 from model.data import left_pad, load_movielens
 from model.sasrec import SASRec, SASRecConfig
-from monitor.forward import InlineForwards, ProcessForwards
-from monitor.registry import ModelRegistry, ServedModel
+from monitor.attention.forward import InlineForwards, ProcessForwards
+from monitor.attention.registry import ModelRegistry, ServedModel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,8 +104,8 @@ def test_the_child_exits_when_the_agent_is_killed(served, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from monitor.forward import ProcessForwards
-        from monitor.registry import ModelRegistry
+        from monitor.attention.forward import ProcessForwards
+        from monitor.attention.registry import ModelRegistry
         if __name__ == "__main__":
             root = Path({str(served[0].checkpoint.path.parent)!r})
             pool = ProcessForwards(1, root)

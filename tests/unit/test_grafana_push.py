@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from monitor.grafana import GrafanaPushError, push_dashboards
+from monitor.tools.grafana import GrafanaPushError, push_dashboards
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "dashboards"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from monitor.baseline import SeriesKey
-from monitor.divergence import chi2_homogeneity, js_distance, psi
-from monitor.judge import MODEL_UPDATE, WITHIN_VERSION, Judge, JudgeConfig, JudgeReport
-from monitor.verdict import Hysteresis, bh_adjust
+from monitor.drift.baseline import SeriesKey
+from monitor.drift.divergence import chi2_homogeneity, js_distance, psi
+from monitor.drift.judge import MODEL_UPDATE, WITHIN_VERSION, Judge, JudgeConfig, JudgeReport
+from monitor.drift.verdict import Hysteresis, bh_adjust
 
 STATS = ("entropy", "max_weight", "topk_mass", "gini", "effective_span", "recent_mass", "genre_entropy")
 # Each statistic has its own shape under the null, as in production.

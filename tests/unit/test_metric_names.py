@@ -1,4 +1,4 @@
-"""Dashboards and rules query only metrics the agent exports (monitor/metrics.py).
+"""Dashboards and rules query only metrics the agent exports (monitor/export/metrics.py).
 
 Metric names are read out of the PromQL text: string literals, label matchers,
 grouping label lists and range brackets are blanked first, then every identifier
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitor.grafana import BUILTIN_VARIABLES, dashboard_queries, promql_of, recording_rules, rule_expressions
-from monitor.metrics import all_metric_names
+from monitor.tools.grafana import BUILTIN_VARIABLES, dashboard_queries, promql_of, recording_rules, rule_expressions
+from monitor.export.metrics import all_metric_names
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "dashboards"
@@ -66,7 +66,7 @@ def unknown_names(exprs: list[tuple[str, str]]) -> list[str]:
                 if name not in recorded:
                     problems.append(f"{where}: recording rule {name} is not defined in {RULES.name}")
             elif name != "up" and family(name, known) not in known:
-                problems.append(f"{where}: {name} is not exported (monitor/metrics.py)")
+                problems.append(f"{where}: {name} is not exported (monitor/export/metrics.py)")
     return problems
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from monitor.paired import PairedComparison, PairedConfig, PairKey, cutoff_from_benign
+from monitor.drift.paired import PairedComparison, PairedConfig, PairKey, cutoff_from_benign
 
 KEY = PairKey("v2", "platform", "ios")
 

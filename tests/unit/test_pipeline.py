@@ -15,13 +15,13 @@ from prometheus_client import CollectorRegistry
 from model import checkpoint
 from model.data import load_movielens
 from model.sasrec import SASRec, SASRecConfig
-from monitor.cohorts import CohortAssigner, CohortDimension
-from monitor.events import Reason
-from monitor.judge import Judge, JudgeConfig
-from monitor.metrics import AgentMetrics, statistic_metric
-from monitor.paired import PairedComparison
-from monitor.pipeline import Pipeline, PipelineConfig
-from monitor.registry import ModelRegistry
+from monitor.drift.cohorts import CohortAssigner, CohortDimension
+from monitor.stream.events import Reason
+from monitor.drift.judge import Judge, JudgeConfig
+from monitor.export.metrics import AgentMetrics, statistic_metric
+from monitor.drift.paired import PairedComparison
+from monitor.stream.pipeline import Pipeline, PipelineConfig
+from monitor.attention.registry import ModelRegistry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +172,7 @@ def test_a_second_version_starts_an_update_and_pairs_events(tmp_path, catalog):
 
 
 def test_per_head_statistics_are_exported_with_a_head_label_when_configured(tmp_path, catalog):
-    from monitor.stats import StatsConfig
+    from monitor.attention.stats import StatsConfig
 
     version = _publish(tmp_path, catalog, 0, "a")
     h = Harness(tmp_path, stats=StatsConfig(per_head=True))

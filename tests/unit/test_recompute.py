@@ -9,7 +9,7 @@ import torch
 
 from model.data import left_pad
 from model.sasrec import SASRec, SASRecConfig
-from monitor.recompute import recompute
+from monitor.attention.recompute import recompute
 
 
 def _model() -> SASRec:

@@ -11,8 +11,8 @@ import torch
 from model import checkpoint
 from model.data import load_movielens
 from model.sasrec import SASRec, SASRecConfig
-from monitor import registry
-from monitor.registry import ServedModel
+from monitor.attention import registry as registry
+from monitor.attention.registry import ServedModel
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""monitor.report: per-event statistics, the KS verdict, and the Evidently HTML that carries it."""
+"""monitor.tools.report: per-event statistics, the KS verdict, and the Evidently HTML that carries it."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import torch
 from model import checkpoint
 from model.data import Interactions, load_movielens
 from model.sasrec import SASRec, SASRecConfig
-from monitor.events import Event, encode
-from monitor.registry import ModelRegistry
-from monitor.replay import PLATFORMS, context_of, timeline_steps
-from monitor.report import (
+from monitor.stream.events import Event, encode
+from monitor.attention.registry import ModelRegistry
+from monitor.tools.replay import PLATFORMS, context_of, timeline_steps
+from monitor.tools.report import (
     ReportConfig,
     read_events,
     report_title,
@@ -26,7 +26,7 @@ from monitor.report import (
     summarise,
     write_report,
 )
-from monitor.stats import STATISTICS
+from monitor.attention.stats import STATISTICS
 
 EVENTS = 1200  # split into a 600-event reference and a 600-event current set
 SHIFT_GENRE = "Horror"
@@ -57,7 +57,7 @@ def registry_root(tmp_path_factory: pytest.TempPathFactory, data: Interactions) 
 
 
 def _stream(data: Interactions, version: str, *, shift_platform: str | None = None, seed: int = 0) -> list[bytes]:
-    """EVENTS encoded events drawn from the replay timeline, as monitor.replay makes them.
+    """EVENTS encoded events drawn from the replay timeline, as monitor.tools.replay makes them.
 
     With ``shift_platform`` every history item of that platform's users is swapped for a
     random movie of SHIFT_GENRE (replay's CohortShift at strength 1), others untouched.

@@ -17,11 +17,11 @@ from scipy import stats as scipy_stats
 
 from model import checkpoint
 from model.data import load_movielens
-from monitor.judge import MODEL_UPDATE, JudgeConfig
-from monitor.paired import PairedConfig
-from monitor.recompute import recompute
-from monitor.replay import EventFactory, context_of, timeline_steps
-from monitor.scenarios import (
+from monitor.drift.judge import MODEL_UPDATE, JudgeConfig
+from monitor.drift.paired import PairedConfig
+from monitor.attention.recompute import recompute
+from monitor.tools.replay import EventFactory, context_of, serving_traffic, timeline_steps
+from bench.scenarios import (
     Recipe,
     ScenarioRun,
     build_scenario,
@@ -30,10 +30,9 @@ from monitor.scenarios import (
     load_models,
     permute_heads,
     scenario_names,
-    serving_traffic,
     train_scenario_models,
 )
-from monitor.stats import STATISTICS, StatsConfig, compute
+from monitor.attention.stats import STATISTICS, StatsConfig, compute
 
 TINY = Recipe("base", (("max_len", 20), ("hidden", 16), ("layers", 2), ("heads", 2), ("dropout", 0.0)),
               tail=0, lr=1e-2, max_epochs=2, eval_every=1, patience=2)

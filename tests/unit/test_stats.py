@@ -1,4 +1,4 @@
-"""monitor.stats: hand-made attention rows with known statistics."""
+"""monitor.attention.stats: hand-made attention rows with known statistics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from monitor.stats import STATISTICS, StatsConfig, compute, paired_divergence
+from monitor.attention.stats import STATISTICS, StatsConfig, compute, paired_divergence
 
 S = {name: i for i, name in enumerate(STATISTICS)}
 ATOL = 1e-5
@@ -255,7 +255,7 @@ def test_paired_divergence_validation() -> None:
 
 
 def test_topk_sets_match_a_stable_sort_on_tied_rows() -> None:
-    from monitor.stats import _top_positions
+    from monitor.attention.stats import _top_positions
 
     rng = np.random.default_rng(5)
     for _ in range(100):

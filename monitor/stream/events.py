@@ -89,6 +89,8 @@ class Reason(enum.StrEnum):
     # Never raised by decode(): the model registry / item vocabulary use these.
     UNKNOWN_MODEL_VERSION = "unknown_model_version"
     UNKNOWN_ITEMS = "unknown_items"
+    # Never raised by decode(): the source could not decode a record batch (codec, corruption).
+    UNDECODABLE_BATCH = "undecodable_batch"
 
 
 class InvalidEvent(ValueError):

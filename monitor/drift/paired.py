@@ -54,8 +54,8 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 from scipy import stats
 
-from monitor.histogram import Histogram
-from monitor.verdict import Hysteresis, bh_adjust
+from monitor.drift.histogram import Histogram
+from monitor.drift.verdict import Hysteresis, bh_adjust
 
 STATE_FORMAT = 1
 

@@ -34,9 +34,9 @@ from typing import Final
 import numpy as np
 import torch
 
-from monitor.events import Event, decode
-from monitor.registry import ModelRegistry, ServedModel
-from monitor.stats import STATISTICS, StatsConfig, compute
+from monitor.stream.events import Event, decode
+from monitor.attention.registry import ModelRegistry, ServedModel
+from monitor.attention.stats import STATISTICS, StatsConfig, compute
 
 __all__ = ["Explanation", "Recommended", "explain", "heatmap_size", "render_heatmap", "render_text"]
 

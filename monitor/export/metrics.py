@@ -22,8 +22,8 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from monitor.events import Reason
-from monitor.stats import STATISTICS
+from monitor.stream.events import Reason
+from monitor.attention.stats import STATISTICS
 
 PREFIX = "attnmon"
 # Histogram buckets for statistics in [0, 1]: equal width, matching the judge's bins.
@@ -269,6 +269,11 @@ class AgentMetrics:
         self.events.labels("processed", "ok")
         for reason in Reason:
             self.events.labels("dead_lettered", reason.value)
+        self.skipped_offsets = Counter(
+            "attnmon_kafka_skipped_offsets",
+            "Offsets passed over because their record batch could not be decoded (each range is also dead-lettered).",
+            registry=registry,
+        )
         self.held = Gauge(
             "attnmon_events_held", "Events waiting for their model version to appear.", registry=registry
         )

@@ -33,6 +33,13 @@ An exception raised by a callback is re-raised by the next ``poll()`` or by
 ``close()``. The default assignors (range, round-robin) use the eager protocol:
 every rebalance revokes all partitions, then assigns.
 
+Record batches the client cannot decode (a codec it lacks, a corrupt or hostile batch)
+never stop the agent: ``poll()`` finds the partition whose next batch fails, with a
+throw-away probe consumer outside the group, searches for the first offset after it that
+decodes, seeks there, and returns one marker ``Record`` whose ``skipped`` says which
+offsets were passed over and why. The agent dead-letters it like any bad record, so the
+skipped range is counted, reported and committed past (no crash loop).
+
 ``pause()`` / ``resume()`` act on every assigned partition (and on partitions
 assigned while paused): the agent keeps calling ``poll()``, which returns
 nothing but keeps the member within ``max_poll_interval_ms``, while a slow
@@ -76,9 +83,34 @@ _MEMBERSHIP_ERRORS = (
 )
 
 
+# Errors of reaching the cluster, not of the data: poll() reports these as SourceError.
+_CONNECTION_ERRORS = (
+    kafka_errors.RetriableError,  # connections, timeouts, leaders moving
+    kafka_errors.IllegalStateError,
+    kafka_errors.AuthorizationError,
+    kafka_errors.OffsetOutOfRangeError,
+    *_MEMBERSHIP_ERRORS,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Offsets ``first_offset`` .. the marker record's ``offset`` could not be decoded."""
+
+    first_offset: int
+    error: str  # what the client raised, for the dead letter's detail
+
+    def count(self, last_offset: int) -> int:
+        return last_offset - self.first_offset + 1
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One Kafka record as the agent sees it. A null value (tombstone) reads as b""."""
+    """One Kafka record as the agent sees it. A null value (tombstone) reads as b"".
+
+    A record with ``skipped`` set is a marker, not a record from the log: its ``offset`` is
+    the last of a range that could not be decoded (see ``Skipped``), its value is empty.
+    """
 
     topic: str
     partition: int
@@ -87,6 +119,7 @@ class Record:
     value: bytes
     timestamp_ms: int  # the record's timestamp (create or log-append time); -1 if none
     headers: tuple[tuple[str, bytes], ...] = ()
+    skipped: Skipped | None = None
 
 
 class SourceError(Exception):
@@ -163,6 +196,7 @@ class KafkaSource:
         self._pending: set[TopicPartition] = set()  # assigned, on_assigned not yet run
         self._delivered: set[TopicPartition] = set()  # on_assigned has run for these
         self._callback_error: BaseException | None = None
+        self._batch_probe: _BatchProbe | None = None  # created on the first undecodable batch
         try:
             self._consumer = KafkaConsumer(
                 **_client_config(settings),
@@ -190,9 +224,12 @@ class KafkaSource:
             raise SourceError("poll() on a closed KafkaSource")
         try:
             batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        except kafka_errors.KafkaError as error:
+        except _CONNECTION_ERRORS as error:
             self._raise_callback_error()
             raise _source_error("poll failed", error) from error
+        except Exception as error:  # noqa: BLE001 -- parsing fetched data: codecs raise their own types
+            self._raise_callback_error()
+            return self._skip_undecodable(error)
         self._raise_callback_error()
         records: list[Record] = []
         early: dict[TopicPartition, int] = {}  # records of undelivered partitions (not expected)
@@ -217,6 +254,46 @@ class KafkaSource:
         if pending:
             self._deliver_assignment(early)
         return records
+
+    def _skip_undecodable(self, error: Exception) -> list[Record]:
+        """``poll()`` raised while parsing fetched data: seek every partition whose next
+        batch does not decode past that batch, and return a marker record for each.
+
+        Raises ``SourceError`` if no partition's next batch fails on its own (then the error
+        was not about the data).
+        """
+        log.warning("poll could not decode fetched data (%s: %s); looking for the batch", type(error).__name__, error)
+        with self._lock:
+            delivered = sorted(self._delivered & set(self._consumer.assignment() or ()))
+        try:
+            ends = self._consumer.end_offsets(delivered, timeout_ms=10_000) if delivered else {}
+        except kafka_errors.KafkaError as lookup_error:
+            raise _source_error("poll failed, and end offsets are unavailable", lookup_error) from error
+        markers: list[Record] = []
+        probe = self._probe()
+        for tp in delivered:
+            position = self._consumer.position(tp, timeout_ms=5_000)
+            end = ends.get(tp)
+            if position is None or end is None or position >= end:
+                continue
+            failure = probe.failure_at(tp, position)
+            if failure is None:
+                continue
+            resume_at = probe.first_decodable_after(tp, position, end)
+            self._consumer.seek(tp, resume_at)
+            detail = f"{type(failure).__name__}: {failure}"[:500]
+            log.error("skipping offsets %d..%d of %s[%d]: the batch cannot be decoded (%s)",
+                      position, resume_at - 1, tp.topic, tp.partition, detail)
+            markers.append(Record(tp.topic, tp.partition, resume_at - 1, None, b"", -1,
+                                  skipped=Skipped(position, detail)))
+        if not markers:
+            raise SourceError(f"poll failed: {type(error).__name__}: {error}") from error
+        return markers
+
+    def _probe(self) -> _BatchProbe:
+        if self._batch_probe is None:
+            self._batch_probe = _BatchProbe(self._settings)
+        return self._batch_probe
 
     def _deliver_assignment(self, early: dict[TopicPartition, int]) -> None:
         """Runs ``on_assigned`` for newly assigned partitions, seeks, and un-holds them."""
@@ -322,6 +399,8 @@ class KafkaSource:
         if self._closed:
             return
         self._closed = True
+        if self._batch_probe is not None:
+            self._batch_probe.close()
         try:
             self._consumer.close(autocommit=False)
         except kafka_errors.KafkaError as error:
@@ -396,6 +475,62 @@ class KafkaSource:
             await sleep(0.005)
 
 
+class _BatchProbe:
+    """A consumer outside the group that tells whether fetching from an offset decodes.
+
+    Kafka returns a whole record batch for any offset inside it, so a fetch from an
+    offset in an undecodable batch fails, and one from the offset after the batch's last
+    succeeds: the first offset that decodes is where consumption can resume.
+    """
+
+    def __init__(self, settings: KafkaSettings, *, wait_s: float = 5.0) -> None:
+        self._wait_s = wait_s
+        try:
+            self._consumer = KafkaConsumer(**_client_config(settings), group_id=None, enable_auto_commit=False,
+                                           fetch_max_wait_ms=100, max_poll_records=1)
+        except kafka_errors.KafkaError as error:
+            raise _source_error(f"cannot reach Kafka at {settings.bootstrap_servers}", error) from error
+
+    def failure_at(self, tp: TopicPartition, offset: int) -> Exception | None:
+        """What fetching from ``offset`` raises, or None if it decodes (or has nothing yet)."""
+        self._consumer.assign([tp])
+        self._consumer.seek(tp, offset)
+        deadline = time.monotonic() + self._wait_s
+        while time.monotonic() < deadline:
+            try:
+                if self._consumer.poll(timeout_ms=200, max_records=1):
+                    return None
+            except _CONNECTION_ERRORS as error:
+                raise _source_error("probing an undecodable batch failed", error) from error
+            except Exception as error:  # noqa: BLE001 -- the decoding failure we are looking for
+                return error
+        return None
+
+    def first_decodable_after(self, tp: TopicPartition, failing: int, end: int) -> int:
+        """The smallest offset in (failing, end] from which fetching decodes: the offset
+        after the undecodable batch. Doubling steps, then bisection: O(log batch size) fetches."""
+        low, step = failing, 1  # low always fails
+        while True:
+            candidate = min(failing + step, end)
+            if candidate >= end or self.failure_at(tp, candidate) is None:
+                high = candidate
+                break
+            low, step = candidate, step * 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            if self.failure_at(tp, middle) is None:
+                high = middle
+            else:
+                low = middle
+        return high
+
+    def close(self) -> None:
+        try:
+            self._consumer.close(autocommit=False)
+        except kafka_errors.KafkaError as error:
+            log.warning("closing the batch probe: %s", error)
+
+
 class _Listener(AsyncConsumerRebalanceListener):
     """kafka-python's rebalance hooks, forwarded to the ``KafkaSource`` (see the module docstring)."""
 
@@ -419,7 +554,7 @@ class _Listener(AsyncConsumerRebalanceListener):
 class _Producer:
     """A KafkaProducer (acks=all, idempotent) whose send errors surface at ``flush()``."""
 
-    def __init__(self, settings: KafkaSettings, *, linger_ms: int) -> None:
+    def __init__(self, settings: KafkaSettings, *, linger_ms: int, compression_type: str | None = None) -> None:
         self._error: BaseException | None = None
         self._failed = 0
         self._lock = threading.Lock()
@@ -429,6 +564,7 @@ class _Producer:
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=linger_ms,
+                compression_type=compression_type,
             )
         except kafka_errors.KafkaError as error:
             raise _source_error(f"cannot reach Kafka at {settings.bootstrap_servers}", error) from error
@@ -507,8 +643,10 @@ class DeadLetterSink(_Producer):
 class EventProducer(_Producer):
     """Writes prediction events (raw bytes) to a topic; ``attnmon replay`` and tests use it."""
 
-    def __init__(self, settings: KafkaSettings, *, topic: str | None = None, linger_ms: int = 20) -> None:
-        super().__init__(settings, linger_ms=linger_ms)
+    def __init__(self, settings: KafkaSettings, *, topic: str | None = None, linger_ms: int = 20,
+                 compression_type: str | None = None) -> None:
+        """``compression_type``: None, "gzip", "snappy", "lz4" or "zstd" (batches as a producer sends them)."""
+        super().__init__(settings, linger_ms=linger_ms, compression_type=compression_type)
         self._topic = topic or settings.topic
 
     def send(
@@ -517,9 +655,11 @@ class EventProducer(_Producer):
         key: bytes | None = None,
         timestamp_ms: int | None = None,
         partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         """Queues one record; ``partition`` None lets the key pick it. Errors surface at ``flush()``."""
-        self._send(self._topic, value=value, key=key, timestamp_ms=timestamp_ms, partition=partition)
+        self._send(self._topic, value=value, key=key, timestamp_ms=timestamp_ms, partition=partition,
+                   headers=headers)
 
 
 # -- administration (tests, replay) --------------------------------------------------

@@ -5,13 +5,13 @@ metrics, per-cohort drift windows and baselines; offsets tracked for commit.
       -> group by model_version (unknown: held for a grace period, then dead-lettered)
       -> raw item ids -> model indices (unknown items dropped and counted)
       -> recompute attention rows (fast path, length-sorted chunks; in a child
-         process by default, see monitor.forward)
+         process by default, see monitor.attention.forward)
       -> statistics [B, stats, layers]
       -> fold into Prometheus histograms and the judge, per cohort dimension
       -> after a model update: recompute the previous version on a sample of the
          same events and fold the paired divergence
 
-The daemon (``monitor.daemon``) drives this with a Kafka source; ``attnmon demo``
+The daemon (``monitor.stream.agent``) drives this with a Kafka source; ``attnmon demo``
 drives it with an in-process source. Either way the same code runs.
 
 A batch can be *deferred* (``process(defer=...)``): its passes are started, and its
@@ -32,17 +32,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from monitor.baseline import SeriesKey
-from monitor.cohorts import CohortAssigner
-from monitor.events import DEFAULT_LIMITS, Event, EventLimits, InvalidEvent, Reason, decode
-from monitor.judge import Judge, JudgeReport
-from monitor.metrics import AgentMetrics
-from monitor.offsets import OffsetTracker
-from monitor.paired import PairedComparison, PairedReport, PairKey
-from monitor.forward import make_forwards
-from monitor.recompute import StartedChunk, collect, start
-from monitor.registry import ModelRegistry, ServedModel
-from monitor.stats import STATISTICS, StatsConfig, compute, paired_divergence
+from monitor.drift.baseline import SeriesKey
+from monitor.drift.cohorts import CohortAssigner
+from monitor.stream.config import PipelineConfig
+from monitor.stream.events import Event, InvalidEvent, Reason, decode
+from monitor.drift.judge import Judge, JudgeReport
+from monitor.export.metrics import AgentMetrics
+from monitor.stream.offsets import OffsetTracker
+from monitor.drift.paired import PairedComparison, PairedReport, PairKey
+from monitor.attention.forward import make_forwards
+from monitor.attention.recompute import StartedChunk, collect, start
+from monitor.attention.registry import ModelRegistry, ServedModel
+from monitor.attention.stats import STATISTICS, compute, paired_divergence
 
 log = logging.getLogger(__name__)
 
@@ -55,34 +56,6 @@ class RecordLike(Protocol):
 
 
 DeadLetter = Callable[[RecordLike, Reason, str], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelineConfig:
-    # Rows per forward pass. 64 rather than 128: in the forward process, 128-row chunks
-    # outgrow the core's 1 MiB L2 (the agent ran 12.5k/11.2k events/s against 14.4k/12.9k).
-    max_batch: int = 64
-    # Child processes that run the forward passes (monitor/forward.py): 1 leaves the other
-    # core of 2 to polling and folding. 0 runs them in this process on forward_threads.
-    forward_processes: int = 1
-    forward_threads: int = 2  # with forward_processes 0: passes in parallel, one intra-op thread each
-    unknown_version_grace_s: float = 30.0  # how long an event may wait for its model version
-    max_held: int = 10_000  # events waiting at most; beyond it they are dead-lettered at once
-    paired_fraction: float = 0.2  # share of a new version's events also run through the previous version
-    paired_max_per_batch: int = 64  # cap on those per batch, so an update cannot halve throughput
-    max_versions_remembered: int = 32  # stream order of versions kept for update detection
-    stats: StatsConfig = StatsConfig()
-    limits: EventLimits = DEFAULT_LIMITS
-
-    def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.forward_threads < 1 or self.max_held < 0 or self.paired_max_per_batch < 0:
-            raise ValueError("max_batch and forward_threads must be >= 1; max_held and paired_max_per_batch >= 0")
-        if self.forward_processes < 0:
-            raise ValueError("forward_processes must be >= 0")
-        if not 0.0 <= self.paired_fraction <= 1.0:
-            raise ValueError("paired_fraction must be in [0, 1]")
-        if self.unknown_version_grace_s < 0:
-            raise ValueError("unknown_version_grace_s must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +123,13 @@ class Pipeline:
         limits = self.config.limits
         decoded: list[Event | InvalidEvent] = []
         for record in records:
+            skipped = getattr(record, "skipped", None)  # a source's marker for an undecodable batch
+            if skipped is not None:
+                count = skipped.count(record.offset)
+                self.metrics.skipped_offsets.inc(count)
+                decoded.append(InvalidEvent(Reason.UNDECODABLE_BATCH, f"offsets {skipped.first_offset}..{record.offset}"
+                                            f" ({count}) of partition {record.partition}: {skipped.error}"))
+                continue
             try:
                 decoded.append(decode(record.value, limits))  # type: ignore[arg-type]
             except InvalidEvent as err:

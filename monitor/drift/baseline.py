@@ -31,7 +31,7 @@ from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
-from monitor.histogram import Histogram
+from monitor.drift.histogram import Histogram
 
 
 class SeriesKey(NamedTuple):

@@ -184,3 +184,20 @@ def malformed_events(count: int, seed: int = 0) -> list[bytes]:
         b"\xff\xfe\x00",
     )
     return [kinds[int(i)] for i in rng.integers(0, len(kinds), size=count)]
+
+
+def serving_traffic(data: Interactions, seed: int = 0) -> Interactions:
+    """The same timelines re-timed as stationary, interleaved serving traffic.
+
+    Each user's events keep their order (history t is still items[:t]) but are spread
+    over one common period at random times, starting from a random phase of the user's
+    own timeline and wrapping once, so at any point of the stream the mix of users and
+    of history lengths is the same. ``seed`` picks another interleaving.
+    """
+    rng = np.random.default_rng(seed)
+    span = 10**12  # integer "seconds"; wide enough that ties practically never happen
+    stamps = []
+    for seq in data.sequences:
+        times = (rng.random() + np.sort(rng.random(len(seq)))) % 1.0
+        stamps.append((times * span).astype(np.int64))
+    return dataclasses.replace(data, timestamps=tuple(stamps))

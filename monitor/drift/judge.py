@@ -72,10 +72,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from monitor.baseline import BaselineStore, SeriesKey
-from monitor.divergence import chi2_homogeneity, js_distance, psi
-from monitor.histogram import Histogram
-from monitor.verdict import Hysteresis, bh_adjust
+from monitor.drift.baseline import BaselineStore, SeriesKey
+from monitor.drift.divergence import chi2_homogeneity, js_distance, psi
+from monitor.drift.histogram import Histogram
+from monitor.drift.verdict import Hysteresis, bh_adjust
 
 WITHIN_VERSION = "within_version"
 MODEL_UPDATE = "model_update"

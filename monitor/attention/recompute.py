@@ -8,7 +8,7 @@ to 4x to page-fault churn in glibc's allocator (DESIGN.md).
 Starting the passes and collecting their rows are separate steps (:func:`start`,
 :func:`collect`): the agent starts a batch's passes, folds the previous batch while they
 run, then collects. Where a pass runs is the caller's choice (``Forward``): inline when
-its rows are collected, on a thread pool, or in another process (``monitor.forward``).
+its rows are collected, on a thread pool, or in another process (``monitor.attention.forward``).
 """
 
 from __future__ import annotations

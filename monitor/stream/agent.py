@@ -10,7 +10,7 @@ Threads and why:
   order, so state needs no locks; checkpoints run with the worker drained and the main
   thread not polling, since they commit through the consumer;
 - the forward passes run in a child process (``pipeline.forward_processes``, see
-  ``monitor.forward``). While another batch waits behind the one on the worker, the worker
+  ``monitor.attention.forward``). While another batch waits behind the one on the worker, the worker
   starts that batch's passes before it folds this one's statistics (a deferred batch), so
   the child never waits for the worker's serial Python;
 - the HTTP thread serves /metrics, /healthz and /readyz.
@@ -34,16 +34,16 @@ from typing import Protocol
 import torch
 from prometheus_client import CollectorRegistry
 
-from monitor import state as state_store
-from monitor.allocator import keep_freed_memory
-from monitor.cohorts import CohortAssigner
-from monitor.events import Reason
-from monitor.http import MetricsServer
-from monitor.judge import Judge
-from monitor.metrics import AgentMetrics, DriftCollector
-from monitor.paired import PairedComparison
-from monitor.pipeline import Pipeline, RecordLike
-from monitor.registry import ModelRegistry
+from monitor.stream import state as state_store
+from monitor.attention.allocator import keep_freed_memory
+from monitor.drift.cohorts import CohortAssigner
+from monitor.stream.events import Reason
+from monitor.export.http import MetricsServer
+from monitor.drift.judge import Judge
+from monitor.export.metrics import AgentMetrics, DriftCollector
+from monitor.drift.paired import PairedComparison
+from monitor.stream.pipeline import Pipeline, RecordLike
+from monitor.attention.registry import ModelRegistry
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -17,12 +17,11 @@ from prometheus_client import CollectorRegistry
 
 from model import checkpoint
 from model.data import load_movielens
-from monitor.daemon import Agent
-from monitor.http import MetricsServer
-from monitor.memory_source import MemorySink, MemorySource
-from monitor.metrics import statistic_metric
-from monitor.replay import EventFactory, Scenario
-from monitor.scenarios import serving_traffic
+from monitor.stream.agent import Agent
+from monitor.export.http import MetricsServer
+from monitor.stream.memory import MemorySink, MemorySource
+from monitor.export.metrics import statistic_metric
+from monitor.tools.replay import EventFactory, Scenario, serving_traffic
 from monitor.settings import HttpSettings, IntervalSettings, ModelSettings, Settings, StateSettings
 
 DEMO_TRAIN_BUDGET_S = 90.0

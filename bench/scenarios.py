@@ -54,14 +54,14 @@ from model.data import Interactions, load_movielens
 from model.recipe import train_sasrec
 from model.sasrec import SASRec, SASRecConfig
 from model.train import TrainConfig
-from monitor.cohorts import CohortAssigner, CohortDimension
-from monitor.events import Reason
-from monitor.judge import Judge, JudgeConfig, JudgeReport
-from monitor.metrics import AgentMetrics
-from monitor.paired import PairedComparison, PairedConfig, PairedReport
-from monitor.pipeline import Pipeline, PipelineConfig
-from monitor.registry import ModelRegistry
-from monitor.replay import PLATFORMS, REGIONS, CohortShift, EventFactory, Scenario
+from monitor.drift.cohorts import CohortAssigner, CohortDimension
+from monitor.stream.events import Reason
+from monitor.drift.judge import Judge, JudgeConfig, JudgeReport
+from monitor.export.metrics import AgentMetrics
+from monitor.drift.paired import PairedComparison, PairedConfig, PairedReport
+from monitor.stream.pipeline import Pipeline, PipelineConfig
+from monitor.attention.registry import ModelRegistry
+from monitor.tools.replay import PLATFORMS, REGIONS, CohortShift, EventFactory, Scenario, serving_traffic
 
 log = logging.getLogger(__name__)
 
@@ -268,26 +268,6 @@ def permute_heads(model: SASRec, orders: Sequence[Sequence[int]]) -> SASRec:
     return out
 
 
-# -- traffic -----------------------------------------------------------------------------------
-
-
-def serving_traffic(data: Interactions, seed: int = 0) -> Interactions:
-    """The same timelines re-timed as stationary, interleaved serving traffic.
-
-    Each user's events keep their order (history t is still items[:t]) but are spread
-    over one common period at random times, starting from a random phase of the user's
-    own timeline and wrapping once, so at any point of the stream the mix of users and
-    of history lengths is the same. ``seed`` picks another interleaving.
-    """
-    rng = np.random.default_rng(seed)
-    span = 10**12  # integer "seconds"; wide enough that ties practically never happen
-    stamps = []
-    for seq in data.sequences:
-        times = (rng.random() + np.sort(rng.random(len(seq)))) % 1.0
-        stamps.append((times * span).astype(np.int64))
-    return dataclasses.replace(data, timestamps=tuple(stamps))
-
-
 # -- scenarios ---------------------------------------------------------------------------------
 
 DEFAULT_UPDATE_AT = 12_000  # enough events for the previous version's baselines to freeze in most cohorts
@@ -436,3 +416,21 @@ def replay_factory(data: Interactions, root: Path, scenario: Scenario, *, seed: 
     models = load_models(root, [v for _, v in scenario.versions])
     return EventFactory(serving_traffic(data, seed), models, scenario, seed=seed, batch=batch, offset=offset)
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.scenarios [--root var/models]``: train (or reuse) every scenario model."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m bench.scenarios", description=main.__doc__)
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
+    versions = train_scenario_models(args.root)  # reuses what is already published
+    print(json.dumps({"versions": versions, "root": str(args.root), "seconds": round(time.monotonic() - started, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

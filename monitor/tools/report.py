@@ -70,12 +70,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from monitor.cohorts import CohortDimension, sanitise
-from monitor.events import DEFAULT_LIMITS, Event, EventLimits, InvalidEvent, Reason, decode
-from monitor.recompute import recompute
-from monitor.registry import ModelRegistry, ServedModel
-from monitor.stats import STATISTICS, StatsConfig, compute
-from monitor.verdict import bh_adjust
+from monitor.drift.cohorts import CohortDimension, sanitise
+from monitor.stream.events import DEFAULT_LIMITS, Event, EventLimits, InvalidEvent, Reason, decode
+from monitor.attention.recompute import recompute
+from monitor.attention.registry import ModelRegistry, ServedModel
+from monitor.attention.stats import STATISTICS, StatsConfig, compute
+from monitor.drift.verdict import bh_adjust
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from monitor.allocator import keep_freed_memory
-from monitor.recompute import InlinePass, Pending, forward
-from monitor.registry import ModelRegistry, ServedModel
+from monitor.attention.allocator import keep_freed_memory
+from monitor.attention.recompute import InlinePass, Pending, forward
+from monitor.attention.registry import ModelRegistry, ServedModel
 
 log = logging.getLogger(__name__)
 
