@@ -1,6 +1,7 @@
 # attnmon: everyday entry points. `make test` is what CI runs (.ci/run).
 #
-#   make venv       .venv with the project installed editable, dev extras included
+#   make venv       .venv with the project installed editable with its dev extra, which takes
+#                   in the train and tools extras too (pyproject.toml): all that demo and test use
 #   make services   install the local stack (deploy/stack.sh) and start all of it
 #   make test       venv + services + scenario models (trained once into var/models), pytest over tests/,
 #                   then stop the services
@@ -26,7 +27,9 @@ PYTEST_ARGS ?=
 
 venv: $(VENV)/.installed
 
-# Re-installs when pyproject.toml changes.
+# Re-installs when pyproject.toml changes. `.[dev]` = pytest plus the train extra (MovieLens and
+# training: the demo's quick model and replay, the scenario models) and the tools extra (report,
+# explain, dashboards push, which the tests and benches exercise). The daemon alone needs no extra.
 $(VENV)/.installed: pyproject.toml
 	@if [ ! -x $(PY) ]; then \
 	  echo "creating $(VENV)"; \

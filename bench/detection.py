@@ -99,7 +99,7 @@ class RecordingPipeline(Pipeline):
 
 
 class RecordingAssigner(CohortAssigner):
-    """Hands each batch's cohort codes to the pipeline's record (assign follows _statistics in _fold)."""
+    """Hands each batch's cohort codes to the pipeline's record (assign follows _statistics in Pipeline._finish)."""
 
     pipeline: RecordingPipeline
 

@@ -1,7 +1,7 @@
 """Scenario models and streams: real, trained model versions whose updates are benign
 or harmful, the replay scenarios built on them, and an in-process run of the agent.
 
-Used by ``attnmon replay --scenario NAME`` / ``attnmon scenario-models``, the judge's
+Used by ``python -m bench.scenarios`` (trains the models ``make test`` needs), the judge's
 calibration (``bench/calibration.py``), the detection bench (``bench/detection.py``)
 and tests. Nothing here is hand-edited: every version is trained by ``model.train``
 on MovieLens and published as a normal checkpoint.
@@ -306,7 +306,7 @@ _BUILDERS: dict[str, Callable[..., Scenario]] = {
 
 
 def scenario_names() -> tuple[str, ...]:
-    """Names accepted by ``build_scenario`` (and ``attnmon replay --scenario``)."""
+    """Names accepted by ``build_scenario``."""
     return tuple(_BUILDERS)
 
 

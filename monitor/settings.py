@@ -1,16 +1,48 @@
 """Settings of the agent: frozen, validated once at start-up, before anything connects.
 
-Each group of settings is a frozen dataclass whose ``__post_init__`` rejects a
-bad value with a ``ValueError`` that names the field and says what is allowed.
-``load_settings`` reads one YAML file, overlays ``ATTNMON__SECTION__KEY``
-environment variables, rejects unknown keys and builds the frozen ``Settings``.
+``Settings`` is a pydantic-settings class; each section is a frozen pydantic dataclass
+(``dataclasses.replace`` works and validates), or a config dataclass of the module that
+uses it. ``load_settings`` reads one YAML file and ``ATTNMON__SECTION__KEY`` environment
+variables (environment > file > defaults); a value is parsed as its field's type, and an
+unknown key or variable, or a bad value, is a ``SettingsError`` naming where it came from.
+``Settings(...)`` built in code reads neither file nor environment.
+
+Importing this module imports neither torch nor the pipeline.
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import os
 import re
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Mapping
+from dataclasses import field
+from pathlib import Path
+from typing import Annotated, Any
+
+import pydantic_settings
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+
+# Plain config dataclasses (no torch, no Kafka, no Prometheus).
+from monitor.drift.cohorts import CohortDimension
+from monitor.drift.judge import JudgeConfig
+from monitor.drift.paired import PairedConfig
+from monitor.stream.config import PipelineConfig
+
+ENV_PREFIX = "ATTNMON__"  # ATTNMON__KAFKA__BOOTSTRAP_SERVERS=host:9092 sets kafka.bootstrap_servers
+ENV_DELIMITER = "__"
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 # OAUTHBEARER and GSSAPI need client objects or libraries a settings file cannot give.
@@ -21,8 +53,37 @@ OFFSET_RESETS = ("earliest", "latest")
 _TOPIC_RE = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 _HOST_PORT_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<port>[0-9]{1,5})$")
 
+# Sections reject unknown keys; frozen=True on each decorator makes them immutable.
+_SECTION = ConfigDict(extra="forbid")
 
-@dataclass(frozen=True, slots=True)
+
+class SettingsError(ValueError):
+    """A settings file or variable is wrong; the message says where and how."""
+
+
+def _no_bool(value: object) -> object:
+    if isinstance(value, bool):  # pydantic would take True for 1
+        raise ValueError(f"must be a number, not a boolean ({value!r})")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_no_bool)]
+
+
+# -- Kafka --------------------------------------------------------------------------------
+
+# Allowed range of each integer Kafka setting.
+_KAFKA_INTS = {
+    "max_poll_records": (1, 1_000_000),
+    # 1 s is the smallest the local stack's broker allows (group.min.session.timeout.ms);
+    # a broker's default is 6 s, so tiny values fail there at join time.
+    "session_timeout_ms": (1_000, 3_600_000),
+    "max_poll_interval_ms": (1_000, 86_400_000),
+    "connect_timeout_ms": (100, 600_000),
+}
+
+
+@dataclass(frozen=True, config=_SECTION)
 class KafkaSettings:
     """Where the prediction events come from, and how the agent joins its group."""
 
@@ -46,40 +107,76 @@ class KafkaSettings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     # Upper bound on records one poll returns (the agent micro-batches them).
-    max_poll_records: int = 500
+    max_poll_records: Count = 500
     # The broker drops a member that sends no heartbeat for this long.
-    session_timeout_ms: int = 45_000
+    session_timeout_ms: Count = 45_000
     # ... or that does not poll for this long (the agent polls while paused).
-    max_poll_interval_ms: int = 300_000
+    max_poll_interval_ms: Count = 300_000
     # Where a group with no committed offset (and no checkpoint) starts.
     auto_offset_reset: str = "earliest"
     # How long a client waits at start-up for the first broker to answer.
-    connect_timeout_ms: int = 30_000
+    connect_timeout_ms: Count = 30_000
 
-    def __post_init__(self) -> None:
-        _check_bootstrap(self.bootstrap_servers)
-        for name in ("topic", "dead_letter_topic"):
-            _check_topic(name, getattr(self, name))
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                f"kafka.bootstrap_servers must be a non-empty 'host:port[,host:port...]' string, got {value!r}"
+            )
+        for server in value.split(","):
+            match = _HOST_PORT_RE.match(server.strip())
+            if match is None or not 1 <= int(match["port"]) <= 65535:
+                raise ValueError(
+                    f"kafka.bootstrap_servers: {server.strip()!r} is not host:port with a port in 1..65535"
+                )
+        return value
+
+    @field_validator("topic", "dead_letter_topic")
+    @classmethod
+    def _check_topic(cls, value: str, info: Any) -> str:
+        if not _TOPIC_RE.match(value) or value in (".", ".."):
+            raise ValueError(
+                f"kafka.{info.field_name} must be 1-249 characters of [a-zA-Z0-9._-] (and not '.' or '..'), "
+                f"got {value!r}"
+            )
+        return value
+
+    @field_validator("group_id", "client_id")
+    @classmethod
+    def _check_name(cls, value: str, info: Any) -> str:
+        if not value.strip():
+            raise ValueError(f"kafka.{info.field_name} must be a non-empty string, got {value!r}")
+        return value
+
+    @field_validator(*_KAFKA_INTS)
+    @classmethod
+    def _check_int(cls, value: int, info: Any) -> int:
+        low, high = _KAFKA_INTS[info.field_name]
+        if not low <= value <= high:
+            raise ValueError(f"kafka.{info.field_name} must be an integer in {low}..{high}, got {value!r}")
+        return value
+
+    @field_validator("security_protocol")
+    @classmethod
+    def _check_protocol(cls, value: str) -> str:
+        if value not in SECURITY_PROTOCOLS:
+            raise ValueError(f"kafka.security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, got {value!r}")
+        return value
+
+    @field_validator("auto_offset_reset")
+    @classmethod
+    def _check_offset_reset(cls, value: str) -> str:
+        if value not in OFFSET_RESETS:
+            raise ValueError(f"kafka.auto_offset_reset must be one of {', '.join(OFFSET_RESETS)}, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_together(self) -> KafkaSettings:
         if self.topic == self.dead_letter_topic:
-            raise ValueError(
-                f"kafka.dead_letter_topic must differ from kafka.topic (both are {self.topic!r})"
-            )
-        for name in ("group_id", "client_id"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"kafka.{name} must be a non-empty string, got {value!r}")
+            raise ValueError(f"kafka.dead_letter_topic must differ from kafka.topic (both are {self.topic!r})")
         self._check_security()
-        _check_int("max_poll_records", self.max_poll_records, 1, 1_000_000)
-        # 1 s is the smallest the local stack's broker allows (group.min.session.timeout.ms);
-        # a broker's default is 6 s, so tiny values fail there at join time.
-        _check_int("session_timeout_ms", self.session_timeout_ms, 1_000, 3_600_000)
-        _check_int("max_poll_interval_ms", self.max_poll_interval_ms, 1_000, 86_400_000)
-        _check_int("connect_timeout_ms", self.connect_timeout_ms, 100, 600_000)
-        if self.auto_offset_reset not in OFFSET_RESETS:
-            raise ValueError(
-                f"kafka.auto_offset_reset must be one of {', '.join(OFFSET_RESETS)}, "
-                f"got {self.auto_offset_reset!r}"
-            )
+        return self
 
     @property
     def bootstrap_list(self) -> list[str]:
@@ -93,11 +190,6 @@ class KafkaSettings:
 
     def _check_security(self) -> None:
         protocol = self.security_protocol
-        if protocol not in SECURITY_PROTOCOLS:
-            raise ValueError(
-                f"kafka.security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, "
-                f"got {protocol!r}"
-            )
         if protocol.startswith("SASL_"):
             if self.sasl_mechanism not in SASL_MECHANISMS:
                 raise ValueError(
@@ -132,102 +224,44 @@ class KafkaSettings:
             raise ValueError("kafka.ssl_certfile and kafka.ssl_keyfile go together: set both or neither")
 
 
-def _check_bootstrap(value: object) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(
-            f"kafka.bootstrap_servers must be a non-empty 'host:port[,host:port...]' string, got {value!r}"
-        )
-    for server in value.split(","):
-        match = _HOST_PORT_RE.match(server.strip())
-        if match is None or not 1 <= int(match["port"]) <= 65535:
-            raise ValueError(
-                f"kafka.bootstrap_servers: {server.strip()!r} is not host:port with a port in 1..65535"
-            )
+# -- the other sections -------------------------------------------------------------------
 
 
-def _check_topic(name: str, value: object) -> None:
-    if not isinstance(value, str) or not _TOPIC_RE.match(value) or value in (".", ".."):
-        raise ValueError(
-            f"kafka.{name} must be 1-249 characters of [a-zA-Z0-9._-] (and not '.' or '..'), got {value!r}"
-        )
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"kafka.{name} must be an integer in {low}..{high}, got {value!r}")
-
-
-# -- the whole agent ----------------------------------------------------------------------
-# Imports below the Kafka section keep that section readable on its own; they are plain
-# config dataclasses (no Kafka, no Prometheus).
-import dataclasses  # noqa: E402
-import typing  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import yaml  # noqa: E402
-
-from monitor.drift.cohorts import CohortDimension  # noqa: E402
-from monitor.drift.judge import JudgeConfig  # noqa: E402
-from monitor.drift.paired import PairedConfig  # noqa: E402
-from monitor.stream.config import PipelineConfig  # noqa: E402
-
-ENV_PREFIX = "ATTNMON__"  # ATTNMON__KAFKA__BOOTSTRAP_SERVERS=host:9092 sets kafka.bootstrap_servers
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class ModelSettings:
     root: Path = Path("checkpoints")  # one directory per published version
-    max_loaded: int = 3  # versions kept in memory (LRU)
-    retry_after_s: float = 10.0  # how often a missing/broken version is looked for again
+    max_loaded: Annotated[Count, Field(ge=1)] = 3  # versions kept in memory (LRU)
+    # how often a missing/broken version is looked for again
+    retry_after_s: Annotated[float, Field(ge=0)] = 10.0
     # torch intra-op threads per forward pass (the forward process inherits it). 1 on purpose:
     # the passes are small (~64 x 50 x 64); OpenMP threads spin between kernels and starved
     # the poll thread: p99 latency 2.5 s vs 0.2 s on 2 cores (docs/architecture.md).
-    torch_threads: int = 1
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
-        if self.max_loaded < 1 or self.retry_after_s < 0 or self.torch_threads < 1:
-            raise ValueError("models.max_loaded and models.torch_threads must be >= 1, models.retry_after_s >= 0")
+    torch_threads: Annotated[Count, Field(ge=1)] = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class StateSettings:
     directory: Path = Path("var/state")  # checkpoint of windows, baselines, cohorts and offsets
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "directory", Path(self.directory))
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class HttpSettings:
     host: str = "127.0.0.1"  # bind address of /metrics, /healthz, /readyz
-    port: int = 9108
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"http.port must be in 0..65535, got {self.port}")
+    port: Annotated[Count, Field(ge=0, le=65535)] = 9108
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class PollSettings:
-    max_records: int = 512  # micro-batch bound by size ...
-    timeout_ms: int = 100  # ... and by wait time
-
-    def __post_init__(self) -> None:
-        if self.max_records < 1 or self.timeout_ms < 0:
-            raise ValueError("poll.max_records must be >= 1 and poll.timeout_ms >= 0")
+    max_records: Annotated[Count, Field(ge=1)] = 512  # micro-batch bound by size ...
+    timeout_ms: Annotated[Count, Field(ge=0)] = 100  # ... and by wait time
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class IntervalSettings:
-    judge_s: float = 5.0  # how often windows are judged against baselines
-    checkpoint_s: float = 10.0  # how often state is checkpointed and offsets committed
-    lag_s: float = 5.0  # how often consumer lag is exported
-    stall_s: float = 120.0  # /healthz fails when the main loop has not ticked for this long
-
-    def __post_init__(self) -> None:
-        if min(self.judge_s, self.checkpoint_s, self.lag_s, self.stall_s) <= 0:
-            raise ValueError("intervals must be > 0")
+    judge_s: Annotated[float, Field(gt=0)] = 5.0  # how often windows are judged against baselines
+    checkpoint_s: Annotated[float, Field(gt=0)] = 10.0  # how often state is checkpointed and offsets committed
+    lag_s: Annotated[float, Field(gt=0)] = 5.0  # how often consumer lag is exported
+    stall_s: Annotated[float, Field(gt=0)] = 120.0  # /healthz fails when the main loop has not ticked for this long
 
 
 DEFAULT_COHORTS = (
@@ -237,8 +271,22 @@ DEFAULT_COHORTS = (
 )
 
 
-@dataclass(frozen=True)
-class Settings:
+# -- the whole agent ----------------------------------------------------------------------
+
+# (YAML path or None, environment) while load_settings builds a Settings; None otherwise.
+_LOADING: contextvars.ContextVar[tuple[Path | None, Mapping[str, str]] | None] = contextvars.ContextVar(
+    "attnmon_settings_loading", default=None
+)
+
+
+class Settings(BaseSettings):
+    """Every setting of the agent. ``load_settings`` fills it from a file and the environment;
+    built in code (tests, benches, the demo) it takes only its arguments and the defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, extra="forbid", frozen=True
+    )
+
     kafka: KafkaSettings = KafkaSettings()
     models: ModelSettings = ModelSettings()
     state: StateSettings = StateSettings()
@@ -250,68 +298,160 @@ class Settings:
     judge: JudgeConfig = JudgeConfig()
     paired: PairedConfig = PairedConfig()
 
-
-class SettingsError(ValueError):
-    """A settings file or variable is wrong; the message says where and how."""
-
-
-def _build(cls: type, values: object, where: str) -> object:
-    """Build a (nested) config dataclass from a mapping, rejecting unknown keys."""
-    if not isinstance(values, dict):
-        raise SettingsError(f"{where}: expected a mapping, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise SettingsError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in values.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-            kwargs[name] = _build(hint, value, f"{where}.{name}")
-        elif name == "cohorts":
-            if not isinstance(value, list):
-                raise SettingsError(f"{where}.cohorts: expected a list of dimensions")
-            kwargs[name] = tuple(_build(CohortDimension, item, f"{where}.cohorts[{i}]") for i, item in enumerate(value))
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise SettingsError(f"{where}: {err}") from err
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        loading = _LOADING.get()
+        if loading is None:
+            return (init_settings,)
+        path, environ = loading
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _Environment(settings_cls, environ)]
+        if path is not None:
+            sources.append(_YamlFile(settings_cls, path))
+        return tuple(sources)  # highest priority first
 
 
-def _merge_env(values: dict, environ: typing.Mapping[str, str]) -> dict:
-    """Overlay ATTNMON__SECTION__KEY=value variables (values parsed as YAML scalars)."""
-    merged = dict(values)
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = [part.lower() for part in key[len(ENV_PREFIX):].split("__") if part]
-        if not path:
-            continue
-        node = merged
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SettingsError(f"{key}: {part} is not a section")
-        node[path[-1]] = yaml.safe_load(raw)
-    return merged
+class _Environment(EnvSettingsSource):
+    """Environment variables from the mapping ``load_settings`` was given, not always ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
-def load_settings(path: Path | None = None, environ: typing.Mapping[str, str] | None = None) -> Settings:
-    """Settings from a YAML file (optional) overlaid by environment variables; validated."""
-    values: object = {}
-    if path is not None:
+class _YamlFile(YamlConfigSettingsSource):
+    """One YAML file that must exist and hold a mapping of sections."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        if not path.is_file():
+            raise SettingsError(f"{path}: no such settings file")
+        super().__init__(settings_cls, yaml_file=path)
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
         try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise SettingsError(f"{path}: cannot read settings ({err})") from err
-    if not isinstance(values, dict):
-        raise SettingsError(f"{path}: the top level must be a mapping")
-    values = _merge_env(values, os.environ if environ is None else environ)
-    built = _build(Settings, values, str(path or "settings"))
-    assert isinstance(built, Settings)
-    return built
+            values = yaml.safe_load(file_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise SettingsError(f"{file_path}: cannot read settings ({err})") from err
+        if values is None:
+            return {}
+        if not isinstance(values, dict):
+            raise SettingsError(
+                f"{file_path}: the top level must be a mapping of sections, got a {type(values).__name__}"
+            )
+        return values
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def _fields(owner: object) -> dict[str, object] | None:
+    """Field name -> type of a settings class or config dataclass; None for a plain value."""
+    if isinstance(owner, type) and issubclass(owner, BaseModel):
+        return {name: info.annotation for name, info in owner.model_fields.items()}
+    if isinstance(owner, type) and dataclasses.is_dataclass(owner):
+        hints = typing.get_type_hints(owner, include_extras=False)
+        return {f.name: hints[f.name] for f in dataclasses.fields(owner)}
+    return None
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _env_paths(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Setting path -> variable, for every ATTNMON__ variable; one naming no setting is an error."""
+    paths: dict[tuple[str, ...], str] = {}
+    for name in environ:
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = tuple(name[len(ENV_PREFIX):].lower().split(ENV_DELIMITER))
+        owner: object = Settings
+        for depth, part in enumerate(parts):
+            fields = _fields(owner)
+            if fields is None:
+                raise SettingsError(
+                    f"{name}: {_dotted(parts[:depth])} is a single value, not a section "
+                    f"(set {ENV_PREFIX}{ENV_DELIMITER.join(parts[:depth]).upper()} instead)"
+                )
+            if part not in fields:
+                where = f"in {_dotted(parts[:depth])} " if depth else ""
+                raise SettingsError(
+                    f"{name}: unknown key {part!r} {where}(expected {ENV_PREFIX}SECTION{ENV_DELIMITER}KEY; "
+                    f"allowed: {', '.join(sorted(fields))})"
+                )
+            owner = fields[part]
+        paths[parts] = name
+    return paths
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    """One pydantic error as 'where: what is wrong / allowed'."""
+    loc = tuple(error["loc"])
+    where = _dotted(loc) or "settings"
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        owner: object = Settings
+        for part in loc[:-1]:
+            fields = _fields(owner) or {}
+            owner = fields.get(part) if isinstance(part, str) else typing.get_args(owner)[0]
+        allowed = _fields(owner)
+        return f"{where}: unknown key" + (f"; allowed: {', '.join(sorted(allowed))}" if allowed else "")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if message.startswith((where + ".", where + " ", where + ":")):
+        return message  # it names the field already
+    if error["type"] != "value_error":
+        shown = "'***'" if "password" in where else repr(error.get("input"))
+        message += f", got {shown[:80]}"
+    return f"{where}: {message}"
+
+
+def _explain(err: ValidationError, path: Path | None, env: dict[tuple[str, ...], str]) -> SettingsError:
+    """One readable message: each problem with the variable or file it came from."""
+    problems = []
+    for error in err.errors():
+        loc = tuple(error["loc"])
+        # The environment wins over the file, so a variable at or above the key set the value.
+        source = next((name for p, name in env.items() if loc[: len(p)] == p), None)
+        text = _problem(error)
+        if source is None:
+            below = sorted(name for p, name in env.items() if p[: len(loc)] == loc)
+            source = str(path) if path is not None else "settings"
+            if below:
+                text += f" (with {', '.join(below)} from the environment)"
+        problems.append(f"{source}: {text}")
+    if len(problems) == 1:
+        return SettingsError(problems[0])
+    return SettingsError(f"{len(problems)} problems in the settings: " + "; ".join(problems))
+
+
+def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from a YAML file (optional) overlaid by ``ATTNMON__`` variables; validated.
+
+    ``environ`` replaces ``os.environ`` (tests). Raises ``SettingsError`` with a readable message.
+    """
+    path = Path(path) if path is not None else None
+    environ = os.environ if environ is None else environ
+    env = _env_paths(environ)
+    token = _LOADING.set((path, environ))
+    try:
+        return Settings()
+    except ValidationError as err:
+        raise _explain(err, path, env) from None
+    except pydantic_settings.SettingsError as err:  # a variable that is not the JSON its key takes
+        match = re.search(r'field "([^"]+)"', str(err))
+        names = [name for p, name in env.items() if match and p == (match[1],)] or ["the environment"]
+        raise SettingsError(f"{', '.join(names)}: {err} ({err.__cause__}); "
+                            "a section or list set whole takes JSON") from err
+    finally:
+        _LOADING.reset(token)

@@ -3,7 +3,7 @@
 Histories are sorted by length and cut into chunks of at most ``max_batch`` rows; each
 chunk is left-padded only to its own longest history, so short histories do not pay
 for max_len columns. Chunks of 64-128 rows run near peak, while much larger ones lose up
-to 4x to page-fault churn in glibc's allocator (DESIGN.md).
+to 4x to page-fault churn in glibc's allocator (measured at batch 1024 on 2 cores).
 
 Starting the passes and collecting their rows are separate steps (:func:`start`,
 :func:`collect`): the agent starts a batch's passes, folds the previous batch while they

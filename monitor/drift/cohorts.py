@@ -38,6 +38,21 @@ returns codes [B, n_dims] int32 where column j indexes
 ``labels()[dimensions[j]]``. Codes are append-only for the life of the
 assigner, so a caller may cache one metric child per (column, code). Not
 thread-safe: one assigner per consumer loop.
+
+>>> assigner = CohortAssigner([
+...     CohortDimension("platform", allowlist=("ios", "android")),
+...     CohortDimension("length", kind="history_length", edges=(10, 50)),
+... ])
+>>> codes = assigner.assign([{"platform": "ios"}, {"platform": "web"}, {}], np.array([3, 12, 80]))
+>>> [[assigner.label(j, c) for j, c in enumerate(row)] for row in codes.tolist()]
+[['all', 'ios', '1-9'], ['all', 'other', '10-49'], ['all', 'unknown', '50+']]
+
+Admission by volume: a value needs ``min_count`` sightings, one-offs never get in:
+
+>>> regions = CohortAssigner([CohortDimension("region", max_values=2, min_count=2)])
+>>> seen = ["eu", "eu", "na", "x1", "x2", "na"]
+>>> [regions.label(1, c) for c in regions.assign([{"region": r} for r in seen], np.ones(6, int))[:, 1].tolist()]
+['other', 'eu', 'other', 'other', 'other', 'na']
 """
 
 from __future__ import annotations
@@ -62,7 +77,11 @@ _NAME: Final = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 def sanitise(value: object, max_len: int = 64) -> str:
-    """Render an untrusted scalar as a safe label value ("" for null, empty or non-scalar)."""
+    """Render an untrusted scalar as a safe label value ("" for null, empty or non-scalar).
+
+    >>> sanitise("eu-west 1/a"), sanitise(True), sanitise(None), sanitise("x" * 100, max_len=3)
+    ('eu-west_1_a', 'true', '', 'xxx')
+    """
     if isinstance(value, str):
         text = value
     elif isinstance(value, bool):

@@ -2,9 +2,10 @@
 
 Two pieces shared by the drift judge and the paired old-vs-new comparison:
 
-- ``bh_adjust``: Benjamini-Hochberg adjusted p-values. A round judges many
-  series at once (cohorts x statistics x layers); testing each at ``alpha``
-  would raise about ``alpha * K`` false flags per round. BH keeps the
+- ``bh_adjust``: Benjamini-Hochberg adjusted p-values (scipy's
+  ``false_discovery_control``). A round judges many series at once (cohorts
+  x statistics x layers); testing each at ``alpha`` would raise about
+  ``alpha * K`` false flags per round. BH keeps the
   expected share of false flags among all flags (the FDR) at ``alpha``, and
   when nothing has drifted it keeps the chance of any flag at ``alpha``.
 - ``Hysteresis``: a flag must repeat ``raise_after`` windows in a row to
@@ -23,20 +24,28 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 
 def bh_adjust(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (step-up, monotone, capped at 1); same shape as ``p``."""
+    """Benjamini-Hochberg adjusted p-values (step-up, monotone, capped at 1); same shape as ``p``.
+
+    A thin wrapper over ``scipy.stats.false_discovery_control(p, method="bh")``
+    that treats every element as one family (scipy adjusts along one axis),
+    accepts an empty array, and keeps this module's NaN contract: one NaN
+    p-value makes the whole family NaN (nothing is flagged) instead of raising.
+
+    >>> bh_adjust(np.array([0.001, 0.02, 0.03, 0.8])).round(3).tolist()
+    [0.004, 0.04, 0.04, 0.8]
+    >>> bh_adjust(np.array([])).size
+    0
+    """
     p = np.asarray(p, dtype=np.float64)
-    k = p.size
-    if k == 0:
+    if p.size == 0:
         return p.copy()
-    order = np.argsort(p, kind="stable")
-    scaled = p[order] * k / np.arange(1, k + 1)
-    adjusted = np.minimum.accumulate(scaled[::-1])[::-1]
-    out = np.empty(k)
-    out[order] = np.minimum(adjusted, 1.0)
-    return out
+    if np.isnan(p).any():
+        return np.full(p.shape, np.nan)
+    return np.asarray(stats.false_discovery_control(p.ravel(), method="bh"), dtype=np.float64).reshape(p.shape)
 
 
 class Hysteresis:
@@ -79,7 +88,15 @@ class Hysteresis:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], raise_after: int, clear_after: int) -> Hysteresis:
-        """Restore counters; the thresholds come from the (possibly new) config."""
+        """Restore counters; the thresholds come from the (possibly new) config.
+
+        >>> h = Hysteresis(raise_after=2, clear_after=3)
+        >>> h.update(True)
+        False
+        >>> restored = Hysteresis.from_state(h.to_state(), raise_after=2, clear_after=3)
+        >>> restored.update(True), restored.windows  # the restart did not lose the first flag
+        (True, 2)
+        """
         h = cls(raise_after, clear_after)
         h.consecutive_flagged = int(state["consecutive_flagged"])
         h.consecutive_clear = int(state["consecutive_clear"])

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -262,6 +262,9 @@ class AgentMetrics:
     """The agent's ordinary metrics, pre-created so every outcome series exists at 0."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        # Prometheus negotiates OpenMetrics, where every counter and histogram would also
+        # export a `_created` series: one more series each, queried by nothing.
+        disable_created_metrics()
         self.registry = registry
         self.events = Counter(
             "attnmon_events", "Prediction events by outcome and reason.", ("outcome", "reason"), registry=registry

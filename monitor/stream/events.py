@@ -153,7 +153,19 @@ def encode(event: Event) -> bytes:
 
 
 def decode(raw: bytes | bytearray | memoryview, limits: EventLimits = DEFAULT_LIMITS) -> Event:
-    """Decode and validate one record; raise :class:`InvalidEvent` on anything unusable."""
+    """Decode and validate one record; raise :class:`InvalidEvent` on anything unusable.
+
+    >>> event = decode(b'{"event_id": "e1", "ts": 1764259200000, "model_version": "v7", '
+    ...                b'"user_id": "u42", "history": [1, 50, 260], "context": {"platform": "ios"}}')
+    >>> event.model_version, event.history, event.context, event.recommended
+    ('v7', (1, 50, 260), {'platform': 'ios'}, ())
+    >>> decode(encode(event)) == event
+    True
+    >>> decode(b'{"event_id": "e1", "history": [1]}')
+    Traceback (most recent call last):
+    ...
+    monitor.stream.events.InvalidEvent: schema: Object missing required field `ts`
+    """
     try:
         size = len(raw)
     except TypeError:  # e.g. a Kafka tombstone (value None)
@@ -201,6 +213,11 @@ def decode_batch(
     Returns ``(events, failures)``: the good events in input order, and
     ``(index into raws, error)`` for each bad one so the caller can dead-letter
     the original record.
+
+    >>> good = b'{"event_id": "e1", "ts": 1764259200000, "model_version": "v7", "user_id": "u", "history": [3]}'
+    >>> events, failures = decode_batch([good, None, b'{"event_id": '])
+    >>> [e.event_id for e in events], [(i, err.reason.value) for i, err in failures]
+    (['e1'], [(1, 'not_json'), (2, 'not_json')])
     """
     events: list[Event] = []
     failures: list[tuple[int, InvalidEvent]] = []

@@ -3,6 +3,19 @@
 A record is *done* once it is folded into state or dead-lettered. Records held back
 (waiting for their model version) keep their partition's committable offset at their
 own offset, so a crash while they wait re-reads them instead of losing them.
+
+>>> tracker = OffsetTracker()
+>>> for offset in (10, 11, 12):
+...     tracker.seen(("events", 0), offset)
+>>> tracker.committable()  # one past the highest offset seen
+{('events', 0): 13}
+>>> tracker.hold(("events", 0), 13)  # offset 13 waits for its model version
+>>> tracker.seen(("events", 0), 14)
+>>> tracker.committable()  # a restart must re-read 13
+{('events', 0): 13}
+>>> tracker.release(("events", 0), 13)
+>>> tracker.committable()
+{('events', 0): 15}
 """
 
 from __future__ import annotations

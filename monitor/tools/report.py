@@ -2,7 +2,7 @@
 
 Two sets of prediction events (a *reference* and a *current* one) go through the
 same recompute -> statistics path as the agent (head-averaged rows per layer, so
-the numbers are comparable across model versions, DESIGN.md), giving one row per
+the numbers are comparable across model versions: a retrain permutes heads), giving one row per
 event: ``entropy_l0``, ``max_weight_l1``, ... plus cohort columns (``platform``,
 ``region``, ``history_length`` bucket, and the chosen dimension if it is another
 context key). Then:

@@ -24,7 +24,8 @@ class ScrapingOutput(io.StringIO):
     def write(self, text: str) -> int:
         written = super().write(text)
         url = re.search(r"serving (http://\S+/metrics)", self.getvalue())
-        if self.scrape is None and url and "processed" in text:
+        # The first summary that has folded events (on a loaded machine the first may show 0).
+        if self.scrape is None and url and re.search(r"processed [1-9]", text):
             with urllib.request.urlopen(url.group(1), timeout=5) as response:
                 self.scrape = response.read().decode()
         return written

@@ -21,6 +21,7 @@ from monitor.drift.judge import Judge, JudgeConfig
 from monitor.export.metrics import AgentMetrics, statistic_metric
 from monitor.drift.paired import PairedComparison
 from monitor.stream.pipeline import Pipeline, PipelineConfig
+from monitor.stream.windows import window_histories
 from monitor.attention.registry import ModelRegistry
 
 
@@ -121,7 +122,7 @@ def test_window_is_the_last_known_items_and_only_unknown_items_inside_it_count(t
     ]
     records = [Rec("t", 0, offset, _event(version, history)) for offset, history in enumerate(histories)]
     items = [(record, event) for record, event in zip(records, h.pipeline.decode(records))]
-    kept, windows, raw, skipped, truncated = h.pipeline._window_histories(served, items, keep_raw=True)
+    kept, windows, raw, skipped, truncated = window_histories(served, items, keep_raw=True, reject=h.pipeline._reject)
     expected_raw = [known[20:], known[20:], known[:5]]
     assert [w.tolist() for w in raw] == expected_raw
     assert [w.tolist() for w in windows] == [served.to_indices(np.asarray(r)).tolist() for r in expected_raw]

@@ -1,0 +1,59 @@
+"""Fold: one version's per-event statistics into the Prometheus histograms and the judge,
+once per cohort dimension.
+
+The judge sees head-averaged values only; per-head statistics (when configured) go to
+their own histograms as within-version detail.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from monitor.attention.stats import STATISTICS
+from monitor.drift.baseline import SeriesKey
+from monitor.drift.cohorts import CohortAssigner
+from monitor.drift.judge import Judge
+from monitor.export.metrics import AgentMetrics
+from monitor.stream.windows import Prepared
+
+Labels = dict[str, tuple[str, ...]]  # dimension -> cohort label of each code
+
+
+class Fold:
+    """Folds a prepared batch's statistics into the metrics and the judge."""
+
+    def __init__(self, metrics: AgentMetrics, clock: Callable[[], float]) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self._processed = metrics.events.labels("processed", "ok")
+
+    def __call__(self, batch: Prepared, statistics: np.ndarray, per_head: np.ndarray | None,
+                 assigner: CohortAssigner, judge: Judge) -> tuple[np.ndarray, Labels]:
+        """Fold ``statistics`` [B, stats, layers] (and ``per_head`` [B, stats, layers, heads])
+        of ``batch``'s events; returns their cohort codes [B, dimensions] and the labels."""
+        kept, histories, now = batch.events, batch.histories, batch.now
+        version = batch.served.version
+        started = time.perf_counter()
+        lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))  # windows: <= max_len
+        codes = assigner.assign([e.context for e in kept], lengths)
+        labels = assigner.labels()
+        for column, dimension in enumerate(assigner.dimensions):
+            column_codes = codes[:, column]
+            dim_labels = labels[dimension]
+            self._metrics.attention.fold(version, dimension, column_codes, dim_labels, statistics)
+            if per_head is not None:  # within-version detail only: the judge sees head-averaged rows
+                self._metrics.attention_per_head.fold(version, dimension, column_codes, dim_labels, per_head)
+            for code in np.unique(column_codes):
+                members = statistics[column_codes == code]  # [b, stats, layers]
+                for s_index, statistic in enumerate(STATISTICS):
+                    for layer in range(members.shape[2]):
+                        key = SeriesKey(version, dimension, dim_labels[code], statistic, layer)
+                        judge.observe(key, members[:, s_index, layer], now)
+        event_seconds = np.fromiter((e.ts for e in kept), dtype=np.float64, count=len(kept)) / 1000.0
+        self._metrics.latency.observe_many(np.maximum(0.0, self._clock() - event_seconds))
+        self._processed.inc(len(kept))
+        self._metrics.observe_stage("fold", time.perf_counter() - started)
+        return codes, labels
