@@ -156,12 +156,14 @@ def main() -> int:
     print(f"batch 256 fast path vs batch 1 naive path: {speeds[256][1] / speeds[1][0]:.1f}x")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    figures = {
         "ranking": {k: [dataclasses.asdict(r) for r in v] for k, v in results.items()},
         "training": training,
         "paired_ndcg10_vs": {b: paired_difference(gains["SASRec"], gains[b])[:3] for b in ("GRU4Rec", "most popular")},
         "throughput": {str(k): {"naive": v[0], "fast": v[1]} for k, v in speeds.items()},
-    }, indent=1))
+    }
+    args.out.write_text(json.dumps(figures, indent=1))
+    print(json.dumps({"throughput": figures["throughput"], "out": str(args.out)}))
     return 0
 
 

@@ -394,6 +394,7 @@ def main() -> int:
     print(f"torch threads: {args.torch_threads} (agent and naive path); poll.max_records {args.poll_records}; "
           "otherwise the agents' production defaults")
     rates: dict[int, float] = {}
+    summary: dict[str, Any] = {"model": version, "events": len(events), "replicas": {}}
     for replicas in sorted({1, args.replicas}):
         # More replicas drain a larger topic, so that the steady part after the group's
         # rebalance is long enough to measure.
@@ -419,6 +420,11 @@ def main() -> int:
         if cpu_events:
             print(f"  CPU per event while processing: agent process {agent_cpu / cpu_events * 1e6:.0f} us "
                   f"(poll, decode, statistics, fold), forward process {forward_cpu / cpu_events * 1e6:.0f} us")
+        summary["replicas"][str(replicas)] = {
+            "events_per_s": round(rate),
+            "agent_cpu_us_per_event": round(agent_cpu / cpu_events * 1e6, 1) if cpu_events else None,
+            "forward_cpu_us_per_event": round(forward_cpu / cpu_events * 1e6, 1) if cpu_events else None,
+        }
 
     for replicas, rate in rates.items():
         target = rate / 2
@@ -428,6 +434,8 @@ def main() -> int:
         print(f"\nlatency at half the max rate, {replicas} replica{'s' if replicas > 1 else ''} "
               f"({sent_rate:,.0f} events/s sent, {n_latency:,} events): "
               f"event-to-metric p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+        summary["replicas"][str(replicas)].update(
+            half_rate_sent_per_s=round(sent_rate), latency_p50_ms=round(p50 * 1000), latency_p99_ms=round(p99 * 1000))
 
     torch.set_num_threads(args.torch_threads)
     naive = bench_naive(kafka, args.checkpoints, version, events[: args.naive_events])
@@ -435,6 +443,9 @@ def main() -> int:
     print(f"speed-up over the naive path: one replica {rates[1] / naive:.1f}x"
           + "".join(f"; {r} replicas {rate / naive:.1f}x" for r, rate in rates.items() if r > 1)
           + " (the naive path is one process)")
+    summary["naive_events_per_s"] = round(naive)
+    summary["speedup_vs_naive"] = round(rates[1] / naive, 1)
+    print(json.dumps(summary))
     return 0
 
 
