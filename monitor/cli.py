@@ -235,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, default=20_000)
     demo.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
     demo.add_argument("--port", type=int, default=9108)
-    demo.add_argument("--state-dir", type=Path, default=Path("var/demo-state"))
+    demo.add_argument("--state-dir", type=Path, default=None,
+                      help="keep the agent's state here, and resume from it on the next run "
+                           "(default: fresh state every run)")
     scenario_args(demo)
     demo.set_defaults(func=_cmd_demo, extra="train")
 

@@ -9,9 +9,12 @@ buffer and counts them all.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+
+log = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
 
@@ -79,9 +82,17 @@ class MemorySource:
         return out
 
     def _skip_to(self, offset: int) -> None:
-        while self._position < offset:
+        """Seek forward to ``offset``; past the end of the stream, stop at the end and say so."""
+        if offset > self._total:
+            log.warning("asked to resume at offset %d, past the end of this %d-event stream: nothing to replay",
+                        offset, self._total)
+        while self._position < min(offset, self._total):
             if not self._buffer:
-                self._buffer.extend(next(self._batches))
+                try:
+                    self._buffer.extend(next(self._batches))
+                except StopIteration:  # the generator ran out early: its end is the stream's end
+                    self._total = self._position
+                    return
             self._buffer.popleft()
             self._position += 1
 

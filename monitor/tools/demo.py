@@ -7,7 +7,9 @@ served, and a live summary printed every few seconds.
 
 from __future__ import annotations
 
+import logging
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,6 +25,8 @@ from monitor.stream.memory import MemorySink, MemorySource
 from monitor.export.metrics import statistic_metric
 from monitor.tools.replay import EventFactory, Scenario, serving_traffic
 from monitor.settings import HttpSettings, IntervalSettings, ModelSettings, Settings, StateSettings
+
+log = logging.getLogger(__name__)
 
 DEMO_TRAIN_BUDGET_S = 90.0
 
@@ -76,8 +80,17 @@ def _summary(agent: Agent, sink: MemorySink, source: MemorySource, started: floa
     out.flush()
 
 
-def run_demo(*, events: int, rate: float | None, checkpoints: Path, port: int, state_dir: Path,
+def run_demo(*, events: int, rate: float | None, checkpoints: Path, port: int, state_dir: Path | None = None,
              scenario: Scenario | None = None, out: TextIO = sys.stdout, summary_every_s: float = 3.0) -> int:
+    """Replay ``events`` through the agent; 0 when it ran to the end, 1 when the agent failed.
+
+    ``state_dir`` None (the default) runs on fresh state in a temporary directory, so every
+    run replays its events; a directory keeps the state, and a later run resumes from it.
+    """
+    if state_dir is None:
+        with tempfile.TemporaryDirectory(prefix="attnmon-demo-state-") as fresh:
+            return run_demo(events=events, rate=rate, checkpoints=checkpoints, port=port, state_dir=Path(fresh),
+                            scenario=scenario, out=out, summary_every_s=summary_every_s)
     version = ensure_model(checkpoints, out)
     data = load_movielens()
     scenario = scenario or Scenario(versions=((0, version),))
@@ -103,7 +116,15 @@ def run_demo(*, events: int, rate: float | None, checkpoints: Path, port: int, s
     server = MetricsServer(settings.http.host, settings.http.port, agent.registry, agent.healthy, agent.ready)
     out.write(f"serving http://{settings.http.host}:{server.port}/metrics ; replaying {events:,} events "
               f"({'as fast as possible' if rate is None else f'{rate:,.0f}/s'})\n")
-    worker = threading.Thread(target=agent.run, name="attnmon-agent")
+    failure: list[BaseException] = []
+
+    def run_agent() -> None:
+        try:
+            agent.run()
+        except BaseException as error:  # noqa: BLE001 -- reported below, with a non-zero exit
+            failure.append(error)
+
+    worker = threading.Thread(target=run_agent, name="attnmon-agent")
     started = time.monotonic()
     worker.start()
     source = holder["source"]
@@ -118,7 +139,12 @@ def run_demo(*, events: int, rate: float | None, checkpoints: Path, port: int, s
     except KeyboardInterrupt:
         agent.stop()
     worker.join()
-    _summary(agent, sink, source, started, out)
     server.close()
+    if failure:
+        error = failure[0]
+        out.write(f"the agent stopped on an error: {type(error).__name__}: {error}\n")
+        log.error("the agent stopped on an error", exc_info=error)
+        return 1
+    _summary(agent, sink, source, started, out)
     return 0
 
