@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from monitor.stream.state import UnusableState
+
 log = logging.getLogger("attnmon")
 
 DEFAULT_CHECKPOINTS = Path("checkpoints")
@@ -287,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 0
+    except UnusableState as exc:
+        log.error("attnmon %s: %s", args.command, exc)
+        return UnusableState.exit_status
     except ModuleNotFoundError as exc:
         extra = _missing_extra(args, exc)
         if extra is None:

@@ -20,7 +20,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic_settings
 import yaml
@@ -242,6 +242,10 @@ class ModelSettings:
 @dataclass(frozen=True, config=_SECTION)
 class StateSettings:
     directory: Path = Path("var/state")  # checkpoint of windows, baselines, cohorts and offsets
+    # A checkpoint that cannot be read or restored is kept aside (state.json.unusable-*), then:
+    # "start_empty" runs on from empty state (the group's committed offsets still hold), "exit"
+    # stops the agent with status 3 for an operator to decide. Never a crash loop.
+    on_unusable: Literal["start_empty", "exit"] = "start_empty"
 
 
 @dataclass(frozen=True, config=_SECTION)

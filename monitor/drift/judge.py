@@ -532,12 +532,19 @@ class Judge:
             reference_seconds=config.reference_seconds,
             max_keys=config.max_keys,
         )
+        for key in judge._store:
+            baseline = judge._store.get(key)
+            if baseline is not None and baseline.histogram.bins != config.bins:
+                raise ValueError(f"the saved baseline of {key} has {baseline.histogram.bins} bins, "
+                                 f"the judge {config.bins}")
         judge._clock = state["clock"]
         judge._round = int(state["round"])
         judge.counts.update({k: int(v) for k, v in state["counts"].items()})
         for key_state, s in state["series"]:
             series = _Series(config.bins)
             series.window = Histogram.from_state(s["window"])
+            if series.window.bins != config.bins:  # would fail at the first judgement, on every restart
+                raise ValueError(f"a saved window has {series.window.bins} bins, the judge {config.bins}")
             if s["within"] is not None:
                 series.within = Hysteresis.from_state(s["within"], config.raise_after, config.clear_after)
             if s["update"] is not None:

@@ -84,6 +84,10 @@ FIXED_METRICS = (
     "attnmon_update_paired_pairs",
     "attnmon_update_paired_verdict",
     "attnmon_baseline_ready",
+    "attnmon_forward_pool_replacements_total",
+    "attnmon_kafka_skipped_offsets_total",
+    "attnmon_kafka_commit_failures_total",
+    "attnmon_state_unusable_total",
 )
 
 
@@ -275,6 +279,16 @@ class AgentMetrics:
         self.skipped_offsets = Counter(
             "attnmon_kafka_skipped_offsets",
             "Offsets passed over because their record batch could not be decoded (each range is also dead-lettered).",
+            registry=registry,
+        )
+        self.commit_failures = Counter(
+            "attnmon_kafka_commit_failures",
+            "Offset commits refused because the group was rebalancing (the revocation commits instead).",
+            registry=registry,
+        )
+        self.state_unusable = Counter(
+            "attnmon_state_unusable",
+            "Checkpoints that could not be restored at start-up (kept aside as state.json.unusable-*).",
             registry=registry,
         )
         self.held = Gauge(

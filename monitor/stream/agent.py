@@ -26,10 +26,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Protocol
 
 import torch
 from prometheus_client import CollectorRegistry
@@ -45,32 +43,13 @@ from monitor.drift.paired import PairedComparison
 from monitor.stream.pipeline import Pipeline, RecordLike
 from monitor.attention.registry import ModelRegistry
 from monitor.settings import Settings
+from monitor.stream.source import CommitFailed, Partition, Sink, SourceFactory
 
 log = logging.getLogger(__name__)
 
-Partition = tuple[str, int]
 # One on the worker and two fetched: bounds memory; a batch is deferred only while another
 # waits behind it, and a second one gives the poll thread time to queue it.
 MAX_QUEUED_BATCHES = 3
-
-
-class Source(Protocol):
-    def poll(self, max_records: int, timeout_ms: int) -> list: ...
-    def commit(self, next_offsets: dict[Partition, int]) -> None: ...
-    def pause(self) -> None: ...
-    def resume(self) -> None: ...
-    def assignment(self) -> list[Partition]: ...
-    def lag(self) -> dict[Partition, int]: ...
-    def close(self) -> None: ...
-
-
-class Sink(Protocol):
-    def send(self, record: RecordLike, reason: str, detail: str) -> None: ...
-    def flush(self, timeout_s: float = 30.0) -> None: ...
-    def close(self, timeout_s: float = 30.0) -> None: ...
-
-
-SourceFactory = Callable[[Callable[[list[Partition]], dict[Partition, int]], Callable[[list[Partition]], None]], Source]
 
 
 class Agent:
@@ -83,25 +62,15 @@ class Agent:
         self.metrics = AgentMetrics(self.registry)
         self.models = ModelRegistry(
             settings.models.root, max_loaded=settings.models.max_loaded, retry_after_s=settings.models.retry_after_s,
-            on_load=self._on_model_load, on_failure=self._on_model_failure,
+            on_load=self._on_model_load, on_failure=self._on_model_failure, on_evict=self._on_model_evict,
         )
         self.sink = sink
-        restored = state_store.load(settings.state.directory)
         self._restored_offsets: dict[Partition, int] = {}
         self.pipeline = Pipeline(
             self.models, CohortAssigner(settings.cohorts), Judge(settings.judge), PairedComparison(settings.paired),
             self.metrics, self._dead_letter, settings.pipeline,
         )
-        if restored is not None:
-            pipeline_state, offsets = restored
-            self.pipeline.restore(
-                pipeline_state,
-                Judge.from_state(pipeline_state["judge"], settings.judge),
-                PairedComparison.from_state(pipeline_state["paired"], settings.paired),
-                CohortAssigner.from_state(settings.cohorts, pipeline_state["cohorts"]),
-            )
-            self._restored_offsets = offsets
-            log.info("restored state from %s with offsets %s", settings.state.directory, offsets)
+        self._restore()
         self.registry.register(DriftCollector(self.pipeline.drift_rows))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnmon-fold")
         self._queued: deque[Future] = deque()  # FIFO on the single worker: state needs no locks
@@ -112,10 +81,45 @@ class Agent:
         self._dead_lettered_since_flush = 0
         self._preload_newest()
 
+    def _restore(self) -> None:
+        """Adopt the last checkpoint. One that cannot be read or restored (corrupt, tampered,
+        from an incompatible version) is kept aside with a reason, counted, and the agent
+        starts from empty state, or stops with ``state.UnusableState`` (``state.on_unusable``)."""
+        directory = self.settings.state.directory
+        try:
+            loaded = state_store.load(directory)
+            if loaded is None:
+                return
+            pipeline_state, offsets = loaded
+            components = (
+                Judge.from_state(pipeline_state["judge"], self.settings.judge),
+                PairedComparison.from_state(pipeline_state["paired"], self.settings.paired),
+                CohortAssigner.from_state(self.settings.cohorts, pipeline_state["cohorts"]),
+            )
+        except Exception as error:  # noqa: BLE001 -- any defect of the file, never a crash loop
+            reason = f"{type(error).__name__}: {error}"[:500]
+            aside = state_store.set_aside(directory)
+            self.metrics.state_unusable.inc()
+            log.error("checkpoint in %s cannot be restored (%s); kept aside as %s", directory, reason, aside)
+            if self.settings.state.on_unusable == "exit":
+                raise state_store.UnusableState(f"checkpoint in {directory} cannot be restored ({reason}); kept aside as {aside}")
+            log.error("starting from empty state (state.on_unusable: start_empty)")
+            return
+        self.pipeline.restore(pipeline_state, *components)
+        self._restored_offsets = offsets
+        log.info("restored state from %s with offsets %s", directory, offsets)
+
     # -- callbacks -------------------------------------------------------------------------
     def _on_model_load(self, served, seconds: float) -> None:
         self.metrics.model_load_seconds.observe(seconds)
         self.metrics.model_info.labels(served.version, served.checkpoint.label or "").set(1)
+
+    def _on_model_evict(self, served) -> None:
+        """``attnmon_model_info`` says which versions are in memory: an evicted one leaves it."""
+        try:
+            self.metrics.model_info.remove(served.version, served.checkpoint.label or "")
+        except KeyError:
+            pass
 
     def _on_model_failure(self, version: str, why: str) -> None:
         cause = "missing" if "no such version" in why or "not a valid version" in why else "invalid"
@@ -140,6 +144,11 @@ class Agent:
         self._drain()
         self.checkpoint()
         self.pipeline.offsets.forget(partitions)
+        for topic, partition in partitions:  # a partition's lag is its new owner's to export
+            try:
+                self.metrics.lag.remove(topic, str(partition))
+            except KeyError:
+                pass
         log.info("revoked %s", partitions)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -183,7 +192,7 @@ class Agent:
                 last_judge = now
             if now - last_checkpoint >= cfg.intervals.checkpoint_s:
                 self._drain()  # the checkpoint commits through the consumer: not while it polls
-                self.checkpoint()
+                self._periodic_checkpoint()
                 last_checkpoint = now
             if now - last_lag >= cfg.intervals.lag_s:
                 self._export_lag()
@@ -217,6 +226,16 @@ class Agent:
         self._source.commit(mine)
         self.metrics.last_checkpoint.set(time.time())
         self.metrics.observe_stage("checkpoint", time.perf_counter() - started)
+
+    def _periodic_checkpoint(self) -> None:
+        """A checkpoint between polls. A commit refused because the group is rebalancing is
+        expected, not fatal: the state is saved, and the next poll runs the rebalance, whose
+        revocation checkpoints and commits again for the partitions that move."""
+        try:
+            self.checkpoint()
+        except CommitFailed as error:
+            self.metrics.commit_failures.inc()
+            log.warning("commit refused during a rebalance; the revocation will commit: %s", error)
 
     def _export_lag(self) -> None:
         for (topic, partition), lag in self._source.lag().items():

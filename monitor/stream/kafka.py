@@ -68,10 +68,10 @@ from kafka import (
 from kafka.structs import OffsetAndMetadata
 
 from monitor.settings import KafkaSettings
+from monitor.stream.source import CommitFailed, Partition, SourceError
 
 log = logging.getLogger(__name__)
 
-Partition = tuple[str, int]  # (topic, partition)
 
 # Group-membership errors: the commit was refused because the partitions moved.
 _MEMBERSHIP_ERRORS = (
@@ -120,22 +120,6 @@ class Record:
     timestamp_ms: int  # the record's timestamp (create or log-append time); -1 if none
     headers: tuple[tuple[str, bytes], ...] = ()
     skipped: Skipped | None = None
-
-
-class SourceError(Exception):
-    """Kafka refused or could not be reached. ``retriable``: trying again may work."""
-
-    def __init__(self, message: str, *, retriable: bool = False) -> None:
-        super().__init__(message)
-        self.retriable = retriable
-
-
-class CommitFailed(SourceError):
-    """The group rebalanced (or evicted this member) before the commit landed.
-
-    The partitions' new owner starts from the last successful commit, so nothing
-    is lost; the records since then will be processed again there.
-    """
 
 
 def _client_config(settings: KafkaSettings) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,12 @@ FILE = "state.json"
 
 class StateError(Exception):
     pass
+
+
+class UnusableState(Exception):
+    """The checkpoint cannot be restored and the settings say to stop (``state.on_unusable: exit``)."""
+
+    exit_status = 3  # distinct from 1 (any other failure), so a supervisor can tell it apart
 
 
 def save(directory: Path, pipeline_state: dict[str, Any], offsets: dict[tuple[str, int], int]) -> Path:
@@ -56,3 +63,14 @@ def load(directory: Path) -> tuple[dict[str, Any], dict[tuple[str, int], int]] |
         raise StateError(f"{path}: unsupported checkpoint format {document.get('format') if isinstance(document, dict) else None!r}")
     offsets = {(str(t), int(p)): int(o) for t, p, o in document.get("offsets", [])}
     return document["pipeline"], offsets
+
+
+def set_aside(directory: Path) -> Path | None:
+    """Move an unusable checkpoint out of the way (kept for a post-mortem, never deleted);
+    returns where it went, or None when there was none."""
+    path = directory / FILE
+    if not path.exists():
+        return None
+    aside = directory / f"{FILE}.unusable-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    os.replace(path, aside)
+    return aside

@@ -147,3 +147,20 @@ def test_dashboard_shape(name: str, dashboard: dict) -> None:
     # Every dashboard marks model updates at the time the agent recorded for them.
     updates = [a for a in dashboard["annotations"]["list"] if "attnmon_model_update_timestamp_seconds" in a.get("expr", "")]
     assert updates and updates[0]["useValueForTime"] is True
+
+
+def test_the_exported_names_list_every_metric_the_agent_registers() -> None:
+    """``all_metric_names`` is what rules and dashboards are checked against: a metric
+    registered but missing there could not be used in a rule without failing this suite."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor.export.metrics import AgentMetrics
+
+    registry = CollectorRegistry()
+    AgentMetrics(registry)
+    registered = set()
+    for metric in registry.collect():
+        name = metric.name + ("_total" if metric.type == "counter" else "")
+        if metric.samples or metric.type != "histogram":
+            registered.add(name)
+    assert registered - all_metric_names() == set()

@@ -1,0 +1,161 @@
+"""The agent under faults it must survive: unusable checkpoints, commits refused during a
+rebalance, partitions moving away, model versions evicted from memory. In-process source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from model.data import load_movielens
+from monitor.settings import ModelSettings, Settings, StateSettings
+from monitor.stream import state as state_store
+from monitor.stream.agent import Agent
+from monitor.stream.config import PipelineConfig
+from monitor.stream.memory import MemorySink, MemorySource
+from monitor.stream.source import CommitFailed
+from monitor.tools.replay import EventFactory, Scenario
+from scaffold import publish_small, small_models
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("models")
+    return root, [publish_small(root, seed=s, label=f"v{s}") for s in range(3)]
+
+
+def _settings(models_root: Path, state: Path, **state_options) -> Settings:
+    return Settings(models=ModelSettings(root=models_root, max_loaded=1),
+                    state=StateSettings(directory=state, **state_options),
+                    pipeline=PipelineConfig(forward_processes=0))
+
+
+class _Source(MemorySource):
+    """A memory source whose commits can be refused, as Kafka refuses them mid-rebalance."""
+
+    refuse_commits = False
+
+    def commit(self, next_offsets):
+        if self.refuse_commits:
+            raise CommitFailed("the group is rebalancing")
+        super().commit(next_offsets)
+
+
+def _agent(settings: Settings, version: str, events: int = 200) -> tuple[Agent, _Source]:
+    factory = EventFactory(load_movielens(), small_models(settings.models.root, [version]),
+                           Scenario(versions=((0, version),)))
+    holder: dict[str, _Source] = {}
+
+    def make(on_assigned, on_revoked) -> _Source:
+        holder["source"] = _Source(factory.events(events), events, on_assigned, on_revoked)
+        return holder["source"]
+
+    agent = Agent(settings, make, MemorySink(), CollectorRegistry())
+    return agent, holder["source"]
+
+
+def _run_until_drained(agent: Agent, source: MemorySource) -> None:
+    import threading
+
+    thread = threading.Thread(target=agent.run)
+    thread.start()
+    while not source.exhausted:
+        thread.join(0.05)
+    agent.stop()
+    thread.join(60)
+    assert not thread.is_alive()
+
+
+def _value(agent: Agent, name: str, labels: dict[str, str] | None = None) -> float:
+    return agent.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_bins", "missing_section"])
+def test_an_unusable_checkpoint_is_kept_aside_and_the_agent_starts_empty(models, tmp_path, damage):
+    root, versions = models
+    state = tmp_path / "state"
+    agent, source = _agent(_settings(root, state), versions[0])
+    _run_until_drained(agent, source)
+    path = state / state_store.FILE
+    document = json.loads(path.read_text())
+    if damage == "garbage":
+        path.write_bytes(b"\x00\xffnot json")
+    elif damage == "truncated":
+        path.write_text(path.read_text()[: len(path.read_text()) // 2])
+    elif damage == "wrong_bins":
+        def rebin(node):
+            if isinstance(node, dict):
+                if isinstance(node.get("counts"), list) and "bins" in node:  # a histogram: 10 bins, consistent
+                    node["bins"], node["counts"] = 10, node["counts"][:10]
+                for value in node.values():
+                    rebin(value)
+            elif isinstance(node, list):
+                for value in node:
+                    rebin(value)
+        rebin(document["pipeline"]["judge"])
+        path.write_text(json.dumps(document))
+    else:
+        del document["pipeline"]["cohorts"]
+        path.write_text(json.dumps(document))
+
+    again, source = _agent(_settings(root, state), versions[0])  # used to raise: a crash loop
+    assert _value(again, "attnmon_state_unusable_total") == 1
+    assert not path.exists() and len(list(state.glob(f"{state_store.FILE}.unusable-*"))) == 1
+    assert again.pipeline.judge.baselines.get  # a fresh judge, and the agent runs
+    _run_until_drained(again, source)
+    assert _value(again, "attnmon_events_total", {"outcome": "processed", "reason": "ok"}) > 0
+
+
+def test_an_unusable_checkpoint_stops_the_agent_when_told_to(models, tmp_path, monkeypatch):
+    import monitor.stream.kafka as kafka_module
+    from monitor.cli import main
+
+    monkeypatch.setattr(kafka_module, "DeadLetterSink", lambda settings: MemorySink())  # no broker here
+
+    root, versions = models
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / state_store.FILE).write_text("{")
+    with pytest.raises(state_store.UnusableState):
+        _agent(_settings(root, state, on_unusable="exit"), versions[0])
+    assert state_store.UnusableState.exit_status == 3
+    config = tmp_path / "attnmon.yml"
+    config.write_text(f"state: {{directory: {state}, on_unusable: exit}}\nmodels: {{root: {root}}}\n")
+    (state / state_store.FILE).write_text("{")
+    assert main(["run", "--config", str(config)]) == 3
+
+
+def test_a_commit_refused_during_a_periodic_checkpoint_is_not_fatal(models, tmp_path):
+    root, versions = models
+    agent, source = _agent(_settings(root, tmp_path / "state"), versions[0])
+    source.poll(10, 10)  # assigned
+    source.refuse_commits = True
+    agent._periodic_checkpoint()  # used to raise CommitFailed out of the loop
+    assert _value(agent, "attnmon_kafka_commit_failures_total") == 1
+    assert (tmp_path / "state" / state_store.FILE).exists()  # the state was still saved
+    agent.pipeline.close()
+
+
+def test_revoked_partitions_leave_the_lag_gauge(models, tmp_path):
+    root, versions = models
+    agent, source = _agent(_settings(root, tmp_path / "state"), versions[0])
+    source.poll(10, 10)
+    agent._export_lag()
+    labels = {"topic": "attnmon.demo", "partition": "0"}
+    assert agent.registry.get_sample_value("attnmon_consumer_lag_records", labels) is not None
+    agent._on_revoked([("attnmon.demo", 0)])
+    assert agent.registry.get_sample_value("attnmon_consumer_lag_records", labels) is None
+    agent.pipeline.close()
+
+
+def test_an_evicted_version_leaves_model_info(models, tmp_path):
+    root, versions = models
+    agent, _ = _agent(_settings(root, tmp_path / "state"), versions[0])  # max_loaded 1
+    for version in versions:
+        assert agent.models.get(version) is not None
+    info = [(s.labels["model_version"], s.value) for m in agent.registry.collect() if m.name == "attnmon_model_info"
+            for s in m.samples]
+    assert info == [(versions[-1], 1.0)]  # used to list all three, each 1
+    agent.pipeline.close()
