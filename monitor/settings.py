@@ -116,6 +116,15 @@ class KafkaSettings:
     auto_offset_reset: str = "earliest"
     # How long a client waits at start-up for the first broker to answer.
     connect_timeout_ms: Count = 30_000
+    # Static group membership (KIP-345): a stable identity of this replica, e.g. the pod name
+    # of a StatefulSet (ATTNMON__KAFKA__GROUP_INSTANCE_ID=$(POD_NAME)). A replica restarted
+    # with the same id gets its partitions back at once, without waiting for the session
+    # timeout or a rebalance. None: dynamic membership.
+    group_instance_id: str | None = None
+    # Leave the group on a clean shutdown (SIGTERM), so the partitions move at once; a static
+    # member does not leave by itself. False keeps them unassigned until the session timeout,
+    # which avoids two rebalances when a rolling restart brings the same id back quickly.
+    leave_group_on_shutdown: bool = True
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -139,6 +148,15 @@ class KafkaSettings:
             raise ValueError(
                 f"kafka.{info.field_name} must be 1-249 characters of [a-zA-Z0-9._-] (and not '.' or '..'), "
                 f"got {value!r}"
+            )
+        return value
+
+    @field_validator("group_instance_id")
+    @classmethod
+    def _check_instance_id(cls, value: str | None) -> str | None:
+        if value is not None and (not _TOPIC_RE.match(value) or value in (".", "..")):
+            raise ValueError(
+                f"kafka.group_instance_id must be 1-249 characters of [a-zA-Z0-9._-], got {value!r}"
             )
         return value
 

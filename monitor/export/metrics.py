@@ -60,6 +60,7 @@ STATISTIC_HELP = {
 FIXED_METRICS = (
     "attnmon_events_total",
     "attnmon_events_held",
+    "attnmon_events_held_bytes",
     "attnmon_history_items_unknown_total",
     "attnmon_history_truncated_total",
     "attnmon_stage_duration_seconds",
@@ -293,6 +294,10 @@ class AgentMetrics:
         )
         self.held = Gauge(
             "attnmon_events_held", "Events waiting for their model version to appear.", registry=registry
+        )
+        self.held_bytes = Gauge(
+            "attnmon_events_held_bytes", "Record bytes of the events waiting for their model version.",
+            registry=registry,
         )
         self.unknown_items = Counter(
             "attnmon_history_items_unknown",

@@ -130,18 +130,33 @@ class Agent:
         self._dead_lettered_since_flush += 1
 
     def _on_assigned(self, partitions: list[Partition]) -> dict[Partition, int]:
-        """Seek restored partitions to the checkpoint's offsets (first assignment only)."""
-        seeks = {tp: self._restored_offsets[tp] for tp in partitions if tp in self._restored_offsets}
+        """Where each newly assigned partition resumes: the newer of what the restored state
+        includes and what the group committed.
+
+        The group's offset is newer when another member processed the partition after our
+        checkpoint: those events are in its state, so we read on after them. Ours is newer
+        when our last commit did not land (a crash between checkpoint and commit): our state
+        already holds those events. A partition we hold no state for starts at the group's
+        committed offset (no seek).
+        """
+        ours = {tp: self._restored_offsets.pop(tp) for tp in partitions if tp in self._restored_offsets}
+        theirs = self._source.committed(sorted(ours)) if ours else {}
+        seeks = {}
+        for tp, offset in ours.items():
+            if theirs.get(tp, -1) > offset:
+                log.info("%s: the group committed %d, past our checkpoint's %d; reading on from there",
+                         tp, theirs[tp], offset)
+                continue
+            seeks[tp] = offset
         self.pipeline.offsets.restore(seeks)
-        # A partition that comes back later was owned by another replica meanwhile: its
-        # committed offset is newer than our old checkpoint, so we must not rewind it.
-        self._restored_offsets = {}
         log.info("assigned %s", partitions)
         return seeks
 
     def _on_revoked(self, partitions: list[Partition]) -> None:
-        """Before partitions move: finish the batch, checkpoint, commit, forget them."""
+        """Before partitions move: finish the batch, give up their held events, checkpoint,
+        commit, forget them."""
         self._drain()
+        self.pipeline.forget_held(partitions)  # dead-lettered before the checkpoint that commits past them
         self.checkpoint()
         self.pipeline.offsets.forget(partitions)
         for topic, partition in partitions:  # a partition's lag is its new owner's to export

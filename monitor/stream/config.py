@@ -23,6 +23,8 @@ class PipelineConfig:
     forward_threads: int = 2  # with forward_processes 0: passes in parallel, one intra-op thread each
     unknown_version_grace_s: float = 30.0  # how long an event may wait for its model version
     max_held: int = 10_000  # events waiting at most; beyond it they are dead-lettered at once
+    # and record bytes they may hold (they are checkpointed too): 10,000 events of ~1 KiB fit
+    max_held_bytes: int = 16 * 1024 * 1024
     paired_fraction: float = 0.2  # share of a new version's events also run through the previous version
     paired_max_per_batch: int = 64  # cap on those per batch, so an update cannot halve throughput
     max_versions_remembered: int = 32  # stream order of versions kept for update detection
@@ -32,6 +34,8 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.forward_threads < 1 or self.max_held < 0 or self.paired_max_per_batch < 0:
             raise ValueError("max_batch and forward_threads must be >= 1; max_held and paired_max_per_batch >= 0")
+        if self.max_held_bytes < 0:
+            raise ValueError("max_held_bytes must be >= 0")
         if self.forward_processes < 0:
             raise ValueError("forward_processes must be >= 0")
         if not 0.0 <= self.paired_fraction <= 1.0:

@@ -65,6 +65,7 @@ from kafka import (
     KafkaProducer,
     TopicPartition,
 )
+from kafka.admin import MemberToRemove
 from kafka.structs import OffsetAndMetadata
 
 from monitor.settings import KafkaSettings
@@ -191,6 +192,7 @@ class KafkaSource:
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=settings.heartbeat_interval_ms,
                 max_poll_interval_ms=settings.max_poll_interval_ms,
+                group_instance_id=settings.group_instance_id,
             )
         except kafka_errors.KafkaError as error:
             raise _source_error(f"cannot join Kafka at {settings.bootstrap_servers}", error) from error
@@ -307,6 +309,22 @@ class KafkaSource:
         if seeks:
             log.info("resuming %s from the agent's offsets %s", _sorted(ready), seeks)
 
+    def committed(self, partitions: list[Partition]) -> dict[Partition, int]:
+        """The group's committed offsets of these partitions (those that have one).
+
+        Blocks on the group coordinator: call it on the caller's thread, e.g. from
+        ``on_assigned``, not from ``on_revoked``.
+        """
+        out: dict[Partition, int] = {}
+        for partition in partitions:
+            try:
+                offset = self._consumer.committed(_tp(partition), timeout_ms=10_000)
+            except kafka_errors.KafkaError as error:
+                raise _source_error(f"committed offset of {partition} unavailable", error) from error
+            if offset is not None:
+                out[partition] = int(offset)
+        return out
+
     def commit(self, next_offsets: dict[Partition, int]) -> None:
         """Commits exactly these offsets (the next offset to read, per partition), synchronously.
 
@@ -379,7 +397,12 @@ class KafkaSource:
         return lag
 
     def close(self) -> None:
-        """Leaves the group (running ``on_revoked`` for owned partitions first). Idempotent."""
+        """Leaves the group (running ``on_revoked`` for owned partitions first). Idempotent.
+
+        A static member (``group_instance_id``) is removed from the group explicitly when
+        ``leave_group_on_shutdown`` is set: kafka-python, like the Java client, sends no
+        LeaveGroup for one, so its partitions would wait for the session timeout.
+        """
         if self._closed:
             return
         self._closed = True
@@ -389,7 +412,25 @@ class KafkaSource:
             self._consumer.close(autocommit=False)
         except kafka_errors.KafkaError as error:
             log.warning("closing the consumer: %s", error)
+        if self._settings.group_instance_id is not None and self._settings.leave_group_on_shutdown:
+            self._leave_as_static_member()
         self._raise_callback_error()
+
+    def _leave_as_static_member(self) -> None:
+        instance = self._settings.group_instance_id
+        try:
+            admin = _admin(self._settings)
+        except SourceError as error:
+            log.warning("could not leave group %s as %s: %s", self._settings.group_id, instance, error)
+            return
+        try:
+            outcome = admin.remove_group_members(self._settings.group_id, [MemberToRemove(group_instance_id=instance)])
+            log.info("left group %s as static member %s: %s", self._settings.group_id, instance,
+                     {k: v.__name__ for k, v in outcome.items()})
+        except kafka_errors.KafkaError as error:  # the session timeout removes it anyway
+            log.warning("could not leave group %s as %s: %s", self._settings.group_id, instance, error)
+        finally:
+            admin.close()
 
     def __enter__(self) -> KafkaSource:
         return self

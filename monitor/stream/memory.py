@@ -51,7 +51,7 @@ class MemorySource:
         self._assigned = False
         self._paused = False
         self._started = time.monotonic()
-        self.committed: dict[Partition, int] = {}
+        self.commits: dict[Partition, int] = {}  # what the agent committed (a group's committed offsets)
 
     def poll(self, max_records: int, timeout_ms: int) -> list[MemoryRecord]:
         if not self._assigned:
@@ -101,7 +101,10 @@ class MemorySource:
         return self._position >= self._total
 
     def commit(self, next_offsets: dict[Partition, int]) -> None:
-        self.committed.update(next_offsets)
+        self.commits.update(next_offsets)
+
+    def committed(self, partitions: list[Partition]) -> dict[Partition, int]:
+        return {p: self.commits[p] for p in partitions if p in self.commits}
 
     def pause(self) -> None:
         self._paused = True

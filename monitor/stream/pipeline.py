@@ -83,8 +83,8 @@ class Pipeline:
         self.offsets = OffsetTracker()
         self._clock = clock
         self._reject = Rejects(dead_letter, metrics)
-        self._held = HoldBuffer(self.offsets, metrics, self._reject, max_held=config.max_held,
-                                grace_s=config.unknown_version_grace_s)
+        self._held = HoldBuffer(metrics, self._reject, max_held=config.max_held, max_bytes=config.max_held_bytes,
+                                grace_s=config.unknown_version_grace_s, limits=config.limits, clock=clock)
         self._recompute = Recompute(registry, config, metrics)
         self._fold = Fold(metrics, clock)
         self._updates = ModelUpdates(metrics, config.max_versions_remembered)
@@ -149,6 +149,11 @@ class Pipeline:
 
     def has_held(self) -> bool:
         return bool(self._held)
+
+    def forget_held(self, partitions: Sequence[tuple[str, int]]) -> int:
+        """Partitions are moving to another member: dead-letter the events held for them (the
+        new owner reads on after the committed offset, past them). Returns how many."""
+        return self._held.forget(partitions)
 
     def retry_held(self) -> int:
         """Fold held events whose version has appeared; dead-letter those out of time."""
@@ -223,6 +228,7 @@ class Pipeline:
             "judge": self.judge.to_state(),
             "paired": self.paired.to_state(),
             "cohorts": self.assigner.state(),
+            "held": self._held.to_state(),
             **self._updates.state(),  # versions_seen, previous
         }
 
@@ -230,3 +236,4 @@ class Pipeline:
         """Adopt restored components and the version history from a checkpoint."""
         self.judge, self.paired, self.assigner = judge, paired, assigner
         self._updates.restore(state, judge)
+        self._held.restore(state.get("held", []))

@@ -58,15 +58,20 @@ def _summary(agent: Agent, sink: MemorySink, source: MemorySource, started: floa
               f"lag {lag:,}  dead-lettered: {dead}\n")
     labels = agent.pipeline.assigner.labels().get("platform", ())
     versions = agent.models.loaded_versions()
+    # One collection for every cell: the agent folds meanwhile, and a _sum and a _count read
+    # in two collections could come from different batches (or one be missing).
+    shown = {statistic_metric(stat) for stat in ("entropy", "max_weight", "recent_mass")}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for m in reg.collect() if m.name in shown for s in m.samples}
     for version in versions[-1:]:
         for cohort in labels:
             cells = []
             for stat in ("entropy", "max_weight", "recent_mass"):
                 name = statistic_metric(stat)
-                key = {"model_version": version, "dimension": "platform", "cohort": cohort, "layer": "1"}
-                total = reg.get_sample_value(name + "_sum", key)
-                count = reg.get_sample_value(name + "_count", key)
-                if count:
+                key = tuple(sorted({"model_version": version, "dimension": "platform", "cohort": cohort,
+                                    "layer": "1"}.items()))
+                total, count = samples.get((name + "_sum", key)), samples.get((name + "_count", key))
+                if total is not None and count:
                     cells.append(f"{stat} {total / count:.3f}")
             if cells:
                 out.write(f"    {version} platform={cohort:<8} " + "  ".join(cells) + "\n")

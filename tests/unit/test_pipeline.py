@@ -142,7 +142,9 @@ def test_unknown_version_is_held_then_served_when_published(tmp_path, catalog):
     items = [int(i) for i in catalog.item_ids[1:8]]
     h.pipeline.process([Rec("t", 0, 0, _event(version, items)), Rec("t", 0, 1, _event(version, items))])
     assert h.value("attnmon_events_held") == 2
-    assert h.pipeline.offsets.committable() == {("t", 0): 0}  # nothing past the held events
+    # Held events are state: the checkpoint keeps them, so the offsets move past them.
+    assert h.pipeline.offsets.committable() == {("t", 0): 2}
+    assert [held[:3] for held in h.pipeline.state()["held"]] == [["t", 0, 0], ["t", 0, 1]]
     (staged / version).rename(tmp_path / version)  # the version is published while we run
     assert h.pipeline.retry_held() == 2
     assert h.value("attnmon_events_held") == 0
@@ -265,3 +267,46 @@ def test_a_deferred_batch_is_folded_by_the_next_call_or_flush(tmp_path, catalog)
     direct.pipeline.process(records[:10])
     assert count(deferring) == count(direct) == 100
     assert _sums(deferring, version) == pytest.approx(_sums(direct, version), rel=1e-6)
+
+
+def test_held_events_survive_a_checkpoint_restore_without_refolding_later_events(tmp_path, catalog):
+    """The old hole: a held offset kept the committable offset back while later events were
+    folded and checkpointed; a restart re-read from the held offset and folded those twice."""
+    v1 = _publish(tmp_path, catalog, 0, "v1")
+    torch.manual_seed(3)
+    late = SASRec(SASRecConfig(n_items=catalog.n_items, max_len=20, hidden=16, layers=2, heads=2))
+    staged = tmp_path / "staged"
+    v2 = checkpoint.save(late, catalog, {}, staged, label="late")
+    items = [int(i) for i in catalog.item_ids[1:8]]
+    h = Harness(tmp_path, unknown_version_grace_s=600.0)
+    h.pipeline.process([Rec("t", 0, 0, _event(v2, items))] + [Rec("t", 0, o, _event(v1, items)) for o in range(1, 40)])
+    saved, offsets = h.pipeline.state(), h.pipeline.offsets.committable()
+    assert offsets == {("t", 0): 40}  # a restart reads on after everything the state holds
+
+    again = Harness(tmp_path, unknown_version_grace_s=600.0)
+    again.pipeline.restore(saved, Judge.from_state(saved["judge"]), PairedComparison.from_state(saved["paired"]),
+                           CohortAssigner.from_state(again.pipeline.assigner._dimensions, saved["cohorts"]))
+    assert again.value("attnmon_events_held") == 1
+    (staged / v2).rename(tmp_path / v2)
+    assert again.pipeline.retry_held() == 1  # the held event is folded once, after the restart
+
+
+def test_revoked_partitions_give_up_their_held_events(tmp_path, catalog):
+    h = Harness(tmp_path, unknown_version_grace_s=600.0)
+    unknown = "sasrec-ffffffffffffffff"
+    item = [int(catalog.item_ids[1])]
+    h.pipeline.process([Rec("t", 0, 0, _event(unknown, item)), Rec("t", 1, 0, _event(unknown, item))])
+    assert h.pipeline.forget_held([("t", 1)]) == 1
+    assert h.value("attnmon_events_held") == 1 and h.dead == [(0, Reason.UNKNOWN_MODEL_VERSION)]
+    assert [held[:2] for held in h.pipeline.state()["held"]] == [["t", 0]]
+
+
+def test_the_hold_buffer_is_bounded_in_bytes(tmp_path, catalog):
+    h = Harness(tmp_path, unknown_version_grace_s=600.0, max_held_bytes=2_000)
+    unknown = "sasrec-ffffffffffffffff"
+    records = [Rec("t", 0, o, _event(unknown, [int(i) for i in catalog.item_ids[1:60]])) for o in range(10)]
+    size = len(records[0].value)
+    h.pipeline.process(records)
+    assert h.value("attnmon_events_held") == 2_000 // size
+    assert h.value("attnmon_events_held_bytes") <= 2_000
+    assert len(h.dead) == 10 - 2_000 // size
