@@ -77,6 +77,7 @@ class Agent:
         self._batches: set[Future] = set()  # the queued futures that fold a polled batch
         self._stop = threading.Event()
         self._last_tick = time.monotonic()
+        log.info("joining the consumer group")
         self._source = source_factory(self._on_assigned, self._on_revoked)
         self._dead_lettered_since_flush = 0
         self._preload_newest()

@@ -158,3 +158,74 @@ def test_daemon_ready_scrape_sigterm_and_sigkill_recovery(setup, promtool, tmp_p
     total, offsets = _state_total(setup["state"], setup["version"])
     assert sum(offsets.values()) == 500
     assert total == 500  # nothing lost, nothing counted twice
+
+
+def _seconds_to_assignment(log: Path, since_line: int) -> float:
+    """From the daemon's 'joining the consumer group' to its first 'assigned' line, by the
+    log's own timestamps (start-up, torch import and model loading are not rejoin time)."""
+    from datetime import datetime
+
+    def stamp(line: str) -> datetime:
+        return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+    lines = log.read_text().splitlines()[since_line:]
+    joined = next(stamp(line) for line in lines if "joining the consumer group" in line)
+    assigned = next(stamp(line) for line in lines if "INFO monitor.stream.agent: assigned [" in line)
+    return (assigned - joined).total_seconds()
+
+
+def test_held_events_and_a_static_member_survive_a_kill_between_checkpoints(setup, tmp_path):
+    """Events held for an unpublished version are checkpointed with the state: a kill after a
+    checkpoint that folded later events (offsets past the held one) neither loses the held
+    event nor folds the later ones twice (the old code re-read from the held offset). The
+    replica is a static member: restarted with its id, it gets its partition back without
+    waiting for the group to drop the dead member (session timeout 20 s here)."""
+    staged = tmp_path / "staged"
+    late = publish_small(staged, seed=7, label="late")
+    models = Path(yaml.safe_load(setup["config"].read_text())["models"]["root"])
+    held = small_models(staged, [late])
+    factory = EventFactory(load_movielens(), held, Scenario(versions=((0, late),)))
+    late_event = next(iter(factory.events(1)))[0]
+    config = yaml.safe_load(setup["config"].read_text())
+    config["kafka"].update(group_instance_id="attnmon-e2e-0", session_timeout_ms=20_000)
+    config["pipeline"] = {"unknown_version_grace_s": 600}
+    setup["config"].write_text(yaml.safe_dump(config))
+    kafka = dataclasses.replace(setup["kafka"])
+    events = setup["events"]
+    producer = EventProducer(kafka)
+    for i, value in enumerate([*events[:50], late_event, *events[50:200]]):
+        producer.send(value, partition=0)  # one partition: the held offset sits between folded ones
+    producer.flush()
+    producer.close()
+
+    first = Daemon(setup["config"], setup["port"], setup["log"])
+    first.wait(lambda: first.processed() >= 200)
+    folded_at = time.time()
+
+    def checkpointed() -> bool:
+        body = first.get("/metrics")[1]
+        line = next((l for l in body.splitlines() if l.startswith("attnmon_last_checkpoint_timestamp_seconds ")), "")
+        held = next((l for l in body.splitlines() if l.startswith("attnmon_events_held ")), "")
+        return bool(line) and float(line.split()[1]) > folded_at and held.endswith(" 1.0")
+
+    first.wait(checkpointed)
+    first.stop(signal.SIGKILL)  # after the held offset, before the next checkpoint
+    total, offsets = _state_total(setup["state"], setup["version"])
+    assert total == 200 and offsets[(kafka.topic, 0)] == 201  # the held offset is not kept back
+
+    lines_before = len(setup["log"].read_text().splitlines())
+    second = Daemon(setup["config"], setup["port"], setup["log"])
+    second.wait(lambda: second.get("/readyz")[0] == 200)
+    rejoin_s = _seconds_to_assignment(setup["log"], lines_before)
+    assert rejoin_s < 10.0, f"static member took {rejoin_s:.1f}s to get its partition back"
+    (staged / late).rename(models / late)  # the held event's version is published
+    second.wait(lambda: second.processed() >= 1)
+    time.sleep(2.0)  # and a checkpoint after it
+    assert second.stop(signal.SIGTERM) == 0
+    total, offsets = _state_total(setup["state"], setup["version"])
+    assert total == 200, "events after the held offset were folded twice"  # old code: 350
+    state, _ = state_store.load(setup["state"])
+    assert state["held"] == []
+    late_total = Judge.from_state(state["judge"]).baselines.get(SeriesKey(late, "all", "all", "entropy", 0))
+    assert late_total is not None and late_total.histogram.total == 1  # the held event, folded once
+    assert "left group" in setup["log"].read_text()  # SIGTERM: a static member leaves explicitly
