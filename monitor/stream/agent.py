@@ -77,7 +77,6 @@ class Agent:
         self._batches: set[Future] = set()  # the queued futures that fold a polled batch
         self._stop = threading.Event()
         self._last_tick = time.monotonic()
-        log.info("joining the consumer group")
         self._source = source_factory(self._on_assigned, self._on_revoked)
         self._dead_lettered_since_flush = 0
         self._preload_newest()
@@ -173,6 +172,7 @@ class Agent:
 
     def run(self) -> None:
         cfg = self.settings
+        log.info("joining the consumer group")  # the first poll joins; rejoin time is measured from here
         last_judge = last_checkpoint = last_lag = time.monotonic()
         paused = False
         while not self._stop.is_set():
