@@ -2,9 +2,10 @@
 
 A version is loaded (and its hashes verified) the first time an event names it, so a
 version published while the agent runs is served without a restart. At most
-``max_loaded`` versions stay in memory (least recently used goes first). A version that
-fails to load is remembered for ``retry_after_s`` so a flood of events naming a broken
-or absent version costs one directory check per interval, not one per event.
+``max_loaded`` versions stay in memory (least recently used goes first, and ``on_evict``
+hears of it). A version that fails to load is remembered for ``retry_after_s`` so a flood
+of events naming a broken or absent version costs one directory check per interval, not
+one per event.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class ModelRegistry:
         retry_after_s: float = 10.0,
         on_load: Callable[[ServedModel, float], None] | None = None,
         on_failure: Callable[[str, str], None] | None = None,
+        on_evict: Callable[[ServedModel], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_loaded < 1:
@@ -94,6 +96,7 @@ class ModelRegistry:
         self._failed: dict[str, tuple[float, str]] = {}  # version -> (when, why); bounded below
         self._on_load = on_load
         self._on_failure = on_failure
+        self._on_evict = on_evict
         self._clock = clock
 
     def get(self, version: str) -> ServedModel | None:
@@ -125,8 +128,10 @@ class ModelRegistry:
         self._failed.pop(version, None)
         self._loaded[version] = served
         while len(self._loaded) > self.max_loaded:
-            evicted, _ = self._loaded.popitem(last=False)
+            evicted, gone = self._loaded.popitem(last=False)
             log.info("evicted model version %s from memory", evicted)
+            if self._on_evict is not None:
+                self._on_evict(gone)
         log.info("loaded model version %s (%s)", version, served.checkpoint.label or "no label")
         if self._on_load is not None:
             self._on_load(served, time.perf_counter() - started)

@@ -40,10 +40,10 @@ from monitor.drift.cohorts import CohortAssigner
 from monitor.stream.events import Reason
 from monitor.export.http import MetricsServer
 from monitor.drift.judge import Judge
-from monitor.export.metrics import AgentMetrics, DriftCollector
+from monitor.export.metrics import AgentMetrics, DriftCollector, UsageCollector
 from monitor.drift.paired import PairedComparison
 from monitor.stream.pipeline import Pipeline, RecordLike
-from monitor.attention.registry import ModelRegistry
+from monitor.attention.registry import ModelRegistry, ServedModel
 from monitor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class Agent:
         self.metrics = AgentMetrics(self.registry)
         self.models = ModelRegistry(
             settings.models.root, max_loaded=settings.models.max_loaded, retry_after_s=settings.models.retry_after_s,
-            on_load=self._on_model_load, on_failure=self._on_model_failure,
+            on_load=self._on_model_load, on_failure=self._on_model_failure, on_evict=self._on_model_evict,
         )
         self.sink = sink
         restored = state_store.load(settings.state.directory)
@@ -103,6 +103,7 @@ class Agent:
             self._restored_offsets = offsets
             log.info("restored state from %s with offsets %s", settings.state.directory, offsets)
         self.registry.register(DriftCollector(self.pipeline.drift_rows))
+        self.registry.register(UsageCollector(self.pipeline.usage_rows))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnmon-fold")
         self._queued: deque[Future] = deque()  # FIFO on the single worker: state needs no locks
         self._batches: set[Future] = set()  # the queued futures that fold a polled batch
@@ -116,6 +117,10 @@ class Agent:
     def _on_model_load(self, served, seconds: float) -> None:
         self.metrics.model_load_seconds.observe(seconds)
         self.metrics.model_info.labels(served.version, served.checkpoint.label or "").set(1)
+
+    def _on_model_evict(self, served: ServedModel) -> None:
+        """attnmon_model_info lists the versions in memory: an evicted one leaves it."""
+        self.metrics.model_info.remove(served.version, served.checkpoint.label or "")
 
     def _on_model_failure(self, version: str, why: str) -> None:
         cause = "missing" if "no such version" in why or "not a valid version" in why else "invalid"
