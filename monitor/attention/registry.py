@@ -2,9 +2,10 @@
 
 A version is loaded (and its hashes verified) the first time an event names it, so a
 version published while the agent runs is served without a restart. At most
-``max_loaded`` versions stay in memory (least recently used goes first). A version that
-fails to load is remembered for ``retry_after_s`` so a flood of events naming a broken
-or absent version costs one directory check per interval, not one per event.
+``max_loaded`` versions stay in memory (least recently used goes first, and ``on_evict``
+hears of it). A version that fails to load is remembered for ``retry_after_s`` so a flood
+of events naming a broken or absent version costs one directory check per interval, not
+one per event.
 """
 
 from __future__ import annotations

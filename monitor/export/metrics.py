@@ -5,7 +5,10 @@ collector that folds whole batches into numpy bucket counts: one event makes
 statistics x layers x cohort-dimensions observations (7 x 2 x 4 = 56 by default), and
 observing them one by one through prometheus-client would cost more than the model.
 Drift verdicts already live in the judge; they are exported at scrape time by a
-collector that reads the latest report rather than copying values into gauges.
+collector that reads the latest report rather than copying values into gauges. So are
+the series the judge and the paired comparison hold against their caps
+(``UsageCollector``). A retired model version's series leave the exposition
+(``AgentMetrics.forget_version``).
 
 Every metric takes ``registry`` so a test can build a fresh ``CollectorRegistry``.
 """
@@ -18,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -89,6 +92,11 @@ FIXED_METRICS = (
     "attnmon_kafka_skipped_offsets_total",
     "attnmon_kafka_commit_failures_total",
     "attnmon_state_unusable_total",
+    "attnmon_drift_series",
+    "attnmon_drift_series_limit",
+    "attnmon_drift_observations_refused_total",
+    "attnmon_model_version_last_seen_timestamp_seconds",
+    "attnmon_model_versions_retired_total",
 )
 
 
@@ -146,8 +154,16 @@ class AttentionHistograms(Collector):
     def _evict_versions(self) -> None:
         versions = list(OrderedDict.fromkeys(v for v, _ in self._series))
         for stale in versions[: max(0, len(versions) - self.max_versions)]:
-            for key in [k for k in self._series if k[0] == stale]:
-                del self._series[key]
+            self._drop(stale)
+
+    def forget(self, version: str) -> None:
+        """Drop a retired version's histograms: its series leave the next scrape."""
+        with self._lock:
+            self._drop(version)
+
+    def _drop(self, version: str) -> None:
+        for key in [k for k in self._series if k[0] == version]:
+            del self._series[key]
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
@@ -263,6 +279,60 @@ class DriftCollector(Collector):
         yield ready
 
 
+class UsageCollector(Collector):
+    """Exports at scrape time how full the bounded drift state is, and when each tracked
+    model version was last seen.
+
+    ``source`` returns plain rows: ``"series"``, one per component (``judge``, ``paired``)
+    with ``in_use``, ``limit`` and ``refused`` (observations refused since this process
+    started); ``"versions"``, one per tracked version with ``last_seen`` (Unix seconds).
+    """
+
+    def __init__(self, source: Callable[[], dict[str, list[dict]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        rows = self._source()
+        in_use = GaugeMetricFamily(
+            "attnmon_drift_series",
+            "Series held against the series limit (judge: windows and baselines; paired: paired cohorts).",
+            labels=("component",),
+        )
+        limit = GaugeMetricFamily(
+            "attnmon_drift_series_limit", "Series limit (max_keys): a new series beyond it is refused, not judged.",
+            labels=("component",),
+        )
+        refused = CounterMetricFamily(
+            "attnmon_drift_observations_refused",
+            "Observations dropped because their series is new and the series limit is reached "
+            "(judge: one per event and series; paired: one per event pair).",
+            labels=("component",),
+        )
+        for row in rows.get("series", ()):
+            in_use.add_metric([row["component"]], float(row["in_use"]))
+            limit.add_metric([row["component"]], float(row["limit"]))
+            refused.add_metric([row["component"]], float(row["refused"]))
+        yield in_use
+        yield limit
+        yield refused
+        last_seen = GaugeMetricFamily(
+            "attnmon_model_version_last_seen_timestamp_seconds",
+            "When the version was last seen in the stream (or replaced there); absent that long it retires.",
+            labels=("model_version",),
+        )
+        for row in rows.get("versions", ()):
+            last_seen.add_metric([row["model_version"]], float(row["last_seen"]))
+        yield last_seen
+
+
+def _remove(metric: Counter | Gauge, *labels: str) -> None:
+    """Remove one labelled series if present (older prometheus-client raises KeyError when absent)."""
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
+
+
 class AgentMetrics:
     """The agent's ordinary metrics, pre-created so every outcome series exists at 0."""
 
@@ -351,6 +421,11 @@ class AgentMetrics:
             registry=registry,
         )
         self.judge_runs = Counter("attnmon_judge_runs", "Drift judgements run.", registry=registry)
+        self.versions_retired = Counter(
+            "attnmon_model_versions_retired",
+            "Model versions forgotten after being absent from the stream for pipeline.retire_after_s.",
+            registry=registry,
+        )
         self.forward_pool_replaced = Counter(
             "attnmon_forward_pool_replacements", "Forward-pass process pools replaced after a child process died.",
             registry=registry,
@@ -362,3 +437,15 @@ class AgentMetrics:
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(stage).observe(seconds)
+
+    def forget_version(self, version: str, previous: str | None = None) -> None:
+        """Remove every series labelled with a retired ``version``: its attention histograms,
+        unknown-item and truncation counters, and its update from ``previous`` if it had one.
+        (An update *to* a newer version that names it as previous_version stays: that series
+        belongs to the newer version.)"""
+        self.attention.forget(version)
+        self.attention_per_head.forget(version)
+        _remove(self.unknown_items, version)
+        _remove(self.truncated, version)
+        if previous is not None:
+            _remove(self.model_update, version, previous)

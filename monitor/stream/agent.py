@@ -38,10 +38,10 @@ from monitor.drift.cohorts import CohortAssigner
 from monitor.stream.events import Reason
 from monitor.export.http import MetricsServer
 from monitor.drift.judge import Judge
-from monitor.export.metrics import AgentMetrics, DriftCollector
+from monitor.export.metrics import AgentMetrics, DriftCollector, UsageCollector
 from monitor.drift.paired import PairedComparison
 from monitor.stream.pipeline import Pipeline, RecordLike
-from monitor.attention.registry import ModelRegistry
+from monitor.attention.registry import ModelRegistry, ServedModel
 from monitor.settings import Settings
 from monitor.stream.source import CommitFailed, Partition, Sink, SourceFactory
 
@@ -72,6 +72,7 @@ class Agent:
         )
         self._restore()
         self.registry.register(DriftCollector(self.pipeline.drift_rows))
+        self.registry.register(UsageCollector(self.pipeline.usage_rows))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnmon-fold")
         self._queued: deque[Future] = deque()  # FIFO on the single worker: state needs no locks
         self._batches: set[Future] = set()  # the queued futures that fold a polled batch
@@ -114,7 +115,7 @@ class Agent:
         self.metrics.model_load_seconds.observe(seconds)
         self.metrics.model_info.labels(served.version, served.checkpoint.label or "").set(1)
 
-    def _on_model_evict(self, served) -> None:
+    def _on_model_evict(self, served: ServedModel) -> None:
         """``attnmon_model_info`` says which versions are in memory: an evicted one leaves it."""
         try:
             self.metrics.model_info.remove(served.version, served.checkpoint.label or "")

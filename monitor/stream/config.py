@@ -1,4 +1,4 @@
-"""The pipeline's settings: batch sizes, forward processes, the hold buffer, pairing.
+"""The pipeline's settings: batch sizes, forward processes, the hold buffer, pairing, retirement.
 
 Kept apart from ``monitor.stream.pipeline`` so that loading settings imports neither torch
 nor the pipeline.
@@ -10,6 +10,10 @@ import dataclasses
 
 from monitor.attention.stats import StatsConfig
 from monitor.stream.events import DEFAULT_LIMITS, EventLimits
+
+# Alerts treat a version with no events for 5 minutes as no longer serving
+# (model_version:attnmon_attention_events:serving); retirement must not come sooner.
+MIN_RETIRE_AFTER_S = 300.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +32,14 @@ class PipelineConfig:
     paired_fraction: float = 0.2  # share of a new version's events also run through the previous version
     paired_max_per_batch: int = 64  # cap on those per batch, so an update cannot halve throughput
     max_versions_remembered: int = 32  # stream order of versions kept for update detection
+    # A version absent from the stream this long (processing time, while other versions' events
+    # flow) is forgotten: judge, paired comparison, update bookkeeping and its exported series.
+    # A day: covers the daily traffic cycle (a version serving one region's daytime is not
+    # dropped overnight) and keeps a rollback within a day judged against its own baselines,
+    # while the judge's series cap (~50 versions at full cohort cardinality) holds every version
+    # served in a day. At least 5 minutes: alerts already count a version without events for
+    # 5 minutes as no longer serving; retiring sooner would forget a version they still watch.
+    retire_after_s: float = 86_400.0
     stats: StatsConfig = StatsConfig()
     limits: EventLimits = DEFAULT_LIMITS
 
@@ -42,3 +54,5 @@ class PipelineConfig:
             raise ValueError("paired_fraction must be in [0, 1]")
         if self.unknown_version_grace_s < 0:
             raise ValueError("unknown_version_grace_s must be >= 0")
+        if not self.retire_after_s >= MIN_RETIRE_AFTER_S:  # also refuses NaN; inf: never retire
+            raise ValueError(f"retire_after_s must be >= {MIN_RETIRE_AFTER_S:.0f} (seconds)")

@@ -16,8 +16,11 @@ metrics, per-cohort drift windows and baselines; offsets tracked for commit.
 
 The right-hand column names the module of ``monitor.stream`` that does each step;
 :class:`Pipeline` only orchestrates them. A judgement round (:meth:`Pipeline.run_judgement`)
-shapes the verdicts into the rows the drift metrics export (``monitor.export.drift_rows``,
-with the roll-up of explained cohorts in ``monitor.drift.rollup``).
+first retires the versions absent from the stream for ``retire_after_s`` (the judge, the
+paired comparison, the update bookkeeping and the version's exported series forget it),
+then shapes the verdicts into the rows the drift metrics export (``monitor.export.drift_rows``,
+with the roll-up of explained cohorts in ``monitor.drift.rollup``). How full the bounded
+drift state is, is exported from ``monitor.export.usage``.
 
 The daemon (``monitor.stream.agent``) drives this with a Kafka source; ``attnmon demo``
 drives it with an in-process source. Either way the same code runs.
@@ -44,6 +47,7 @@ from monitor.drift.judge import Judge, JudgeReport
 from monitor.drift.paired import PairedComparison, PairedReport
 from monitor.export.drift_rows import DriftRows
 from monitor.export.metrics import AgentMetrics
+from monitor.export.usage import SeriesUsage
 from monitor.stream.config import PipelineConfig
 from monitor.stream.events import Event, InvalidEvent
 from monitor.stream.fold import Fold
@@ -90,6 +94,7 @@ class Pipeline:
         self._updates = ModelUpdates(metrics, config.max_versions_remembered)
         self._pairing = Pairing(registry, self._recompute, config, seed=seed)
         self._drift_rows = DriftRows()
+        self._usage = SeriesUsage(judge, paired)
         self._pending: list[Prepared] = []  # a deferred batch, folded by the next call or flush()
         self.last_report: JudgeReport | None = None
         self.last_paired: PairedReport | None = None
@@ -200,9 +205,11 @@ class Pipeline:
 
     # -- judgement -----------------------------------------------------------------------
     def run_judgement(self) -> tuple[JudgeReport, PairedReport]:
-        """Judge the windows and the paired comparison now, and rebuild the drift rows."""
+        """Retire absent versions, judge the windows and the paired comparison now, and
+        rebuild the drift rows."""
         started = time.perf_counter()
         now = self._clock()
+        self.retire_absent()
         report = self.judge.judge(now)
         paired = self.paired.judge(now)
         self.last_report, self.last_paired = report, paired
@@ -220,6 +227,36 @@ class Pipeline:
         """Rows for ``metrics.DriftCollector`` (read by the scrape thread; replaced, never mutated)."""
         return self._drift_rows.rows()
 
+    def usage_rows(self) -> dict[str, list[dict]]:
+        """Rows for ``metrics.UsageCollector``: series against their limits, and when each
+        tracked version was last seen (read by the scrape thread: copies, nothing iterated live)."""
+        last_seen = dict(self._updates.last_seen)
+        return {"series": self._usage.rows(),
+                "versions": [{"model_version": v, "last_seen": t} for v, t in last_seen.items()]}
+
+    # -- retirement ----------------------------------------------------------------------
+    def retire_absent(self) -> list[str]:
+        """Forget every version absent from the stream for ``retire_after_s``; returns them.
+
+        A version the registry still holds in memory is in use (scored, or the previous
+        version of a paired comparison) and stays. Forgotten: the judge's windows, baselines,
+        verdicts and update, the paired comparison's series, the update bookkeeping, and
+        every exported series labelled with the version (the drift rows at this round).
+        """
+        in_use = set(self.registry.loaded_versions())
+        absent = self._updates.absent(self.config.retire_after_s, in_use)
+        for version, absent_s in absent.items():
+            series, pairs = len(self.judge), len(self.paired)
+            self.judge.forget(version)
+            self.paired.forget(version)
+            previous = self._updates.forget(version)
+            self.metrics.forget_version(version, previous)
+            self.metrics.versions_retired.inc()
+            log.info("retired model version %s: absent from the stream for %.0f s (retire_after_s %.0f); "
+                     "freed %d judge and %d paired series", version, absent_s, self.config.retire_after_s,
+                     series - len(self.judge), pairs - len(self.paired))
+        return list(absent)
+
     # -- state ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         if self._pending:  # its offsets are seen: a checkpoint now would skip its events after a crash
@@ -229,11 +266,12 @@ class Pipeline:
             "paired": self.paired.to_state(),
             "cohorts": self.assigner.state(),
             "held": self._held.to_state(),
-            **self._updates.state(),  # versions_seen, previous
+            **self._updates.state(),  # versions_seen, previous, last_seen
         }
 
     def restore(self, state: dict[str, Any], judge: Judge, paired: PairedComparison, assigner: CohortAssigner) -> None:
-        """Adopt restored components and the version history from a checkpoint."""
+        """Adopt restored components and the version history (with last-seen times) from a checkpoint."""
         self.judge, self.paired, self.assigner = judge, paired, assigner
-        self._updates.restore(state, judge)
+        self._usage.adopt(judge, paired)
+        self._updates.restore(state, judge, self._clock())
         self._held.restore(state.get("held", []))

@@ -29,34 +29,85 @@ log = logging.getLogger("monitor.stream.pipeline")  # where these lines were alw
 
 
 class ModelUpdates:
-    """The stream order of model versions, and which version each new one replaced."""
+    """The stream order of model versions, which version each new one replaced, and when
+    each was last seen (so that versions absent from the stream retire).
+
+    Last seen is processing time (the clock the judge and update timestamps use), not the
+    events' own timestamps: those come from producers (a skewed or hostile clock would retire
+    every version, or none) and a lagging partition would make its versions look absent.
+    Absence is measured against the stream, from a version's last sighting to the latest
+    sighting of any version: a quiet stream, or an agent that is down, retires nothing.
+    """
 
     def __init__(self, metrics: AgentMetrics, max_remembered: int) -> None:
         self._metrics = metrics
         self._max_remembered = max_remembered
         self.versions_seen: list[str] = []  # stream order of first appearance, the last max_remembered
         self.previous: dict[str, str] = {}  # version -> the version it replaced
+        self.last_seen: dict[str, float] = {}  # version -> when it was last seen (or replaced)
 
     def note(self, version: str, now: float, judge: Judge) -> None:
-        """Record ``version``; if it is new and follows another, start an update in the judge."""
+        """Record ``version`` seen at ``now``; if it is new and follows another, start an update in the judge."""
+        self._seen(version, now)
         if version in self.previous or version in self.versions_seen:
             return
         if self.versions_seen:
             previous = self.versions_seen[-1]
             self.previous[version] = previous
+            # Being replaced counts as a sighting: the update judges the new version against the
+            # previous one's baselines, which therefore stay at least retire_after_s.
+            self._seen(previous, now)
             judge.start_update(version, previous, now)
             self._metrics.model_update.labels(version, previous).set(now)
             log.warning("model update: %s replaces %s in the stream", version, previous)
         self.versions_seen.append(version)
         del self.versions_seen[: -self._max_remembered]
 
-    def state(self) -> dict[str, Any]:
-        return {"versions_seen": list(self.versions_seen), "previous": dict(self.previous)}
+    def _seen(self, version: str, now: float) -> None:
+        self.last_seen[version] = max(now, self.last_seen.get(version, now))
 
-    def restore(self, state: dict[str, Any], judge: Judge) -> None:
-        """Adopt the version history of a checkpoint, and re-export the judge's updates."""
+    def absent(self, retire_after_s: float, in_use: set[str] | frozenset[str] = frozenset()) -> dict[str, float]:
+        """Versions absent from the stream for at least ``retire_after_s`` and not ``in_use``,
+        with how long they have been absent (seconds before the latest sighting of any version)."""
+        if not self.last_seen:
+            return {}
+        latest = max(self.last_seen.values())
+        return {version: latest - seen for version, seen in self.last_seen.items()
+                if latest - seen >= retire_after_s and version not in in_use}
+
+    def forget(self, version: str) -> str | None:
+        """Drop a retired version; returns the version it had replaced, if any.
+
+        Should it come back, it is new again: ``note`` starts an update from the version
+        first seen most recently, as for any version appearing for the first time. Newer
+        versions that replaced it keep their ``previous`` entry (their update happened).
+        """
+        self.last_seen.pop(version, None)
+        if version in self.versions_seen:
+            self.versions_seen.remove(version)
+        return self.previous.pop(version, None)
+
+    def state(self) -> dict[str, Any]:
+        return {"versions_seen": list(self.versions_seen), "previous": dict(self.previous),
+                "last_seen": dict(self.last_seen)}
+
+    def restore(self, state: dict[str, Any], judge: Judge, now: float) -> None:
+        """Adopt the version history of a checkpoint, and re-export the judge's updates.
+
+        Last-seen times are shifted so that the latest sighting is ``now``: the time between
+        it and the restart (a quiet stream, the agent down) was not watched, so it is not
+        absence. A checkpoint written before versions retired has no last-seen times: every
+        version it holds counts as seen now, and retires after a full period of absence.
+        """
         self.versions_seen = list(state.get("versions_seen", []))
         self.previous = dict(state.get("previous", {}))
+        if "last_seen" in state:
+            saved = {str(v): float(t) for v, t in state["last_seen"].items()}
+            shift = now - max(saved.values()) if saved else 0.0
+            self.last_seen = {version: seen + shift for version, seen in saved.items()}
+        else:
+            held = {*self.versions_seen, *self.previous, *judge.updates, *(key.model_version for key in judge.baselines)}
+            self.last_seen = dict.fromkeys(held, now)
         for version, update in judge.updates.items():  # keep the update annotations after a restart
             self._metrics.model_update.labels(version, update.previous_version).set(update.at)
 
