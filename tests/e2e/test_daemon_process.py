@@ -199,7 +199,7 @@ def test_held_events_and_a_static_member_survive_a_kill_between_checkpoints(setu
     producer.close()
 
     first = Daemon(setup["config"], setup["port"], setup["log"])
-    first.wait(lambda: first.processed() >= 200)
+    first.wait(lambda: first.processed() >= 200, timeout_s=240)  # start-up spawns the forward process
     folded_at = time.time()
 
     def checkpointed() -> bool:
@@ -208,14 +208,14 @@ def test_held_events_and_a_static_member_survive_a_kill_between_checkpoints(setu
         held = next((l for l in body.splitlines() if l.startswith("attnmon_events_held ")), "")
         return bool(line) and float(line.split()[1]) > folded_at and held.endswith(" 1.0")
 
-    first.wait(checkpointed)
+    first.wait(checkpointed, timeout_s=120)
     first.stop(signal.SIGKILL)  # after the held offset, before the next checkpoint
     total, offsets = _state_total(setup["state"], setup["version"])
     assert total == 200 and offsets[(kafka.topic, 0)] == 201  # the held offset is not kept back
 
     lines_before = len(setup["log"].read_text().splitlines())
     second = Daemon(setup["config"], setup["port"], setup["log"])
-    second.wait(lambda: second.get("/readyz")[0] == 200)
+    second.wait(lambda: second.get("/readyz")[0] == 200, timeout_s=240)
     rejoin_s = _seconds_to_assignment(setup["log"], lines_before)
     assert rejoin_s < 10.0, f"static member took {rejoin_s:.1f}s to get its partition back"
     (staged / late).rename(models / late)  # the held event's version is published
