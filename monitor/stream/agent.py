@@ -39,7 +39,7 @@ from monitor.attention.allocator import keep_freed_memory
 from monitor.drift.cohorts import CohortAssigner
 from monitor.stream.events import Reason
 from monitor.export.http import MetricsServer
-from monitor.drift.judge import Judge
+from monitor.drift.judge import Judge, StateFormatError
 from monitor.export.metrics import AgentMetrics, DriftCollector
 from monitor.drift.paired import PairedComparison
 from monitor.stream.pipeline import Pipeline, RecordLike
@@ -96,7 +96,7 @@ class Agent:
             pipeline_state, offsets = restored
             self.pipeline.restore(
                 pipeline_state,
-                Judge.from_state(pipeline_state["judge"], settings.judge),
+                self._restore_judge(pipeline_state["judge"], settings),
                 PairedComparison.from_state(pipeline_state["paired"], settings.paired),
                 CohortAssigner.from_state(settings.cohorts, pipeline_state["cohorts"]),
             )
@@ -111,6 +111,15 @@ class Agent:
         self._source = source_factory(self._on_assigned, self._on_revoked)
         self._dead_lettered_since_flush = 0
         self._preload_newest()
+
+    @staticmethod
+    def _restore_judge(state: dict, settings: Settings) -> Judge:
+        """The checkpoint's judge; one saved in an older format starts again from traffic."""
+        try:
+            return Judge.from_state(state, settings.judge)
+        except StateFormatError as err:
+            log.warning("judge state not restored (%s): baselines and windows start again from traffic", err)
+            return Judge(settings.judge)
 
     # -- callbacks -------------------------------------------------------------------------
     def _on_model_load(self, served, seconds: float) -> None:

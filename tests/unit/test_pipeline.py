@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from model import checkpoint
 from model.data import load_movielens
 from model.sasrec import SASRec, SASRecConfig
+from monitor.drift.baseline import CohortKey
 from monitor.drift.cohorts import CohortAssigner, CohortDimension
 from monitor.stream.events import Reason
 from monitor.drift.judge import Judge, JudgeConfig
@@ -45,9 +46,10 @@ def _publish(root: Path, catalog, seed: int, label: str) -> str:
     return checkpoint.save(model, catalog, {}, root, label=label)
 
 
-def _event(version: str, history: list[int], platform: str = "ios", ts: int = 1_764_259_200_000, **extra) -> bytes:
+def _event(version: str, history: list[int], platform: str = "ios", ts: int = 1_764_259_200_000,
+           user_id: str = "u", **extra) -> bytes:
     return msgspec.json.encode({
-        "event_id": "e", "ts": ts, "model_version": version, "user_id": "u",
+        "event_id": "e", "ts": ts, "model_version": version, "user_id": user_id,
         "history": history, "recommended": [], "context": {"platform": platform}, **extra,
     })
 
@@ -265,3 +267,23 @@ def test_a_deferred_batch_is_folded_by_the_next_call_or_flush(tmp_path, catalog)
     direct.pipeline.process(records[:10])
     assert count(deferring) == count(direct) == 100
     assert _sums(deferring, version) == pytest.approx(_sums(direct, version), rel=1e-6)
+
+
+def test_history_length_cohorts_and_strata_use_the_events_own_history_length(tmp_path, catalog):
+    """A model reading 20 items sees every long history as 20 items; the cohort (and the
+    judge's stratum) is what the user brought. Before, a 30-item history fell in 5-24."""
+    version = _publish(tmp_path, catalog, 0, "a")  # max_len 20
+    h = Harness(tmp_path)
+    h.pipeline.assigner = CohortAssigner([CohortDimension(name="history_length", kind="history_length",
+                                                          edges=(5, 25))])
+    items = [int(i) for i in catalog.item_ids[1:40]]
+    records = [Rec("t", 0, i, _event(version, items[:n], user_id=f"user-{i}"))
+               for i, n in enumerate([3, 30, 30, 12])]
+    assert h.pipeline.process(records) == 4
+    count = lambda cohort: h.value(statistic_metric("entropy") + "_count", model_version=version,  # noqa: E731
+                                   dimension="history_length", cohort=cohort, layer="0")
+    assert (count("1-4"), count("5-24"), count("25+")) == (1, 1, 2)
+    judge = h.pipeline.judge
+    sample = judge.baselines.get(CohortKey(version, "history_length", "25+")).sample
+    assert sample.events == 2 and sample.counts[:, judge.stratum_of(np.array([30]))[0]].sum() == 2 * sample.shape[0]
+    assert sample.effective_users() == pytest.approx(2, abs=0.2)  # two users behind the two events
