@@ -66,6 +66,7 @@ class RunOutcome:
     judged: int = 0  # series windows judged
     flagged_rounds: int = 0
     flagged: int = 0  # series windows flagged
+    raw_significant: int = 0  # series windows with an unadjusted p-value <= alpha (calibration: ~alpha of them)
     drifting: set = dataclasses.field(default_factory=set)  # (kind, dimension, cohort) ever drifting
     max_score: float = 0.0  # largest score of any flagged window (0: none)
 
@@ -80,6 +81,7 @@ def replay(root: Path, factory: EventFactory, events: int, judge_every: int, con
         out.judged_rounds += report.judged > 0
         out.judged += report.judged
         out.flagged += report.flagged
+        out.raw_significant += sum(r.p_value <= config.alpha for r in report.results)
         out.flagged_rounds += report.flagged > 0
         out.max_score = max([out.max_score] + [r.score for r in report.results if r.flagged])
         out.drifting |= {(v.kind, v.dimension, v.cohort) for v in report.cohorts if v.drifting}
@@ -118,6 +120,7 @@ def summarise(outcomes: list[RunOutcome], events: int, judge_every: int) -> dict
         "flagged_round_rate": flagged_rounds / judged_rounds if judged_rounds else 0.0,
         "judged_windows": sum(o.judged for o in outcomes),
         "flagged_windows": sum(o.flagged for o in outcomes),
+        "raw_p_below_alpha": round(sum(o.raw_significant for o in outcomes) / max(1, sum(o.judged for o in outcomes)), 5),
         "drifting_cohorts": sorted({f"{d}={c}" for o in outcomes for _, d, c in o.drifting}),
         "max_flagged_score": round(max((o.max_score for o in outcomes), default=0.0), 3),
         "events_per_run": events,

@@ -45,7 +45,7 @@ a retrain permutes heads, and a symmetric function over heads is invariant to th
 
 Defaults (reasoning and measurements in docs/drift.md): ``min_effect`` 0.1 JS,
 ``alpha`` 0.01 FDR, windows of >= 200 events from >= 20 effective users, references
-of >= 2,000 events from >= 50 effective users collected over >= a day.
+of >= 2,000 events from >= 30 effective users collected over >= a day.
 
 >>> rng = np.random.default_rng(0)
 >>> judge = Judge(JudgeConfig(reference_seconds=0.0))
@@ -96,7 +96,7 @@ class JudgeConfig:
 
     bins: int = 20  # equal-width bins over [0, 1] for windows and references
     reference_events: int = 2000  # events before a baseline may freeze
-    reference_users: float = 50.0  # and effective users (Kish) behind them
+    reference_users: float = 30.0  # and effective users (Kish) behind them
     # and seconds of collecting: a day, the traffic's slowest common cycle (docs/drift.md)
     reference_seconds: float = 86_400.0
     min_samples: int = 200  # a window is judged once it holds this many events
