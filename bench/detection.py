@@ -3,8 +3,8 @@
 Benign updates are a base-family model replaced by the same recipe at another seed;
 harmful ones replace it by the context-cut family (``bench/scenarios.py``). Every
 update is replayed on its own interleaving of the traffic (``serving_traffic``, its
-own event seed) through the in-process pipeline with the default ``JudgeConfig`` /
-``PairedConfig``: ``--before`` events of the previous version (its baselines freeze),
+own event seed) through the in-process pipeline with the default ``JudgeConfig``
+(event-paced: ``EVENT_PACED_JUDGE``) / ``PairedConfig``: ``--before`` events of the previous version (its baselines freeze),
 then ``--after`` events of the new one, judged every ``--judge-every`` events.
 
 The same windows are then judged three ways:

@@ -68,7 +68,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -76,9 +76,9 @@ from monitor.drift.baseline import BaselineStore, CohortKey, ReferenceRule, Seri
 from monitor.drift.divergence import chi2_homogeneity, js_distance, psi
 from monitor.drift.histogram import Histogram
 from monitor.drift.recent import RecentTraffic
-from monitor.drift.sample import SKETCH_DEPTH, SKETCH_WIDTH, Sample, bin_batch
+from monitor.drift.sample import SKETCH_DEPTH, SKETCH_WIDTH, USER_GROUPS, Sample, bin_batch
 from monitor.drift.strata import Strata, poststratify
-from monitor.drift.users import group_counters, sketch_cells
+from monitor.drift.users import group_counters, sketch_cells, user_groups
 from monitor.drift.verdict import Hysteresis, bh_adjust
 
 WITHIN_VERSION = "within_version"
@@ -250,6 +250,17 @@ class _Cohort:
         self.update: list[Hysteresis | None] = [None] * len(series)
 
 
+class _Part(NamedTuple):
+    """One cohort's share of a batch, binned: what ``Sample.add`` takes."""
+
+    counts: np.ndarray  # [series, strata, bins]
+    by_group: np.ndarray  # [series, user groups, bins]
+    user_counters: np.ndarray  # [depth, width] sketch counters
+    events: int
+    nan: int
+    clipped: int
+
+
 @dataclass
 class _Pending:
     """A full window with a reference, waiting for the round's vectorised judgement."""
@@ -259,8 +270,8 @@ class _Pending:
     rows: np.ndarray  # indices of the cohort's series the reference holds
     window: np.ndarray  # [series, strata, bins]
     reference: np.ndarray  # [series, strata, bins], rows matching ``window``
-    window_design: float
-    reference_design: float
+    window_design: np.ndarray  # [rows] design effects of the window's series
+    reference_design: np.ndarray  # [rows] and of the reference's
     kind: str
     reference_version: str
 
@@ -277,7 +288,7 @@ class Judge:
         self._updates: dict[str, Update] = {}
         self._clock: float | None = None
         self._round = 0
-        self._last_cells: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (users, cells, signs)
+        self._last_users: tuple[np.ndarray, ...] | None = None  # (users, cells, signs, groups) of the last batch
         self.counts: dict[str, int] = {
             "baseline_events": 0,  # events into baselines (per cohort)
             "window_events": 0,  # events into windows (per cohort)
@@ -323,35 +334,37 @@ class Judge:
         if batch == 0:
             return {}
         c = self.config
-        present, groups = np.unique(codes, return_inverse=True)
+        present, cohorts = np.unique(codes, return_inverse=True)
         flat = values.reshape(batch, len(statistics) * layers)  # series = statistic * layers + layer
-        binned = bin_batch(flat, strata, groups, len(present), len(self.strata), c.bins)
-        cells, signs = self._cells(users)
-        counters = group_counters(cells, signs, groups, len(present), SKETCH_WIDTH)
+        cells, signs, groups = self._users(users)
+        binned = bin_batch(flat, strata, cohorts, len(present), len(self.strata), c.bins, groups)
+        counters = group_counters(cells, signs, cohorts, len(present), SKETCH_WIDTH)
         series = tuple((s, layer) for s in statistics for layer in range(layers))
         shape = (len(series), len(self.strata), c.bins)
         outcomes = {}
-        for g, code in enumerate(present.tolist()):
+        for i, code in enumerate(present.tolist()):
             key = CohortKey(version, dimension, labels[code])
-            part = (binned.counts[g], counters[g], int(binned.events[g]), int(binned.nan[g]), int(binned.clipped[g]))
-            outcomes[key.cohort] = self._observe_cohort(key, series, shape, part, groups == g, flat, strata, users)
+            part = _Part(binned.counts[i], binned.by_group[i], counters[i], int(binned.events[i]),
+                         int(binned.nan[i]), int(binned.clipped[i]))
+            outcomes[key.cohort] = self._observe_cohort(key, series, shape, part, cohorts == i, flat, strata, users)
         return outcomes
 
-    def _cells(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sketch cells of a batch's users, reused while the caller passes the same array (the
-        fold passes one array to every dimension of a batch)."""
-        cached = self._last_cells
+    def _users(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sketch cells and random groups of a batch's users, reused while the caller passes the
+        same (unchanged) array: the fold passes one array to every dimension of a batch."""
+        cached = self._last_users
         if cached is not None and cached[0] is users:
-            return cached[1], cached[2]
+            return cached[1], cached[2], cached[3]
         cells, signs = sketch_cells(users, SKETCH_WIDTH, SKETCH_DEPTH)
-        self._last_cells = (users, cells, signs)
-        return cells, signs
+        groups = user_groups(users, USER_GROUPS)
+        self._last_users = (users, cells, signs, groups)
+        return cells, signs, groups
 
     def _observe_cohort(self, key: CohortKey, series: tuple[tuple[str, int], ...], shape: tuple[int, int, int],
-                        part: tuple, members: np.ndarray, flat: np.ndarray, strata: np.ndarray,
+                        part: _Part, members: np.ndarray, flat: np.ndarray, strata: np.ndarray,
                         users: np.ndarray) -> str:
         """One cohort's share of a batch: to its window, its baseline, or split between them."""
-        events = part[2]
+        events = part.events
         cohort = self._cohorts.get(key)
         if cohort is None:
             if self._series_count + len(series) > self.config.max_keys:
@@ -391,16 +404,19 @@ class Judge:
             return self._to_window(cohort, part, "baseline+window")
         return "baseline"
 
-    def _part(self, shape: tuple[int, int, int], flat: np.ndarray, strata: np.ndarray, users: np.ndarray) -> tuple:
-        """(counts, sketch counters, events, nan, clipped) of a few events of one cohort."""
-        binned = bin_batch(flat, strata, np.zeros(len(flat), dtype=np.intp), 1, shape[1], shape[2])
+    @staticmethod
+    def _part(shape: tuple[int, int, int], flat: np.ndarray, strata: np.ndarray, users: np.ndarray) -> _Part:
+        """A few events of one cohort, binned (a batch split where it completes a baseline)."""
+        one = np.zeros(len(flat), dtype=np.intp)
+        binned = bin_batch(flat, strata, one, 1, shape[1], shape[2], user_groups(users, USER_GROUPS))
         cells, signs = sketch_cells(users, SKETCH_WIDTH, SKETCH_DEPTH)
-        counters = group_counters(cells, signs, np.zeros(len(flat), dtype=np.intp), 1, SKETCH_WIDTH)
-        return binned.counts[0], counters[0], int(binned.events[0]), int(binned.nan[0]), int(binned.clipped[0])
+        counters = group_counters(cells, signs, one, 1, SKETCH_WIDTH)
+        return _Part(binned.counts[0], binned.by_group[0], counters[0], int(binned.events[0]), int(binned.nan[0]),
+                     int(binned.clipped[0]))
 
-    def _to_window(self, cohort: _Cohort, part: tuple, outcome: str = "window") -> str:
+    def _to_window(self, cohort: _Cohort, part: _Part, outcome: str = "window") -> str:
         cohort.window.add(*part)
-        self.counts["window_events"] += part[2]
+        self.counts["window_events"] += part.events
         return outcome
 
     def _tick(self, now: float | None) -> None:
@@ -522,8 +538,8 @@ class Judge:
             rows, ref_rows = self._matching_rows(cohort.series, reference.series)
             no_reference += len(cohort.series) - len(rows)
             pending.append(_Pending(key, cohort, rows, window.counts[rows], reference.sample.counts[ref_rows],
-                                    window.design_effect(), reference.sample.design_effect(), kind,
-                                    reference.version))
+                                    window.design_effects()[rows], reference.sample.design_effects()[ref_rows],
+                                    kind, reference.version))
 
         results, unmatched = self._judge_pending(pending)
         for p in pending:
@@ -567,8 +583,8 @@ class Judge:
         window = np.concatenate([p.window for p in pending])  # [K, strata, bins]
         reference = np.concatenate([p.reference for p in pending])
         sizes = [len(p.rows) for p in pending]
-        window_design = np.repeat([p.window_design for p in pending], sizes)  # [K]
-        reference_design = np.repeat([p.reference_design for p in pending], sizes)
+        window_design = np.concatenate([p.window_design for p in pending])  # [K]
+        reference_design = np.concatenate([p.reference_design for p in pending])
         post = poststratify(window, reference)
         n = post.window.sum(axis=1)  # [K] window events in matched strata
         judged = (n > 0) & (post.reference_size > 0)

@@ -13,7 +13,7 @@ references' worth of the latest traffic, in the memory of two samples.
 >>> rule = ReferenceRule(events=4, users=0, seconds=0)
 >>> recent = RecentTraffic((1, 1, 2))
 >>> window = Sample(1, 1, 2)
->>> window.add(np.array([[[3, 0]]]), np.zeros((5, 256), dtype=np.int64), events=3)
+>>> window.add(np.array([[[3, 0]]]), np.zeros((1, 16, 2), dtype=np.int64), np.zeros((5, 256), dtype=np.int64), events=3)
 >>> recent.add(window, now=1.0, rule=rule); recent.snapshot().events   # one block, not full
 3
 >>> recent.add(window, now=2.0, rule=rule); recent.add(window, now=3.0, rule=rule)

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio increment of splitmix64
+_GROUP_SALT = np.uint64(0xD1B54A32D192ED03)  # random groups use their own mix of the hash
 
 
 def hash_users(user_ids: Iterable[str]) -> np.ndarray:
@@ -71,6 +72,18 @@ def sketch_cells(user_hashes: np.ndarray, width: int, depth: int) -> tuple[np.nd
     cells = (mixed & np.uint64(width - 1)).astype(np.intp) + offsets
     signs = np.where((mixed >> np.uint64(63)) == 0, 1.0, -1.0)
     return cells, signs
+
+
+def user_groups(user_hashes: np.ndarray, groups: int) -> np.ndarray:
+    """Each hash's random group in ``[0, groups)`` (a power of two), the same in every process:
+    ``intp [n]``. A user's events always share a group, so groups are random collections of
+    whole users: the between-group spread of a sample measures its clustered variance."""
+    if groups < 2 or groups & (groups - 1):
+        raise ValueError(f"groups must be a power of two >= 2, got {groups}")
+    hashes = np.asarray(user_hashes, dtype=np.uint64).ravel()
+    with np.errstate(over="ignore"):
+        mixed = _splitmix(hashes ^ _GROUP_SALT)
+    return (mixed >> np.uint64(64 - groups.bit_length() + 1)).astype(np.intp)
 
 
 def group_counters(cells: np.ndarray, signs: np.ndarray, groups: np.ndarray, n_groups: int,
@@ -158,6 +171,26 @@ class UserSketch:
     def to_state(self) -> dict[str, Any]:
         return {"width": self.width, "depth": self.depth, "events": self.events,
                 "counters": self._counters.tolist()}
+
+    @property
+    def counters(self) -> np.ndarray:
+        """The sketch's counters ``[depth, width]`` (read-only view, for compact state)."""
+        view = self._counters.view()
+        view.flags.writeable = False
+        return view
+
+    @classmethod
+    def from_counters(cls, counters: np.ndarray, events: int) -> UserSketch:
+        """A sketch holding ``counters`` ``[depth, width]`` for ``events`` events (its shape follows them)."""
+        counters = np.asarray(counters, dtype=np.int64)
+        if counters.ndim != 2:
+            raise ValueError(f"sketch counters must be [depth, width], got shape {counters.shape}")
+        sketch = cls(counters.shape[1], counters.shape[0])
+        if events < 0:
+            raise ValueError(f"sketch events must be >= 0, got {events}")
+        sketch._counters = counters.copy()
+        sketch.events = int(events)
+        return sketch
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> UserSketch:

@@ -10,8 +10,8 @@ import pytest
 
 from monitor.drift.baseline import BaselineStore, CohortKey, ReferenceRule
 from monitor.drift.histogram import Histogram
-from monitor.drift.sample import SKETCH_DEPTH, SKETCH_WIDTH, Sample, bin_batch
-from monitor.drift.users import group_counters, sketch_cells
+from monitor.drift.sample import SKETCH_DEPTH, SKETCH_WIDTH, USER_GROUPS, Sample, bin_batch
+from monitor.drift.users import group_counters, sketch_cells, user_groups
 
 KEY = CohortKey("v1", "platform", "ios")
 
@@ -91,10 +91,11 @@ def test_histogram_state_is_validated() -> None:
 def sample_of(values: np.ndarray, users: np.ndarray | None = None) -> Sample:
     """A one-series, one-stratum sample of ``values`` (each its own user unless ``users``)."""
     sample = Sample(1, 1, 20)
-    binned = bin_batch(values[:, None], np.zeros(len(values), int), np.zeros(len(values), int), 1, 1, 20)
     hashes = np.arange(len(values), dtype=np.uint64) if users is None else users
+    one = np.zeros(len(values), int)
+    binned = bin_batch(values[:, None], one, one, 1, 1, 20, user_groups(hashes, USER_GROUPS))
     cells, signs = sketch_cells(hashes, SKETCH_WIDTH, SKETCH_DEPTH)
-    sample.add(binned.counts[0], group_counters(cells, signs, np.zeros(len(values), int), 1, SKETCH_WIDTH)[0],
+    sample.add(binned.counts[0], binned.by_group[0], group_counters(cells, signs, one, 1, SKETCH_WIDTH)[0],
                len(values), int(binned.nan[0]), int(binned.clipped[0]))
     return sample
 
@@ -211,3 +212,23 @@ def test_nan_does_not_count_in_the_bins_but_the_event_counts() -> None:
     assert sample.events == 10 and sample.counts.sum() == 5 and sample.nan == 5
     state = roundtrip(sample.to_state())
     assert Sample.from_state(state) == sample
+
+
+def test_design_effects_follow_how_much_a_users_events_repeat() -> None:
+    """50 users x 40 events. Repeats of one value per user: 40 events are one observation (Kish's
+    design effect, 40). Independent draws: no inflation at all. The estimate from random groups
+    of users tells them apart; Kish's bound alone cannot."""
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(50, dtype=np.uint64), 40)
+    level = np.repeat(rng.beta(2, 5, 50), 40)
+    repeats = sample_of(level, users)
+    independent = sample_of(rng.beta(2, 5, 2000), users)
+    halfway = sample_of(np.clip(level + rng.normal(0, 0.1, 2000), 0, 1), users)
+    for sample in (repeats, independent, halfway):
+        assert sample.design_effect() == pytest.approx(40, rel=0.1)  # Kish sees the same users each time
+    assert repeats.design_effects()[0] == pytest.approx(repeats.design_effect())  # at the bound
+    assert 1.0 <= independent.design_effects()[0] < 2.0
+    assert 3.0 < halfway.design_effects()[0] < 0.8 * repeats.design_effects()[0]
+    merged = independent.copy()
+    merged.merge(independent)  # the same users again: groups and sketch add up alike
+    assert merged.by_group.sum() == 2 * independent.by_group.sum() == 4000

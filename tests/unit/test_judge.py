@@ -336,7 +336,10 @@ def test_a_window_from_too_few_users_is_not_judged() -> None:
     # More users arrive (10 x 60 + 600 x 1 events: 39 effective users): the whole window is judged.
     feed(judge, "v1", {"c0": beta_values(rng, 600, shift=3.0)}, rng=rng)
     (r, *_) = judge.judge(now=2.0).results
-    assert r.samples == 1200 and 30 < r.effective_samples < 50 and r.flagged
+    assert r.samples == 1200 and r.flagged
+    # The heavy users' events here are independent draws, not repeats: the design effect measured
+    # between random groups of users (at its upper confidence bound) is far under Kish's 31.
+    assert 1200 / 4 < r.effective_samples <= 1200
 
 
 # -- history-length strata ------------------------------------------------------------------

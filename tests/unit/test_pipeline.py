@@ -287,3 +287,18 @@ def test_history_length_cohorts_and_strata_use_the_events_own_history_length(tmp
     sample = judge.baselines.get(CohortKey(version, "history_length", "25+")).sample
     assert sample.events == 2 and sample.counts[:, judge.stratum_of(np.array([30]))[0]].sum() == 2 * sample.shape[0]
     assert sample.effective_users() == pytest.approx(2, abs=0.2)  # two users behind the two events
+
+
+def test_a_judge_state_of_an_older_format_starts_the_judge_afresh(caplog):
+    """A checkpoint from before user-clustered judging (per-series histograms, no users) cannot
+    be read into the new judge: the agent starts it afresh from traffic instead of crash-looping."""
+    from monitor.settings import Settings
+    from monitor.stream.agent import Agent
+
+    settings = Settings()
+    judge = Agent._restore_judge({"format": 1, "config": {}, "series": [], "baselines": {}}, settings)
+    assert len(judge) == 0 and judge.config == settings.judge
+    assert "judge state not restored" in caplog.text
+    with pytest.raises(ValueError, match="bins"):  # any other problem still stops the agent
+        state = Judge(JudgeConfig(reference_seconds=0.0, bins=10)).to_state()
+        Agent._restore_judge(state, settings)
