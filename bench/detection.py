@@ -3,8 +3,8 @@
 Benign updates are a base-family model replaced by the same recipe at another seed;
 harmful ones replace it by the context-cut family (``bench/scenarios.py``). Every
 update is replayed on its own interleaving of the traffic (``serving_traffic``, its
-own event seed) through the in-process pipeline with the default ``JudgeConfig`` /
-``PairedConfig``: ``--before`` events of the previous version (its baselines freeze),
+own event seed) through the in-process pipeline with the default ``JudgeConfig``
+(event-paced: ``EVENT_PACED_JUDGE``) / ``PairedConfig``: ``--before`` events of the previous version (its baselines freeze),
 then ``--after`` events of the new one, judged every ``--judge-every`` events.
 
 The same windows are then judged three ways:
@@ -66,6 +66,7 @@ from monitor.attention.recompute import collect  # noqa: E402
 from monitor.tools.replay import EventFactory, Scenario, serving_traffic  # noqa: E402
 from bench.scenarios import (  # noqa: E402
     DEFAULT_ROOT,
+    EVENT_PACED_JUDGE,
     Round,
     ScenarioRun,
     load_models,
@@ -132,9 +133,9 @@ class TwinJudge(Judge):
         super().__init__(config)
         self.twin = twin
 
-    def observe(self, key, values, now=None):
-        self.twin.observe(key, values, now)
-        return super().observe(key, values, now)
+    def observe_batch(self, *args, **kwargs):
+        self.twin.observe_batch(*args, **kwargs)
+        return super().observe_batch(*args, **kwargs)
 
     def start_update(self, new_version, previous_version, at):
         self.twin.start_update(new_version, previous_version, at)
@@ -144,7 +145,7 @@ class TwinJudge(Judge):
 # Judged beside the defaults on the same values (docs/drift.md, "Calibration on real retrains"):
 # the judge as it was before calibration (model_update at the within-version floor 0.1), and the
 # paired comparison at the cutoff cutoff_from_benign gives on a benign retrain (0.65, default 0.5).
-TWIN_JUDGE = JudgeConfig(update_min_effect=None)
+TWIN_JUDGE = dataclasses.replace(EVENT_PACED_JUDGE, update_min_effect=None)
 TWIN_PAIRED = PairedConfig(event_js_cutoff=0.65)
 
 
@@ -153,7 +154,7 @@ def instrumented_run(root: Path, *, judge_config: JudgeConfig | None = None, pai
                      seed: int = 0) -> ScenarioRun:
     assigner = RecordingAssigner(scenario_cohorts())
     run = ScenarioRun(root, pipeline_class=RecordingPipeline, assigner=assigner,
-                      judge=TwinJudge(judge_config, Judge(twin_judge)),
+                      judge=TwinJudge(judge_config or EVENT_PACED_JUDGE, Judge(twin_judge)),
                       paired=RecordingPaired(paired_config, PairedComparison(twin_paired)), seed=seed)
     assigner.pipeline = run.pipeline  # type: ignore[assignment]
     return run

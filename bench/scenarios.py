@@ -351,6 +351,11 @@ class Round:
     paired: PairedReport
 
 
+# A replay is paced in events, not seconds (it runs as fast as the machine allows), so its
+# references are bound by events and users only; everything else is the agent's default.
+EVENT_PACED_JUDGE = JudgeConfig(reference_seconds=0.0)
+
+
 class ScenarioRun:
     """The agent's pipeline in-process, fed encoded events directly (no Kafka, own registry)."""
 
@@ -374,7 +379,7 @@ class ScenarioRun:
         self.pipeline = pipeline_class(
             ModelRegistry(Path(root), retry_after_s=0.0),
             assigner if assigner is not None else CohortAssigner(list(cohorts or scenario_cohorts())),
-            judge if judge is not None else Judge(judge_config or JudgeConfig()),
+            judge if judge is not None else Judge(judge_config or EVENT_PACED_JUDGE),
             paired if paired is not None else PairedComparison(paired_config or PairedConfig()),
             AgentMetrics(self.metrics_registry),
             lambda record, reason, detail: self.dead_letters.append((record.offset, reason, detail)),

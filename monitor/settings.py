@@ -320,6 +320,21 @@ class Settings(BaseSettings):
     judge: JudgeConfig = JudgeConfig()
     paired: PairedConfig = PairedConfig()
 
+    @model_validator(mode="after")
+    def _check_reference_outlasts_update_judgement(self) -> Settings:
+        # A new version is judged against the one it replaced only while its own baseline
+        # collects; a reference that can freeze before raise_after judge rounds have passed
+        # leaves every model update without a verdict (docs/drift.md, "reference_seconds").
+        judge, every = self.judge, self.intervals.judge_s
+        if judge.reference_seconds < judge.raise_after * every:
+            raise ValueError(
+                f"judge.reference_seconds ({judge.reference_seconds:g} s) must be at least judge.raise_after x "
+                f"intervals.judge_s ({judge.raise_after} x {every:g} s = {judge.raise_after * every:g} s): "
+                "a new version's own baseline would freeze before a model update could be judged "
+                f"{judge.raise_after} times, so no update could ever raise a verdict"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -430,8 +445,8 @@ def _problem(error: Mapping[str, Any]) -> str:
         allowed = _fields(owner)
         return f"{where}: unknown key" + (f"; allowed: {', '.join(sorted(allowed))}" if allowed else "")
     message = str(error["msg"]).removeprefix("Value error, ")
-    if message.startswith((where + ".", where + " ", where + ":")):
-        return message  # it names the field already
+    if not loc or message.startswith((where + ".", where + " ", where + ":")):
+        return message  # it names the fields already (a check across sections has no location)
     if error["type"] != "value_error":
         shown = "'***'" if "password" in where else repr(error.get("input"))
         message += f", got {shown[:80]}"

@@ -43,11 +43,15 @@ def _rows(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def js_distance(a: np.ndarray, b: np.ndarray, bias_corrected: bool = False) -> np.ndarray:
+def js_distance(a: np.ndarray, b: np.ndarray, bias_corrected: bool = False, *,
+                n: np.ndarray | None = None, m: np.ndarray | None = None) -> np.ndarray:
     """Jensen-Shannon distance (base 2) between the rows of two count matrices -> [K].
 
     With ``bias_corrected`` the divergence loses its expected sampling noise
     first (clipped at 0), so identical distributions score about 0 at any n.
+    The noise is that of ``n`` and ``m`` independent draws ([K] each; default:
+    the row sums). Clustered events (a user's events nearly repeat) pass their
+    effective sizes: they carry less information, so more of the distance is noise.
 
     Disjoint supports are 1 apart, equal proportions 0 (whatever the counts):
 
@@ -70,8 +74,8 @@ def js_distance(a: np.ndarray, b: np.ndarray, bias_corrected: bool = False) -> n
     root = np.where(rounded_below_zero, 0.0, root)
     if not bias_corrected:
         return np.asarray(np.clip(root, 0.0, 1.0))
-    n = a.sum(axis=1)
-    m = b.sum(axis=1)
+    n = a.sum(axis=1) if n is None else np.asarray(n, dtype=np.float64)
+    m = b.sum(axis=1) if m is None else np.asarray(m, dtype=np.float64)
     occupied = np.count_nonzero(a + b, axis=1)
     noise = (occupied - 1) / 8.0 * (1.0 / n + 1.0 / m)  # nats
     return np.asarray(np.sqrt(np.clip(root * root - noise / LN2, 0.0, 1.0)))

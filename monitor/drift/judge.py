@@ -1,13 +1,25 @@
-"""The drift judge: current windows against baselines, one round at a time.
+"""The drift judge: current windows against references, one round at a time.
 
-Per series (model_version, dimension, cohort, statistic, layer) the judge
-keeps a tumbling window (a ``Histogram``) and owns the baselines (a
-``BaselineStore``). ``observe`` folds a batch of per-event values in: while
-the series' own baseline collects, the values build the baseline; after it
-freezes they fill the window. ``judge(now)``, called every
-``judge_interval`` seconds by the daemon, judges every window holding at
-least ``min_samples`` events and then empties it; smaller windows are
-"insufficient" and keep filling, with no change to any verdict.
+Per cohort (model_version, dimension, cohort) the judge keeps a tumbling window, the
+cohort's recent traffic and a verdict per series (statistic x layer), and owns the
+baselines (a ``BaselineStore``). All of these are ``Sample`` s: bin counts per series,
+per history-length stratum, per bin, and a sketch of the users behind the events.
+``observe_batch`` folds one cohort dimension of a batch in with one vectorised pass:
+while a cohort's own baseline collects, its events build the baseline; after it
+freezes they fill the window. ``judge(now)``, called every ``judge_interval`` seconds by
+the daemon, judges every window holding at least ``min_samples`` events from at least
+``min_users`` effective users, then empties it; smaller windows are "insufficient" and
+keep filling, with no change to any verdict.
+
+Events are not independent: one user's events in a window share nearly the same
+history, so their statistics nearly repeat. Every size the judgement uses is therefore
+an *effective* size, Kish's n / design effect from the user sketch
+(``monitor.drift.users``): the chi-square counts are divided by their sample's design
+effect (first-order Rao-Scott), and the JS bias correction uses the effective sizes.
+
+The window is compared with its reference *post-stratified* to the window's history-
+length mix (``monitor.drift.strata``): a change in the mix of short and long histories
+alone is not drift; a change of attention within strata is.
 
 A judged window is *flagged* when both hold:
 
@@ -15,48 +27,35 @@ A judged window is *flagged* when both hold:
   every series judged in the round (cohorts x statistics x layers), is
   <= ``alpha``: the difference is real, with false flags controlled;
 - its effect size, the (bias-corrected) Jensen-Shannon distance to the
-  baseline, is >= ``min_effect``: the difference is big enough to matter.
-  A p-value alone depends on sample size: with big windows every harmless
-  wiggle becomes significant. The floor makes the verdict mean "moved by at
-  least this much", whatever the traffic.
+  reference, is >= ``min_effect``: the difference is big enough to matter.
 
-Hysteresis turns flags into the ``drifting`` verdict: ``raise_after``
-flagged windows in a row raise it, ``clear_after`` unflagged ones clear it.
-A cohort (model_version, dimension, cohort) drifts if any of its series does.
+Hysteresis turns flags into the ``drifting`` verdict: ``raise_after`` flagged windows
+in a row raise it, ``clear_after`` unflagged ones clear it. A cohort drifts if any of
+its series does.
 
-Model updates. ``start_update(new, previous, at)`` makes the new version's
-windows count against the *previous* version's frozen baseline for the same
-(dimension, cohort, statistic, layer) -- kind "model_update" -- while the new
-version's own baseline collects (its events feed both). Once a series' own
-baseline freezes its window restarts and it is judged against that
-(kind "within_version"); the model_update verdict keeps its last value and
-is exported with the update time. Comparing versions is sound only because
-the statistics are head-averaged: a retrain permutes heads, and any
-symmetric function over heads is invariant to that permutation, so the judge
-never needs to know about heads. Feed it per-head series only for
-within-version monitoring.
+Model updates. ``start_update(new, previous, at)`` freezes the previous version's
+*recent* traffic of every cohort (``monitor.drift.recent``: its last one to two
+references' worth of judged windows, and its open window) as the update reference,
+and makes the new version's windows count against it -- kind "model_update" -- while
+the new version's own baseline collects (its events feed both). Once a cohort's own
+baseline freezes its window restarts and it is judged against that (kind
+"within_version"); the model_update verdict keeps its last value and is exported with
+the update time. Comparing versions is sound because the statistics are head-averaged:
+a retrain permutes heads, and a symmetric function over heads is invariant to that.
 
-Default thresholds (reasoning in docs/drift.md):
-
-- ``min_effect`` = 0.1 JS distance. For a smooth statistic this is a mean
-  shift of about a quarter of a standard deviation (Beta(2,5) -> Beta(2.4,5)
-  is 0.108), PSI about 0.06 (PSI ~ 5.5 * JS^2 for small shifts): under the
-  usual "moderate change" PSI of 0.1, i.e. an early warning, far above noise.
-- ``alpha`` = 0.01 FDR: with 2,000 series and no drift, any flag at all in a
-  round has chance <= 1 %; two in a row on the same series (raise_after=2)
-  is far rarer still.
-- ``min_samples`` = 200: with 20 bins and a 2,000-event baseline, chi-square
-  expected counts reach 5 in bins holding >= 2.5 % of the mass, and a large
-  shift (JS >= 0.3) is found in one window; small shifts need larger windows,
-  which a longer ``judge_interval`` gives.
+Defaults (reasoning and measurements in docs/drift.md): ``min_effect`` 0.1 JS,
+``alpha`` 0.01 FDR, windows of >= 200 events from >= 20 effective users, references
+of >= 2,000 events from >= 30 effective users collected over >= a day.
 
 >>> rng = np.random.default_rng(0)
->>> judge = Judge(JudgeConfig(reference_events=2000, min_samples=200))
->>> key = SeriesKey("v1", "platform", "ios", "entropy", 0)
->>> judge.observe(key, rng.beta(2, 5, 2000), now=0.0)
-'baseline'
+>>> judge = Judge(JudgeConfig(reference_seconds=0.0))
+>>> def batch(a, b, n):   # n events of n distinct users, history length 30, one statistic
+...     return dict(values=rng.beta(a, b, (n, 1, 1)), users=rng.integers(0, 2**63, n).astype(np.uint64),
+...                 strata=np.full(n, 1), statistics=("entropy",))
+>>> judge.observe_batch("v1", "platform", np.zeros(2000, int), ("ios",), **batch(2, 5, 2000), now=0.0)
+{'ios': 'baseline'}
 >>> for t in range(1, 4):
-...     _ = judge.observe(key, rng.beta(5, 2, 200), now=float(t))
+...     _ = judge.observe_batch("v1", "platform", np.zeros(200, int), ("ios",), **batch(5, 2, 200), now=float(t))
 ...     report = judge.judge(now=float(t))
 ...     print(t, report.results[0].flagged, report.results[0].drifting)
 1 True False
@@ -67,29 +66,42 @@ Default thresholds (reasoning in docs/drift.md):
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from monitor.drift.baseline import BaselineStore, SeriesKey
+from monitor.drift.baseline import BaselineStore, CohortKey, ReferenceRule, SeriesKey
 from monitor.drift.divergence import chi2_homogeneity, js_distance, psi
 from monitor.drift.histogram import Histogram
+from monitor.drift.recent import RecentTraffic
+from monitor.drift.sample import SKETCH_DEPTH, SKETCH_WIDTH, USER_GROUPS, Sample, bin_batch
+from monitor.drift.strata import Strata, poststratify
+from monitor.drift.users import group_counters, sketch_cells, user_groups
 from monitor.drift.verdict import Hysteresis, bh_adjust
 
 WITHIN_VERSION = "within_version"
 MODEL_UPDATE = "model_update"
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+
+
+class StateFormatError(ValueError):
+    """A saved judge state this code cannot read (e.g. from before user-clustered judging)."""
 
 
 @dataclass(frozen=True)
 class JudgeConfig:
     """Judge settings; every field has a default, unknown keys are rejected by ``from_mapping``."""
 
-    bins: int = 20  # equal-width bins over [0, 1] for windows and baselines
+    bins: int = 20  # equal-width bins over [0, 1] for windows and references
     reference_events: int = 2000  # events before a baseline may freeze
-    reference_seconds: float = 0.0  # and seconds of collecting (0: count only)
+    reference_users: float = 30.0  # and effective users (Kish) behind them
+    # and seconds of collecting: a day, the traffic's slowest common cycle (docs/drift.md)
+    reference_seconds: float = 86_400.0
     min_samples: int = 200  # a window is judged once it holds this many events
+    min_users: float = 20.0  # ... from at least this many effective users
+    strata_edges: tuple[int, ...] = (10, 50, 200)  # history-length strata (the event's own length)
     alpha: float = 0.01  # Benjamini-Hochberg FDR level per round
     min_effect: float = 0.1  # JS distance floor for a flag (sample-size independent)
     # Floor for model_update windows (None: min_effect). Real retrains of one recipe differ by up to
@@ -97,17 +109,21 @@ class JudgeConfig:
     update_min_effect: float | None = 0.65
     raise_after: int = 2  # consecutive flagged windows that raise drift
     clear_after: int = 3  # consecutive unflagged windows that clear it
-    max_keys: int = 20_000  # series cap (windows and baselines); beyond it: refused, counted
+    max_keys: int = 20_000  # series cap (statistics x layers of every cohort); beyond it: refused, counted
     bias_correction: bool = True  # subtract JS sampling noise before the floor (see divergence.py)
     psi_epsilon: float = 1e-4  # floor for empty bins in PSI (reported only)
     min_expected: float = 5.0  # chi-square: merge bins until expected counts reach this
 
     def __post_init__(self) -> None:
         Histogram(self.bins)  # validates bins
+        object.__setattr__(self, "strata_edges", tuple(int(e) for e in self.strata_edges))
+        Strata(self.strata_edges)  # validates the edges
         checks = [
             (self.reference_events >= 1, "reference_events must be >= 1"),
+            (self.reference_users >= 0, "reference_users must be >= 0"),
             (self.reference_seconds >= 0, "reference_seconds must be >= 0"),
             (self.min_samples >= 1, "min_samples must be >= 1"),
+            (self.min_users >= 1, "min_users must be >= 1"),
             (0.0 < self.alpha < 1.0, "alpha must be in (0, 1)"),
             (0.0 <= self.min_effect <= 1.0, "min_effect must be in [0, 1]"),
             (self.update_min_effect is None or 0.0 <= self.update_min_effect <= 1.0,
@@ -131,6 +147,11 @@ class JudgeConfig:
             raise ValueError(f"JudgeConfig: unknown settings {sorted(unknown)}")
         return cls(**dict(values))
 
+    @property
+    def reference_rule(self) -> ReferenceRule:
+        """What a baseline, a recent-traffic block or an update reference must hold."""
+        return ReferenceRule(self.reference_events, self.reference_users, self.reference_seconds)
+
 
 @dataclass(frozen=True, slots=True)
 class KeyResult:
@@ -138,15 +159,18 @@ class KeyResult:
 
     key: SeriesKey
     kind: str  # "within_version" or "model_update"
-    reference_version: str  # whose baseline it was judged against
-    score: float  # JS distance (bias-corrected if configured): the effect size
+    reference_version: str  # whose traffic the reference is
+    score: float  # JS distance (bias-corrected with effective sizes if configured): the effect size
     js_raw: float  # plug-in JS distance, for comparison
     psi: float
-    p_value: float
+    p_value: float  # chi-square on effective counts (Rao-Scott), post-stratified reference
     p_adjusted: float  # Benjamini-Hochberg across the round
     threshold: float  # the effect floor applied: min_effect, or update_min_effect for model_update
-    samples: int  # events in the window
-    reference_samples: int
+    samples: int  # events in the window (this series' values)
+    reference_samples: int  # reference events in the strata the window was compared on
+    effective_samples: float  # the window's events over its design effect
+    reference_effective: float  # the reference's, after clustering and reweighting to the window's mix
+    unmatched: int  # window events in strata the reference lacks (left out of the comparison)
     flagged: bool
     drifting: bool  # hysteresis verdict after this window
     consecutive_flagged: int
@@ -180,49 +204,100 @@ class JudgeReport:
     cohorts: tuple[CohortVerdict, ...]  # every cohort with a verdict so far
     judged: int
     flagged: int
-    insufficient: int  # windows with a reference but fewer than min_samples events
-    no_reference: int  # full windows with no frozen baseline to judge against (emptied)
-    collecting: int  # baselines still collecting
+    insufficient: int  # series whose window has a reference but too few events or users
+    no_reference: int  # series of full windows with nothing to judge against (emptied)
+    collecting: int  # baselines (cohorts) still collecting
     drifting: int  # series drifting now (any kind still active)
+    unmatched: int  # window events judged this round that fell in strata their reference lacks
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
+class Reference:
+    """What a window is judged against: a sample, the series it holds, and whose traffic it is."""
+
+    sample: Sample
+    series: tuple[tuple[str, int], ...]
+    version: str
+
+    def to_state(self) -> dict[str, Any]:
+        return {"sample": self.sample.to_state(), "series": [list(s) for s in self.series], "version": self.version}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Reference:
+        return cls(Sample.from_state(state["sample"]), tuple((str(s), int(layer)) for s, layer in state["series"]),
+                   str(state["version"]))
+
+
+@dataclass(frozen=True)
 class Update:
+    """A model update: the version replaced, when, and its recent traffic per (dimension, cohort)."""
+
     previous_version: str
     at: float
+    references: Mapping[tuple[str, str], Reference] = dataclasses.field(default_factory=dict)
 
 
-class _Series:
-    """Per-series state: the window and one hysteresis per kind."""
+class _Cohort:
+    """Per-cohort state: the series, the window, the recent traffic, one hysteresis per series and kind."""
 
-    __slots__ = ("window", "within", "update")
+    __slots__ = ("series", "window", "recent", "within", "update")
 
-    def __init__(self, bins: int) -> None:
-        self.window = Histogram(bins)
-        self.within: Hysteresis | None = None
-        self.update: Hysteresis | None = None
+    def __init__(self, series: tuple[tuple[str, int], ...], shape: tuple[int, int, int]) -> None:
+        self.series = series
+        self.window = Sample(*shape)
+        self.recent = RecentTraffic(shape)
+        self.within: list[Hysteresis | None] = [None] * len(series)
+        self.update: list[Hysteresis | None] = [None] * len(series)
+
+
+class _Part(NamedTuple):
+    """One cohort's share of a batch, binned: what ``Sample.add`` takes."""
+
+    counts: np.ndarray  # [series, strata, bins]
+    by_group: np.ndarray  # [series, user groups, bins]
+    user_counters: np.ndarray  # [depth, width] sketch counters
+    events: int
+    nan: int
+    clipped: int
 
 
 @dataclass
 class _Pending:
-    keys: list[SeriesKey] = field(default_factory=list)
-    kinds: list[str] = field(default_factory=list)
-    refs: list[Histogram] = field(default_factory=list)
-    ref_versions: list[str] = field(default_factory=list)
+    """A full window with a reference, waiting for the round's vectorised judgement."""
+
+    key: CohortKey
+    cohort: _Cohort
+    rows: np.ndarray  # indices of the cohort's series the reference holds
+    window: np.ndarray  # [series, strata, bins]
+    reference: np.ndarray  # [series, strata, bins], rows matching ``window``
+    window_design: np.ndarray  # [rows] design effects of the window's series
+    reference_design: np.ndarray  # [rows] and of the reference's
+    kind: str
+    reference_version: str
 
 
 class Judge:
-    """Windows, baselines and verdicts for many series; ``observe`` then ``judge(now)``."""
+    """Windows, references and verdicts for many cohorts; ``observe_batch`` then ``judge(now)``."""
 
     def __init__(self, config: JudgeConfig | None = None) -> None:
         self.config = config or JudgeConfig()
-        c = self.config
-        self._store = BaselineStore(c.reference_events, c.reference_seconds, c.bins, c.max_keys)
-        self._series: dict[SeriesKey, _Series] = {}
+        self.strata = Strata(self.config.strata_edges)
+        self._store = BaselineStore(self.config.reference_rule)
+        self._cohorts: dict[CohortKey, _Cohort] = {}
+        self._series_count = 0
         self._updates: dict[str, Update] = {}
         self._clock: float | None = None
         self._round = 0
-        self.counts: dict[str, int] = {"baseline_events": 0, "window_events": 0, "refused_key_cap": 0}
+        self._last_users: tuple[np.ndarray, ...] | None = None  # (users, cells, signs, groups) of the last batch
+        self.counts: dict[str, int] = {
+            "baseline_events": 0,  # events into baselines (per cohort)
+            "window_events": 0,  # events into windows (per cohort)
+            "refused_key_cap": 0,  # values refused at the series cap (events x series)
+            "unmatched_events": 0,  # judged window events in strata their reference lacked
+            "update_references_recent": 0,  # cohorts whose update reference is the recent traffic
+            "update_references_baseline": 0,  # ... the previous version's baseline (too little recent traffic)
+            "update_references_missing": 0,  # ... nothing (the previous version had too little traffic)
+        }
 
     @property
     def baselines(self) -> BaselineStore:
@@ -230,44 +305,118 @@ class Judge:
 
     # -- intake -------------------------------------------------------------------
 
-    def observe(self, key: SeriesKey, values: np.ndarray, now: float | None = None) -> str:
-        """Fold one batch of per-event values (in [0, 1]) into the series.
+    def stratum_of(self, lengths: np.ndarray) -> np.ndarray:
+        """Stratum of each event's own history length ``[B]`` (computed once per batch by the caller)."""
+        return self.strata.index(lengths)
 
-        Returns where they went: "baseline", "window", "baseline+window"
-        (a new version under update, or a batch that completed the
-        baseline), or "refused" (series cap reached; counted). ``now``
-        (seconds) advances the judge's clock; it matters only when
-        ``reference_seconds`` > 0.
+    def observe_batch(self, version: str, dimension: str, codes: np.ndarray, labels: Sequence[str],
+                      values: np.ndarray, users: np.ndarray, strata: np.ndarray, now: float | None = None, *,
+                      statistics: Sequence[str]) -> dict[str, str]:
+        """Fold one cohort dimension of a batch into every cohort it touches.
+
+        ``codes`` [B]: each event's cohort, named by ``labels[code]``; ``values`` [B, S, L]
+        in [0, 1], axis 1 named by ``statistics``, axis 2 the layers; ``users`` [B] 64-bit
+        user hashes (``users.hash_users``); ``strata`` [B] from ``stratum_of``. ``now``
+        (seconds) advances the judge's clock; it matters when ``reference_seconds`` > 0.
+
+        Returns where each cohort's events went: "baseline", "window",
+        "baseline+window" (a new version under update, or a batch that completed the
+        baseline), or "refused" (series cap reached; counted).
         """
-        values = np.asarray(values, dtype=np.float64).ravel()
+        values = np.asarray(values)
+        if values.ndim != 3 or values.shape[1] != len(statistics):
+            raise ValueError(f"values must be [B, {len(statistics)}, layers], got shape {values.shape}")
+        batch, _, layers = values.shape
+        codes = np.asarray(codes)
+        if codes.shape != (batch,):
+            raise ValueError(f"codes must have shape ({batch},), got {codes.shape}")
         self._tick(now)
-        series = self._series.get(key)
-        if series is None:
-            if len(self._series) >= self.config.max_keys:
-                self.counts["refused_key_cap"] += int(values.size)
+        if batch == 0:
+            return {}
+        c = self.config
+        present, cohorts = np.unique(codes, return_inverse=True)
+        flat = values.reshape(batch, len(statistics) * layers)  # series = statistic * layers + layer
+        cells, signs, groups = self._users(users)
+        binned = bin_batch(flat, strata, cohorts, len(present), len(self.strata), c.bins, groups)
+        counters = group_counters(cells, signs, cohorts, len(present), SKETCH_WIDTH)
+        series = tuple((s, layer) for s in statistics for layer in range(layers))
+        shape = (len(series), len(self.strata), c.bins)
+        outcomes = {}
+        for i, code in enumerate(present.tolist()):
+            key = CohortKey(version, dimension, labels[code])
+            part = _Part(binned.counts[i], binned.by_group[i], counters[i], int(binned.events[i]),
+                         int(binned.nan[i]), int(binned.clipped[i]))
+            outcomes[key.cohort] = self._observe_cohort(key, series, shape, part, cohorts == i, flat, strata, users)
+        return outcomes
+
+    def _users(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sketch cells and random groups of a batch's users, reused while the caller passes the
+        same (unchanged) array: the fold passes one array to every dimension of a batch."""
+        cached = self._last_users
+        if cached is not None and cached[0] is users:
+            return cached[1], cached[2], cached[3]
+        cells, signs = sketch_cells(users, SKETCH_WIDTH, SKETCH_DEPTH)
+        groups = user_groups(users, USER_GROUPS)
+        self._last_users = (users, cells, signs, groups)
+        return cells, signs, groups
+
+    def _observe_cohort(self, key: CohortKey, series: tuple[tuple[str, int], ...], shape: tuple[int, int, int],
+                        part: _Part, members: np.ndarray, flat: np.ndarray, strata: np.ndarray,
+                        users: np.ndarray) -> str:
+        """One cohort's share of a batch: to its window, its baseline, or split between them."""
+        events = part.events
+        cohort = self._cohorts.get(key)
+        if cohort is None:
+            if self._series_count + len(series) > self.config.max_keys:
+                self.counts["refused_key_cap"] += events * len(series)
                 return "refused"
-            series = self._series[key] = _Series(self.config.bins)
-        intake = self._store.observe(key, values, self._clock)
-        if intake.outcome == "refused":
-            if series.window.total == 0 and series.within is None and series.update is None:
-                del self._series[key]
-            self.counts["refused_key_cap"] += int(values.size)
-            return "refused"
-        if intake.outcome in ("frozen", "pinned"):
-            return self._to_window(series, values, "window")
-        self.counts["baseline_events"] += intake.taken
-        if intake.froze:
-            # The window restarts with the first events after the reference.
-            series.window.reset()
-            rest = values[intake.taken :]
-            return self._to_window(series, rest, "baseline+window") if rest.size else "baseline"
-        if key.model_version in self._updates:
-            # Judged against the previous version while its own baseline collects.
-            return self._to_window(series, values, "baseline+window")
+            cohort = self._cohorts[key] = _Cohort(series, shape)
+            self._series_count += len(series)
+        if cohort.series != series:
+            raise ValueError(f"{key}: series {series} differ from the cohort's {cohort.series}")
+        status = self._store.status(key)
+        if status == "absent":
+            self._store.start(key, shape, self._clock)
+        elif status in ("frozen", "pinned"):
+            return self._to_window(cohort, part)
+        baseline = self._store.get(key)
+        assert baseline is not None
+        taken = self._store.take(key, events, self._clock)
+        if taken < events:
+            # The batch completes the reference part way: its first `taken` events end it.
+            rows = np.flatnonzero(members)
+            first, rest = rows[:taken], rows[taken:]
+            rest_part = self._part(shape, flat[rest], strata[rest], users[rest])
+            baseline.sample.add(*self._part(shape, flat[first], strata[first], users[first]))
+            if self._store.settle(key, self._clock):
+                self.counts["baseline_events"] += taken
+                cohort.window.reset()  # the window restarts with the first events after the reference
+                return self._to_window(cohort, rest_part, "baseline+window")
+            # Heavy users among the first events left the effective users short: keep collecting.
+            baseline.sample.add(*rest_part)
+        else:
+            baseline.sample.add(*part)
+        self.counts["baseline_events"] += events
+        if self._store.settle(key, self._clock):
+            cohort.window.reset()
+            return "baseline"
+        if key.model_version in self._updates:  # judged against the previous version meanwhile
+            return self._to_window(cohort, part, "baseline+window")
         return "baseline"
 
-    def _to_window(self, series: _Series, values: np.ndarray, outcome: str) -> str:
-        self.counts["window_events"] += series.window.add(values)
+    @staticmethod
+    def _part(shape: tuple[int, int, int], flat: np.ndarray, strata: np.ndarray, users: np.ndarray) -> _Part:
+        """A few events of one cohort, binned (a batch split where it completes a baseline)."""
+        one = np.zeros(len(flat), dtype=np.intp)
+        binned = bin_batch(flat, strata, one, 1, shape[1], shape[2], user_groups(users, USER_GROUPS))
+        cells, signs = sketch_cells(users, SKETCH_WIDTH, SKETCH_DEPTH)
+        counters = group_counters(cells, signs, one, 1, SKETCH_WIDTH)
+        return _Part(binned.counts[0], binned.by_group[0], counters[0], int(binned.events[0]), int(binned.nan[0]),
+                     int(binned.clipped[0]))
+
+    def _to_window(self, cohort: _Cohort, part: _Part, outcome: str = "window") -> str:
+        cohort.window.add(*part)
+        self.counts["window_events"] += part.events
         return outcome
 
     def _tick(self, now: float | None) -> None:
@@ -284,12 +433,15 @@ class Judge:
         self._store.unpin(version)
 
     def start_update(self, new_version: str, previous_version: str, at: float) -> bool:
-        """Judge ``new_version`` against ``previous_version``'s baselines until its own freeze.
+        """Judge ``new_version`` against ``previous_version``'s recent traffic until its own freeze.
 
-        Idempotent for the same pair (a restarted daemon may call it again
-        without resetting the verdicts); a different previous version starts
-        a fresh update. Returns True when a new update started. Series whose
-        own baseline is already frozen, or whose version is pinned, are not
+        The reference of each (dimension, cohort) is frozen now: the previous version's
+        recent judged windows and its open window, if they hold a reference's worth;
+        else its baseline (collecting or frozen), if that does; else none (the new
+        version's windows there count as no_reference). Idempotent for the same pair (a
+        restarted daemon may call it again without resetting the verdicts); a different
+        previous version starts a fresh update. Returns True when a new update started.
+        Cohorts whose own baseline is already frozen, or whose version is pinned, are not
         affected: they keep their within_version reference.
         """
         if new_version == previous_version:
@@ -297,71 +449,106 @@ class Judge:
         current = self._updates.get(new_version)
         if current is not None and current.previous_version == previous_version:
             return False
-        self._updates[new_version] = Update(previous_version, float(at))
-        for key, series in self._series.items():
+        references = {}
+        for key, cohort in self._cohorts.items():
+            if key.model_version == previous_version:
+                reference = self._recent_reference(key, cohort)
+                if reference is not None:
+                    references[(key.dimension, key.cohort)] = reference
+        self._updates[new_version] = Update(previous_version, float(at), references)
+        for key, cohort in self._cohorts.items():
             if key.model_version == new_version:
-                series.update = None
+                cohort.update = [None] * len(cohort.series)
         return True
+
+    def _recent_reference(self, key: CohortKey, cohort: _Cohort) -> Reference | None:
+        """The previous version's latest reference's worth of traffic in one cohort (see start_update)."""
+        rule = self.config.reference_rule
+        recent = cohort.recent.snapshot()
+        recent.merge(cohort.window)
+        if rule.holds_enough(recent):
+            self.counts["update_references_recent"] += 1
+            return Reference(recent, cohort.series, key.model_version)
+        own = self._store.get(key)
+        if own is not None and rule.holds_enough(own.sample):
+            self.counts["update_references_baseline"] += 1
+            return Reference(own.sample.copy(), cohort.series, key.model_version)
+        pinned = self._store.reference(key)
+        resolved = self._store.resolve(key)
+        if pinned is not None and resolved in self._cohorts:
+            self.counts["update_references_baseline"] += 1
+            return Reference(pinned.copy(), self._cohorts[resolved].series, resolved.model_version)
+        self.counts["update_references_missing"] += 1
+        return None
 
     @property
     def updates(self) -> dict[str, Update]:
-        """new_version -> Update(previous_version, at)."""
+        """new_version -> Update(previous_version, at, references)."""
         return dict(self._updates)
 
     def forget(self, version: str) -> None:
         """Drop everything about a retired version (windows, verdicts, baselines, update)."""
-        for key in [k for k in self._series if k.model_version == version]:
-            del self._series[key]
+        for key in [k for k in self._cohorts if k.model_version == version]:
+            self._series_count -= len(self._cohorts.pop(key).series)
         self._store.forget(version)
         self._updates.pop(version, None)
 
-    def _reference(self, key: SeriesKey) -> tuple[Histogram | None, str, str]:
-        """(reference histogram or None, kind, reference version) for a series now."""
+    def _reference(self, key: CohortKey) -> tuple[Reference | None, str]:
+        """(the reference a cohort's window is judged against now, or None; its kind)."""
         if self._store.status(key) in ("frozen", "pinned"):
-            return self._store.reference(key), WITHIN_VERSION, self._store.resolve(key).model_version
+            resolved = self._store.resolve(key)
+            sample = self._store.reference(key)
+            owner = self._cohorts.get(resolved)
+            if sample is None or owner is None:
+                return None, WITHIN_VERSION
+            return Reference(sample, owner.series, resolved.model_version), WITHIN_VERSION
         update = self._updates.get(key.model_version)
         if update is not None:
-            previous = key.with_version(update.previous_version)
-            return self._store.reference(previous), MODEL_UPDATE, self._store.resolve(previous).model_version
-        return None, WITHIN_VERSION, key.model_version
+            return update.references.get((key.dimension, key.cohort)), MODEL_UPDATE
+        return None, WITHIN_VERSION
 
     # -- judging ------------------------------------------------------------------
 
     def judge(self, now: float) -> JudgeReport:
         """Judge every full window against its reference, update verdicts, empty those windows."""
         c = self.config
+        rule = c.reference_rule
         self._tick(now)
+        clock = self._clock if self._clock is not None else now
         self._round += 1
-        for key in self._store.freeze_due(self._clock if self._clock is not None else now):
-            if key in self._series:
-                self._series[key].window.reset()
+        for key in self._store.freeze_due(clock):
+            if key in self._cohorts:
+                self._cohorts[key].window.reset()
 
-        pending = _Pending()
+        pending: list[_Pending] = []
         insufficient = no_reference = 0
-        for key, series in self._series.items():
-            n = series.window.total
-            ref, kind, ref_version = self._reference(key)
-            if ref is None:
-                if n >= c.min_samples:
-                    no_reference += 1
-                    series.window.reset()
+        for key, cohort in self._cohorts.items():
+            window = cohort.window
+            full = window.events >= c.min_samples and window.effective_users() >= c.min_users
+            reference, kind = self._reference(key)
+            if reference is None:
+                if full:
+                    no_reference += len(cohort.series)
+                    cohort.recent.add(window, clock, rule)
+                    window.reset()
                 continue
-            if n < c.min_samples:
-                insufficient += 1
+            if not full:
+                insufficient += len(cohort.series)
                 continue
-            pending.keys.append(key)
-            pending.kinds.append(kind)
-            pending.refs.append(ref)
-            pending.ref_versions.append(ref_version)
+            rows, ref_rows = self._matching_rows(cohort.series, reference.series)
+            no_reference += len(cohort.series) - len(rows)
+            pending.append(_Pending(key, cohort, rows, window.counts[rows], reference.sample.counts[ref_rows],
+                                    window.design_effects()[rows], reference.sample.design_effects()[ref_rows],
+                                    kind, reference.version))
 
-        results = self._judge_pending(pending)
+        results, unmatched = self._judge_pending(pending)
+        for p in pending:
+            p.cohort.recent.add(p.cohort.window, clock, rule)
+            p.cohort.window.reset()
+        self.counts["unmatched_events"] += unmatched
         cohorts = self._roll_up()
-        drifting = sum(
-            1
-            for key, s in self._series.items()
-            for h in self._active_trackers(key, s)
-            if h.drifting
-        )
+        drifting = sum(1 for key, cohort in self._cohorts.items() for h in self._active_trackers(key, cohort)
+                       if h.drifting)
         return JudgeReport(
             now=float(now),
             round=self._round,
@@ -373,128 +560,142 @@ class Judge:
             no_reference=no_reference,
             collecting=self._store.collecting(),
             drifting=drifting,
+            unmatched=unmatched,
         )
 
-    def _judge_pending(self, pending: _Pending) -> tuple[KeyResult, ...]:
+    @staticmethod
+    def _matching_rows(series: tuple[tuple[str, int], ...],
+                       reference: tuple[tuple[str, int], ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of ``series`` the reference holds, and the reference's rows for them."""
+        if series == reference:
+            rows = np.arange(len(series))
+            return rows, rows
+        where = {s: i for i, s in enumerate(reference)}
+        pairs = [(i, where[s]) for i, s in enumerate(series) if s in where]
+        return np.array([i for i, _ in pairs], dtype=np.intp), np.array([j for _, j in pairs], dtype=np.intp)
+
+    def _judge_pending(self, pending: list[_Pending]) -> tuple[tuple[KeyResult, ...], int]:
+        """Every full window of the round at once: post-stratify, test, correct, flag, update verdicts."""
         c = self.config
-        if not pending.keys:
-            return ()
-        a = np.stack([self._series[k].window.counts for k in pending.keys])  # [K, bins]
-        b = np.stack([r.counts for r in pending.refs])  # [K, bins]
+        pending = [p for p in pending if len(p.rows)]
+        if not pending:
+            return (), 0
+        window = np.concatenate([p.window for p in pending])  # [K, strata, bins]
+        reference = np.concatenate([p.reference for p in pending])
+        sizes = [len(p.rows) for p in pending]
+        window_design = np.concatenate([p.window_design for p in pending])  # [K]
+        reference_design = np.concatenate([p.reference_design for p in pending])
+        post = poststratify(window, reference)
+        n = post.window.sum(axis=1)  # [K] window events in matched strata
+        judged = (n > 0) & (post.reference_size > 0)
+        n_eff = n / window_design
+        m_eff = post.reference_size / reference_design
+        a = np.where(judged[:, None], post.window, 1)  # placeholder rows are dropped below
+        b = np.where(judged[:, None], post.reference, 1.0)
         raw = js_distance(a, b)
-        score = js_distance(a, b, bias_corrected=True) if c.bias_correction else raw
+        score = js_distance(a, b, bias_corrected=True, n=n_eff, m=m_eff) if c.bias_correction else raw
         psis = psi(a, b, c.psi_epsilon)
-        _, _, p = chi2_homogeneity(a, b, c.min_expected)
-        p_adj = bh_adjust(p)
-        floors = np.array([self._floor(kind) for kind in pending.kinds])
-        flags = (p_adj <= c.alpha) & (score >= floors)
+        # First-order Rao-Scott: each side's counts over its design effect, the reference at the window's mix.
+        _, _, p = chi2_homogeneity(a / window_design[:, None], b * np.where(judged, m_eff, 1.0)[:, None],
+                                   c.min_expected)
+        p = np.where(judged, p, 1.0)
+        p_adj = np.ones_like(p)
+        p_adj[judged] = bh_adjust(p[judged])
+        kinds = np.repeat([p_.kind for p_ in pending], sizes)
+        floors = np.array([self._floor(kind) for kind in kinds])
+        flags = judged & (p_adj <= c.alpha) & (score >= floors)
+        totals = window.sum(axis=(1, 2))  # [K] the window's values of each series
 
-        # Plain Python scalars once, not a numpy scalar conversion per field per series.
-        cols = zip(
-            pending.keys,
-            pending.kinds,
-            pending.ref_versions,
-            floors.tolist(),
-            score.tolist(),
-            raw.tolist(),
-            psis.tolist(),
-            p.tolist(),
-            p_adj.tolist(),
-            flags.tolist(),
-            a.sum(axis=1).tolist(),
-            b.sum(axis=1).tolist(),
-        )
         results = []
-        for key, kind, ref_version, floor, s, r, ps, pv, pa, flagged, n, m in cols:
-            series = self._series[key]
-            if kind == MODEL_UPDATE:
-                if series.update is None:
-                    series.update = Hysteresis(c.raise_after, c.clear_after)
-                tracker = series.update
-                update_at: float | None = self._updates[key.model_version].at
-            else:
-                if series.within is None:
-                    series.within = Hysteresis(c.raise_after, c.clear_after)
-                tracker = series.within
-                update_at = None
-            tracker.update(flagged)
-            results.append(
-                KeyResult(
-                    key=key,
-                    kind=kind,
-                    reference_version=ref_version,
-                    score=s,
-                    js_raw=r,
-                    psi=ps,
-                    p_value=pv,
-                    p_adjusted=pa,
-                    threshold=floor,
-                    samples=int(n),
-                    reference_samples=int(m),
-                    flagged=flagged,
+        unmatched_events = 0
+        k = 0
+        for p_ in pending:
+            cohort = p_.cohort
+            update_at = self._updates[p_.key.model_version].at if p_.kind == MODEL_UPDATE else None
+            cohort_unmatched = 0
+            for row in p_.rows.tolist():
+                if not judged[k]:
+                    cohort_unmatched = max(cohort_unmatched, int(post.unmatched[k]))
+                    k += 1
+                    continue
+                trackers = cohort.update if p_.kind == MODEL_UPDATE else cohort.within
+                if trackers[row] is None:
+                    trackers[row] = Hysteresis(c.raise_after, c.clear_after)
+                tracker = trackers[row]
+                assert tracker is not None
+                tracker.update(bool(flags[k]))
+                statistic, layer = cohort.series[row]
+                cohort_unmatched = max(cohort_unmatched, int(post.unmatched[k]))
+                results.append(KeyResult(
+                    key=p_.key.series(statistic, layer),
+                    kind=p_.kind,
+                    reference_version=p_.reference_version,
+                    score=float(score[k]),
+                    js_raw=float(raw[k]),
+                    psi=float(psis[k]),
+                    p_value=float(p[k]),
+                    p_adjusted=float(p_adj[k]),
+                    threshold=float(floors[k]),
+                    samples=int(totals[k]),
+                    reference_samples=int(post.reference_events[k]),
+                    effective_samples=float(n_eff[k]),
+                    reference_effective=float(m_eff[k]),
+                    unmatched=int(post.unmatched[k]),
+                    flagged=bool(flags[k]),
                     drifting=tracker.drifting,
                     consecutive_flagged=tracker.consecutive_flagged,
                     consecutive_clear=tracker.consecutive_clear,
                     update_at=update_at,
-                )
-            )
-            series.window.reset()
-        return tuple(results)
+                ))
+                k += 1
+            unmatched_events += cohort_unmatched
+        return tuple(results), unmatched_events
 
     def _floor(self, kind: str) -> float:
         """The effect floor of a window of this kind."""
         c = self.config
         return c.update_min_effect if kind == MODEL_UPDATE and c.update_min_effect is not None else c.min_effect
 
-    def _update_active(self, key: SeriesKey) -> bool:
+    def _update_active(self, key: CohortKey) -> bool:
         return key.model_version in self._updates and self._store.status(key) == "collecting"
 
-    def _active_trackers(self, key: SeriesKey, series: _Series) -> list[Hysteresis]:
-        trackers = [series.within] if series.within is not None else []
-        if series.update is not None and self._update_active(key):
-            trackers.append(series.update)
+    def _active_trackers(self, key: CohortKey, cohort: _Cohort) -> list[Hysteresis]:
+        trackers = [h for h in cohort.within if h is not None]
+        if self._update_active(key):
+            trackers += [h for h in cohort.update if h is not None]
         return trackers
 
     def _roll_up(self) -> tuple[CohortVerdict, ...]:
-        groups: dict[tuple[str, str, str, str], list[tuple[SeriesKey, Hysteresis]]] = {}
-        for key, series in self._series.items():
-            if series.within is not None:
-                groups.setdefault((*key.cohort_key, WITHIN_VERSION), []).append((key, series.within))
-            if series.update is not None:
-                groups.setdefault((*key.cohort_key, MODEL_UPDATE), []).append((key, series.update))
         out = []
-        for (version, dimension, cohort, kind), members in groups.items():
-            first = members[0][0]
-            drifting_series = tuple(sorted((k.statistic, k.layer) for k, h in members if h.drifting))
-            if kind == MODEL_UPDATE:
-                update = self._updates.get(version)
-                reference = update.previous_version if update else ""
-                update_at = update.at if update else None
-                active = any(self._update_active(k) for k, _ in members)
-            else:
-                reference = self._store.resolve(first).model_version
-                update_at = None
-                active = True
-            out.append(
-                CohortVerdict(
-                    model_version=version,
-                    dimension=dimension,
-                    cohort=cohort,
-                    kind=kind,
-                    drifting=bool(drifting_series),
-                    drifting_series=drifting_series,
-                    series=len(members),
-                    reference_version=reference,
-                    update_at=update_at,
-                    active=active,
-                )
-            )
+        for key, cohort in self._cohorts.items():
+            for kind, trackers in ((WITHIN_VERSION, cohort.within), (MODEL_UPDATE, cohort.update)):
+                members = [(s, h) for s, h in zip(cohort.series, trackers) if h is not None]
+                if not members:
+                    continue
+                drifting_series = tuple(sorted(s for s, h in members if h.drifting))
+                if kind == MODEL_UPDATE:
+                    update = self._updates.get(key.model_version)
+                    reference = update.previous_version if update else ""
+                    update_at = update.at if update else None
+                    active = self._update_active(key)
+                else:
+                    reference = self._store.resolve(key).model_version
+                    update_at = None
+                    active = True
+                out.append(CohortVerdict(
+                    model_version=key.model_version, dimension=key.dimension, cohort=key.cohort, kind=kind,
+                    drifting=bool(drifting_series), drifting_series=drifting_series, series=len(members),
+                    reference_version=reference, update_at=update_at, active=active,
+                ))
         return tuple(out)
 
     # -- persistence --------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
-        """JSON-able state: config, clock, windows, verdict counters, baselines, updates."""
+        """JSON-able state: config, clock, windows, recent traffic, verdicts, baselines, updates."""
+        def trackers(hs: list[Hysteresis | None]) -> list[dict | None]:
+            return [h.to_state() if h else None for h in hs]
+
         return {
             "format": STATE_FORMAT,
             "config": dataclasses.asdict(self.config),
@@ -502,56 +703,64 @@ class Judge:
             "round": self._round,
             "counts": dict(self.counts),
             "baselines": self._store.to_state(),
-            "series": [
-                [
-                    key.to_state(),
-                    {
-                        "window": s.window.to_state(),
-                        "within": s.within.to_state() if s.within else None,
-                        "update": s.update.to_state() if s.update else None,
-                    },
-                ]
-                for key, s in self._series.items()
+            "cohorts": [
+                [key.to_state(), {"series": [list(s) for s in cohort.series], "window": cohort.window.to_state(),
+                                  "recent": cohort.recent.to_state(), "within": trackers(cohort.within),
+                                  "update": trackers(cohort.update)}]
+                for key, cohort in self._cohorts.items()
             ],
-            "updates": {v: [u.previous_version, u.at] for v, u in self._updates.items()},
+            "updates": {
+                v: {"previous": u.previous_version, "at": u.at,
+                    "references": [[d, c, r.to_state()] for (d, c), r in u.references.items()]}
+                for v, u in self._updates.items()
+            },
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any], config: JudgeConfig | None = None) -> Judge:
-        """Resume from ``to_state()``; a given ``config`` wins over the saved one (bins must match)."""
+        """Resume from ``to_state()``; a given ``config`` wins over the saved one (bins and
+        strata must match). A state of another format raises ``StateFormatError``."""
         if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"unknown judge state format {state.get('format')!r}")
+            raise StateFormatError(f"unknown judge state format {state.get('format')!r} (this code reads "
+                                   f"{STATE_FORMAT})")
         saved = JudgeConfig.from_mapping(state["config"])
         config = config or saved
         if config.bins != saved.bins:
             raise ValueError(f"saved state has {saved.bins} bins, config has {config.bins}")
+        if config.strata_edges != saved.strata_edges:
+            raise ValueError(f"saved state has strata edges {saved.strata_edges}, config has {config.strata_edges}")
         judge = cls(config)
-        judge._store = BaselineStore.from_state(
-            state["baselines"],
-            reference_events=config.reference_events,
-            reference_seconds=config.reference_seconds,
-            max_keys=config.max_keys,
-        )
+        judge._store = BaselineStore.from_state(state["baselines"], config.reference_rule)
         for key in judge._store:
             baseline = judge._store.get(key)
-            if baseline is not None and baseline.histogram.bins != config.bins:
-                raise ValueError(f"the saved baseline of {key} has {baseline.histogram.bins} bins, "
-                                 f"the judge {config.bins}")
+            if baseline is not None and baseline.sample.counts.shape[1:] != (len(judge.strata), config.bins):
+                raise ValueError(f"the saved baseline of {key} has shape {baseline.sample.counts.shape}, "
+                                 f"the judge needs [series, {len(judge.strata)}, {config.bins}]")
         judge._clock = state["clock"]
         judge._round = int(state["round"])
         judge.counts.update({k: int(v) for k, v in state["counts"].items()})
-        for key_state, s in state["series"]:
-            series = _Series(config.bins)
-            series.window = Histogram.from_state(s["window"])
-            if series.window.bins != config.bins:  # would fail at the first judgement, on every restart
-                raise ValueError(f"a saved window has {series.window.bins} bins, the judge {config.bins}")
-            if s["within"] is not None:
-                series.within = Hysteresis.from_state(s["within"], config.raise_after, config.clear_after)
-            if s["update"] is not None:
-                series.update = Hysteresis.from_state(s["update"], config.raise_after, config.clear_after)
-            judge._series[SeriesKey.from_state(key_state)] = series
-        judge._updates = {v: Update(str(p), float(at)) for v, (p, at) in state["updates"].items()}
+        for key_state, s in state["cohorts"]:
+            series = tuple((str(name), int(layer)) for name, layer in s["series"])
+            cohort = _Cohort(series, (len(series), len(judge.strata), config.bins))
+            cohort.window = Sample.from_state(s["window"])
+            cohort.recent = RecentTraffic.from_state(s["recent"])
+            shape = (len(series), len(judge.strata), config.bins)
+            if cohort.window.counts.shape != shape:  # would fail at the first judgement, on every restart
+                raise ValueError(f"a saved window of {key_state} has shape {cohort.window.counts.shape}, "
+                                 f"the judge needs {shape}")
+            cohort.within = [None if h is None else Hysteresis.from_state(h, config.raise_after, config.clear_after)
+                             for h in s["within"]]
+            cohort.update = [None if h is None else Hysteresis.from_state(h, config.raise_after, config.clear_after)
+                             for h in s["update"]]
+            judge._cohorts[CohortKey.from_state(key_state)] = cohort
+            judge._series_count += len(series)
+        judge._updates = {
+            v: Update(str(u["previous"]), float(u["at"]),
+                      {(str(d), str(c)): Reference.from_state(r) for d, c, r in u["references"]})
+            for v, u in state["updates"].items()
+        }
         return judge
 
     def __len__(self) -> int:
-        return len(self._series)
+        """Series (statistics x layers of every cohort): what ``max_keys`` caps."""
+        return self._series_count

@@ -37,7 +37,7 @@ from monitor.attention.allocator import keep_freed_memory
 from monitor.drift.cohorts import CohortAssigner
 from monitor.stream.events import Reason
 from monitor.export.http import MetricsServer
-from monitor.drift.judge import Judge
+from monitor.drift.judge import Judge, StateFormatError
 from monitor.export.metrics import AgentMetrics, DriftCollector, UsageCollector
 from monitor.drift.paired import PairedComparison
 from monitor.stream.pipeline import Pipeline, RecordLike
@@ -93,7 +93,7 @@ class Agent:
                 return
             pipeline_state, offsets = loaded
             components = (
-                Judge.from_state(pipeline_state["judge"], self.settings.judge),
+                self._restore_judge(pipeline_state["judge"], self.settings),
                 PairedComparison.from_state(pipeline_state["paired"], self.settings.paired),
                 CohortAssigner.from_state(self.settings.cohorts, pipeline_state["cohorts"]),
             )
@@ -109,6 +109,15 @@ class Agent:
         self.pipeline.restore(pipeline_state, *components)
         self._restored_offsets = offsets
         log.info("restored state from %s with offsets %s", directory, offsets)
+
+    @staticmethod
+    def _restore_judge(state: dict, settings: Settings) -> Judge:
+        """The checkpoint's judge; one saved in an older format starts again from traffic."""
+        try:
+            return Judge.from_state(state, settings.judge)
+        except StateFormatError as err:
+            log.warning("judge state not restored (%s): baselines and windows start again from traffic", err)
+            return Judge(settings.judge)
 
     # -- callbacks -------------------------------------------------------------------------
     def _on_model_load(self, served, seconds: float) -> None:

@@ -1,6 +1,11 @@
 """Fold: one version's per-event statistics into the Prometheus histograms and the judge,
 once per cohort dimension.
 
+Cohorts by history length use each event's own history length (what the user brought),
+not the window the model read: a model with a shorter context must not move every event
+into the shortest bucket. The same lengths give the judge's strata, and the users' hashes
+are computed once per batch; each dimension is then one ``Judge.observe_batch`` call.
+
 The judge sees head-averaged values only; per-head statistics (when configured) go to
 their own histograms as within-version detail.
 """
@@ -13,9 +18,9 @@ from collections.abc import Callable
 import numpy as np
 
 from monitor.attention.stats import STATISTICS
-from monitor.drift.baseline import SeriesKey
 from monitor.drift.cohorts import CohortAssigner
 from monitor.drift.judge import Judge
+from monitor.drift.users import hash_users
 from monitor.export.metrics import AgentMetrics
 from monitor.stream.windows import Prepared
 
@@ -34,24 +39,22 @@ class Fold:
                  assigner: CohortAssigner, judge: Judge) -> tuple[np.ndarray, Labels]:
         """Fold ``statistics`` [B, stats, layers] (and ``per_head`` [B, stats, layers, heads])
         of ``batch``'s events; returns their cohort codes [B, dimensions] and the labels."""
-        kept, histories, now = batch.events, batch.histories, batch.now
+        kept, now = batch.events, batch.now
         version = batch.served.version
         started = time.perf_counter()
-        lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))  # windows: <= max_len
+        lengths = np.fromiter((len(e.history) for e in kept), dtype=np.int64, count=len(kept))  # [B] own lengths
         codes = assigner.assign([e.context for e in kept], lengths)
         labels = assigner.labels()
+        users = hash_users(e.user_id for e in kept)  # [B]
+        strata = judge.stratum_of(lengths)  # [B]
         for column, dimension in enumerate(assigner.dimensions):
             column_codes = codes[:, column]
             dim_labels = labels[dimension]
             self._metrics.attention.fold(version, dimension, column_codes, dim_labels, statistics)
             if per_head is not None:  # within-version detail only: the judge sees head-averaged rows
                 self._metrics.attention_per_head.fold(version, dimension, column_codes, dim_labels, per_head)
-            for code in np.unique(column_codes):
-                members = statistics[column_codes == code]  # [b, stats, layers]
-                for s_index, statistic in enumerate(STATISTICS):
-                    for layer in range(members.shape[2]):
-                        key = SeriesKey(version, dimension, dim_labels[code], statistic, layer)
-                        judge.observe(key, members[:, s_index, layer], now)
+            judge.observe_batch(version, dimension, column_codes, dim_labels, statistics, users, strata, now,
+                                statistics=STATISTICS)
         event_seconds = np.fromiter((e.ts for e in kept), dtype=np.float64, count=len(kept)) / 1000.0
         self._metrics.latency.observe_many(np.maximum(0.0, self._clock() - event_seconds))
         self._processed.inc(len(kept))

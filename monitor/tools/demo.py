@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from model import checkpoint
 from model.data import load_movielens
+from monitor.drift.judge import JudgeConfig
 from monitor.stream.agent import Agent
 from monitor.export.http import MetricsServer
 from monitor.stream.memory import MemorySink, MemorySource
@@ -104,11 +105,15 @@ def run_demo(*, events: int, rate: float | None, checkpoints: Path, port: int, s
     # slice holds ~40 users, and histories lengthen through the replay), so a stable model's
     # attention would drift against a baseline taken from the first events.
     factory = EventFactory(serving_traffic(data), models, scenario, seed=0)
+    intervals = IntervalSettings(judge_s=2.0, checkpoint_s=10.0, lag_s=1.0)
     settings = Settings(
         models=ModelSettings(root=checkpoints),
         state=StateSettings(directory=state_dir),
         http=HttpSettings(port=port),
-        intervals=IntervalSettings(judge_s=2.0, checkpoint_s=10.0, lag_s=1.0),
+        intervals=intervals,
+        # A demo lasts seconds, not the day a production reference spans: references collect
+        # for three judge intervals (the least a model update needs is raise_after = 2).
+        judge=JudgeConfig(reference_seconds=3 * intervals.judge_s),
     )
     sink = MemorySink()
     holder: dict[str, MemorySource] = {}

@@ -97,7 +97,8 @@ class EventFactory:
     """Makes encoded events for a scenario, ``batch`` at a time (one forward per version)."""
 
     def __init__(self, data: Interactions, models: dict[str, SASRec], scenario: Scenario, *,
-                 seed: int = 0, batch: int = 256, offset: int = 0, history_limit: int = 200) -> None:
+                 seed: int = 0, batch: int = 256, offset: int = 0, history_limit: int = 200,
+                 recommend: bool = True) -> None:
         missing = {v for _, v in scenario.versions} - set(models)
         if missing:
             raise ValueError(f"scenario names versions without a model: {sorted(missing)}")
@@ -108,6 +109,9 @@ class EventFactory:
         self.steps = timeline_steps(data)
         self.offset = offset
         self.history_limit = history_limit  # a serving system sends the recent history, not all of it
+        # The agent never reads the recommendations; benches that only judge attention skip
+        # scoring them (a full forward pass over every item, most of a replay's cost).
+        self.recommend = recommend
         self._rng = np.random.default_rng(seed)
         self._encoder = msgspec.json.Encoder()
         self._contexts = [context_of(int(u)) for u in data.user_ids]
@@ -145,7 +149,7 @@ class EventFactory:
         histories = [self._history(i, int(u), int(t)) for i, (u, t) in zip(indices, rows, strict=True)]
         versions = [self.scenario.version_at(i) for i in indices]
         recommended: list[list[dict]] = [[] for _ in range(size)]
-        for version in set(versions):
+        for version in set(versions) if self.recommend else ():
             members = [k for k, v in enumerate(versions) if v == version]
             model = self.models[version]
             padded = torch.from_numpy(left_pad([histories[k] for k in members], model.config.max_len))

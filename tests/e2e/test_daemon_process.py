@@ -24,7 +24,7 @@ import yaml
 
 from model.data import load_movielens
 from monitor.stream import state as state_store
-from monitor.drift.baseline import SeriesKey
+from monitor.drift.baseline import CohortKey
 from monitor.drift.judge import Judge
 from monitor.tools.replay import EventFactory, Scenario
 from monitor.stream.kafka import EventProducer, KafkaSource
@@ -112,8 +112,8 @@ def _produce(kafka, values) -> None:
 def _state_total(state_dir: Path, version: str) -> int:
     pipeline_state, offsets = state_store.load(state_dir)
     judge = Judge.from_state(pipeline_state["judge"])
-    baseline = judge.baselines.get(SeriesKey(version, "all", "all", "entropy", 0))
-    return baseline.histogram.total, offsets
+    baseline = judge.baselines.get(CohortKey(version, "all", "all"))
+    return baseline.sample.events, offsets
 
 
 def test_daemon_ready_scrape_sigterm_and_sigkill_recovery(setup, promtool, tmp_path):

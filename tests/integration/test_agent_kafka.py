@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from model.data import load_movielens
-from monitor.drift.baseline import SeriesKey
+from monitor.drift.baseline import CohortKey
 from monitor.stream.agent import Agent
 from monitor.tools.replay import EventFactory, Scenario
 from monitor.settings import IntervalSettings, ModelSettings, Settings, StateSettings
@@ -140,9 +140,8 @@ def test_valid_and_malformed_events_are_counted_dead_lettered_and_committed(
 
 
 def _baseline_total(agent: Agent, version: str) -> int:
-    key = SeriesKey(version, "all", "all", "entropy", 0)
-    baseline = agent.pipeline.judge.baselines.get(key)
-    return 0 if baseline is None else baseline.histogram.total
+    baseline = agent.pipeline.judge.baselines.get(CohortKey(version, "all", "all"))
+    return 0 if baseline is None else baseline.sample.events
 
 
 def test_restart_resumes_from_the_checkpoint_without_loss_or_double_counting(

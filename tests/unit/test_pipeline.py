@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from model import checkpoint
 from model.data import load_movielens
 from model.sasrec import SASRec, SASRecConfig
+from monitor.drift.baseline import CohortKey
 from monitor.drift.cohorts import CohortAssigner, CohortDimension
 from monitor.stream.events import Reason
 from monitor.drift.judge import Judge, JudgeConfig
@@ -45,9 +46,10 @@ def _publish(root: Path, catalog, seed: int, label: str) -> str:
     return checkpoint.save(model, catalog, {}, root, label=label)
 
 
-def _event(version: str, history: list[int], platform: str = "ios", ts: int = 1_764_259_200_000, **extra) -> bytes:
+def _event(version: str, history: list[int], platform: str = "ios", ts: int = 1_764_259_200_000,
+           user_id: str = "u", **extra) -> bytes:
     return msgspec.json.encode({
-        "event_id": "e", "ts": ts, "model_version": version, "user_id": "u",
+        "event_id": "e", "ts": ts, "model_version": version, "user_id": user_id,
         "history": history, "recommended": [], "context": {"platform": platform}, **extra,
     })
 
@@ -310,3 +312,36 @@ def test_the_hold_buffer_is_bounded_in_bytes(tmp_path, catalog):
     assert h.value("attnmon_events_held") == 2_000 // size
     assert h.value("attnmon_events_held_bytes") <= 2_000
     assert len(h.dead) == 10 - 2_000 // size
+def test_history_length_cohorts_and_strata_use_the_events_own_history_length(tmp_path, catalog):
+    """A model reading 20 items sees every long history as 20 items; the cohort (and the
+    judge's stratum) is what the user brought. Before, a 30-item history fell in 5-24."""
+    version = _publish(tmp_path, catalog, 0, "a")  # max_len 20
+    h = Harness(tmp_path)
+    h.pipeline.assigner = CohortAssigner([CohortDimension(name="history_length", kind="history_length",
+                                                          edges=(5, 25))])
+    items = [int(i) for i in catalog.item_ids[1:40]]
+    records = [Rec("t", 0, i, _event(version, items[:n], user_id=f"user-{i}"))
+               for i, n in enumerate([3, 30, 30, 12])]
+    assert h.pipeline.process(records) == 4
+    count = lambda cohort: h.value(statistic_metric("entropy") + "_count", model_version=version,  # noqa: E731
+                                   dimension="history_length", cohort=cohort, layer="0")
+    assert (count("1-4"), count("5-24"), count("25+")) == (1, 1, 2)
+    judge = h.pipeline.judge
+    sample = judge.baselines.get(CohortKey(version, "history_length", "25+")).sample
+    assert sample.events == 2 and sample.counts[:, judge.stratum_of(np.array([30]))[0]].sum() == 2 * sample.shape[0]
+    assert sample.effective_users() == pytest.approx(2, abs=0.2)  # two users behind the two events
+
+
+def test_a_judge_state_of_an_older_format_starts_the_judge_afresh(caplog):
+    """A checkpoint from before user-clustered judging (per-series histograms, no users) cannot
+    be read into the new judge: the agent starts it afresh from traffic instead of crash-looping."""
+    from monitor.settings import Settings
+    from monitor.stream.agent import Agent
+
+    settings = Settings()
+    judge = Agent._restore_judge({"format": 1, "config": {}, "series": [], "baselines": {}}, settings)
+    assert len(judge) == 0 and judge.config == settings.judge
+    assert "judge state not restored" in caplog.text
+    with pytest.raises(ValueError, match="bins"):  # any other problem still stops the agent
+        state = Judge(JudgeConfig(reference_seconds=0.0, bins=10)).to_state()
+        Agent._restore_judge(state, settings)

@@ -114,7 +114,7 @@ def _per_event_stats(model, histories, catalog, per_head):
 
 
 def _update_run(root, data, v1, v2, seed=3):
-    run = ScenarioRun(root, judge_config=JudgeConfig(reference_events=300, min_samples=100),
+    run = ScenarioRun(root, judge_config=JudgeConfig(reference_events=300, min_samples=100, reference_seconds=0.0),
                       paired_config=PairedConfig(min_pairs=50), seed=seed)
     factory = EventFactory(serving_traffic(data, seed), load_models(root, [v1, v2]),
                            build_scenario("benign_update", {"base": v1, "benign": v2}, at=2500), seed=seed, batch=250)

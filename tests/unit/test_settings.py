@@ -43,6 +43,27 @@ def test_bad_settings_give_a_readable_error(tmp_path, text, words):
         load_settings(path, environ={})
 
 
+@pytest.mark.parametrize("judge_s, reference_s, refused", [(5, 9.9, True), (5, 10, False), (60, 86_400, False),
+                                                           (60_000, 86_400, True)])
+def test_a_reference_shorter_than_raise_after_judge_intervals_is_refused(tmp_path, judge_s, reference_s, refused):
+    # A new version is judged against the previous one only while its own baseline collects: a
+    # baseline that may freeze before raise_after (2) rounds leaves every update without a verdict.
+    path = tmp_path / "settings.yml"
+    path.write_text(f"intervals: {{judge_s: {judge_s}}}\njudge: {{reference_seconds: {reference_s}}}\n")
+    if refused:
+        with pytest.raises(SettingsError, match=r"settings\.yml: judge\.reference_seconds .* must be at least "
+                                                r"judge\.raise_after x intervals\.judge_s \(2 x"):
+            load_settings(path, environ={})
+    else:
+        assert load_settings(path, environ={}).judge.reference_seconds == reference_s
+    with pytest.raises(SettingsError, match="ATTNMON__JUDGE__REFERENCE_SECONDS from the environment"):
+        load_settings(environ={"ATTNMON__JUDGE__REFERENCE_SECONDS": "0"})  # the old default: count only
+
+
+def test_the_default_reference_spans_a_day():
+    assert Settings().judge.reference_seconds == 86_400.0
+
+
 def test_unknown_environment_key_is_rejected():
     with pytest.raises(SettingsError, match="unknown key"):
         load_settings(environ={"ATTNMON__MODELS__ROOTT": "/x"})

@@ -1,0 +1,207 @@
+"""Null bench: stationary real traffic and a stable model -- how often does the judge cry drift?
+
+Nothing drifts here: one model (the scenario ``base`` version, ``bench/scenarios.py``)
+serves MovieLens traffic throughout, and every verdict the agent raises is a false alarm.
+Each run replays its own stretch of traffic through the in-process pipeline
+(``ScenarioRun``: decode, windows, recompute, statistics, cohorts, judge), judged every
+``judge_every`` events, in two traffic shapes:
+
+- ``time_order``: MovieLens in its own global time order, as it happened: ratings come
+  in bulk sessions, so a 2,000-event stretch holds ~27 users (~11 effective users, most
+  events from a few heavy ones) and their histories lengthen as the session goes on.
+  Runs are disjoint consecutive slices of the global event order (98k events / runs).
+- ``interleaved``: ``serving_traffic(data, seed)``, one seed per run: the timelines
+  interleaved into stationary serving traffic (300+ users per 2,000 events).
+
+The judge has the agent's defaults except two things a short replay cannot hold: it is
+event-paced (``reference_seconds`` 0: a replay has no wall clock), and references and
+windows are smaller (``--reference-events`` 500, ``--min-samples`` 100: a time-order
+slice holds 1,959 events). ``--min-users`` / ``--reference-users`` override the user
+thresholds (default: the agent's).
+
+Per shape it prints runs, rounds (judge calls), rounds that judged anything, windows
+judged, flagged rounds (any series flagged) and runs in which any cohort's verdict was
+drifting. Targets: at most 5 % of runs drifting, flagged rounds / judged rounds <= alpha.
+The last line is one JSON object with the figures.
+
+    python bench/null.py --root var/models            # 50 + 50 runs (~5-10 min on 2 cores)
+    python bench/null.py --root var/models --quick    # 12 + 12 runs, shorter interleaved runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
+sys.path.insert(0, str(_BENCH.parent))
+
+from model.data import Interactions, load_movielens  # noqa: E402
+from monitor.drift.judge import JudgeConfig  # noqa: E402
+from monitor.tools.replay import EventFactory, Scenario, serving_traffic, timeline_steps  # noqa: E402
+from bench.scenarios import (  # noqa: E402
+    DEFAULT_ROOT,
+    EVENT_PACED_JUDGE,
+    ScenarioRun,
+    load_models,
+    train_family_model,
+)
+
+SHAPES = ("time_order", "interleaved")
+
+
+@dataclasses.dataclass
+class RunOutcome:
+    """One replayed stretch of traffic: what the judge did with it."""
+
+    rounds: int = 0
+    judged_rounds: int = 0  # rounds that judged at least one series
+    judged: int = 0  # series windows judged
+    flagged_rounds: int = 0
+    flagged: int = 0  # series windows flagged
+    raw_significant: int = 0  # series windows with an unadjusted p-value <= alpha (calibration: ~alpha of them)
+    drifting: set = dataclasses.field(default_factory=set)  # (kind, dimension, cohort) ever drifting
+    max_score: float = 0.0  # largest score of any flagged window (0: none)
+
+
+def replay(root: Path, factory: EventFactory, events: int, judge_every: int, config: JudgeConfig,
+           seed: int) -> RunOutcome:
+    run = ScenarioRun(root, judge_config=config, seed=seed)
+    out = RunOutcome()
+    for round_ in run.run(factory, events, judge_every=judge_every):
+        report = round_.report
+        out.rounds += 1
+        out.judged_rounds += report.judged > 0
+        out.judged += report.judged
+        out.flagged += report.flagged
+        out.raw_significant += sum(r.p_value <= config.alpha for r in report.results)
+        out.flagged_rounds += report.flagged > 0
+        out.max_score = max([out.max_score] + [r.score for r in report.results if r.flagged])
+        out.drifting |= {(v.kind, v.dimension, v.cohort) for v in report.cohorts if v.drifting}
+    run.pipeline.close()
+    return out
+
+
+def shape_runs(shape: str, data: Interactions, models: dict, version: str, runs: int, events: int | None,
+               judge_every: int | None) -> tuple[list[tuple[EventFactory, int]], int, int]:
+    """(factory, seed) per run, events per run and judge_every for one traffic shape."""
+    scenario = Scenario(((0, version),))
+    if shape == "time_order":
+        slice_len = len(timeline_steps(data)) // runs  # disjoint consecutive slices
+        events = min(events or slice_len, slice_len)
+        judge_every = judge_every or events // 21  # >= 20 rounds
+        batch = min(250, judge_every)  # one batch never straddles two rounds
+        return ([(EventFactory(data, models, scenario, seed=i, batch=batch, offset=i * slice_len, recommend=False), i)
+                 for i in range(runs)], events, judge_every)
+    events = events or 6000
+    judge_every = judge_every or 250
+    batch = min(250, judge_every)
+    return ([(EventFactory(serving_traffic(data, 100 + i), models, scenario, seed=100 + i, batch=batch,
+                           recommend=False), 100 + i) for i in range(runs)], events, judge_every)
+
+
+def summarise(outcomes: list[RunOutcome], events: int, judge_every: int) -> dict:
+    rounds = sum(o.rounds for o in outcomes)
+    judged_rounds = sum(o.judged_rounds for o in outcomes)
+    flagged_rounds = sum(o.flagged_rounds for o in outcomes)
+    return {
+        "runs": len(outcomes),
+        "runs_with_drift": sum(bool(o.drifting) for o in outcomes),
+        "rounds": rounds,
+        "judged_rounds": judged_rounds,
+        "flagged_rounds": flagged_rounds,
+        "flagged_round_rate": flagged_rounds / judged_rounds if judged_rounds else 0.0,
+        "judged_windows": sum(o.judged for o in outcomes),
+        "flagged_windows": sum(o.flagged for o in outcomes),
+        "raw_p_below_alpha": round(sum(o.raw_significant for o in outcomes) / max(1, sum(o.judged for o in outcomes)), 5),
+        "drifting_cohorts": sorted({f"{d}={c}" for o in outcomes for _, d, c in o.drifting}),
+        "max_flagged_score": round(max((o.max_score for o in outcomes), default=0.0), 3),
+        "events_per_run": events,
+        "judge_every": judge_every,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="scenario model root (cache)")
+    parser.add_argument("--runs", type=int, default=50, help="runs per traffic shape")
+    parser.add_argument("--events", type=int, help="interleaved events per run (default 6000; time order: its slice)")
+    parser.add_argument("--judge-every", type=int, help="events between rounds (default: 250; time order: slice / 21)")
+    parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
+    parser.add_argument("--reference-events", type=int, default=500)
+    parser.add_argument("--min-samples", type=int, default=100)
+    parser.add_argument("--min-users", type=float, help="default: the agent's")
+    parser.add_argument("--reference-users", type=float, help="default: the agent's")
+    parser.add_argument("--quick", action="store_true", help="12 runs per shape, 3,000-event interleaved runs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.events = min(args.runs, 12), args.events or 3000
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore")
+
+    overrides = {"reference_events": args.reference_events, "min_samples": args.min_samples}
+    if args.min_users is not None:
+        overrides["min_users"] = args.min_users
+    if args.reference_users is not None:
+        overrides["reference_users"] = args.reference_users
+    config = dataclasses.replace(EVENT_PACED_JUDGE, **overrides)
+    data = load_movielens()
+    base = train_family_model(args.root, "base", 0, data=data)
+    models = load_models(args.root, [base.version])
+    print(f"model {base.label} {base.version}; judge: reference {config.reference_events} events / "
+          f"{config.reference_users:g} users, windows {config.min_samples} events / {config.min_users:g} users, "
+          f"alpha {config.alpha}, floor {config.min_effect}, strata {config.strata_edges}", flush=True)
+
+    started = time.perf_counter()
+    shapes = {}
+    for shape in args.shapes:
+        t0 = time.perf_counter()
+        factories, events, judge_every = shape_runs(shape, data, models, base.version, args.runs,
+                                                    args.events if shape == "interleaved" else None,
+                                                    args.judge_every if shape == "interleaved" else None)
+        outcomes = []
+        for index, (factory, seed) in enumerate(factories):
+            outcome = replay(args.root, factory, events, judge_every, config, seed)
+            outcomes.append(outcome)
+            if outcome.drifting or outcome.flagged:
+                print(f"  {shape} run {index}: {outcome.flagged} flagged windows in {outcome.flagged_rounds} rounds, "
+                      f"drifting {sorted(outcome.drifting)}", flush=True)
+        shapes[shape] = summarise(outcomes, events, judge_every)
+        print(f"  {shape}: {len(outcomes)} runs in {time.perf_counter() - t0:.0f}s", flush=True)
+
+    print()
+    header = (f"{'shape':<12} {'runs':>5} {'events/run':>10} {'every':>6} {'rounds':>7} {'judged':>7} "
+              f"{'windows':>8} {'flagged':>8} {'rate':>7} {'drifting runs':>14}")
+    print(header)
+    for shape, s in shapes.items():
+        print(f"{shape:<12} {s['runs']:>5} {s['events_per_run']:>10} {s['judge_every']:>6} {s['rounds']:>7} "
+              f"{s['judged_rounds']:>7} {s['judged_windows']:>8} {s['flagged_rounds']:>8} "
+              f"{s['flagged_round_rate']:>7.4f} {s['runs_with_drift']:>8}/{s['runs']:<5}")
+    print("(rounds: judge calls; judged: rounds that judged any window; windows: series windows judged; "
+          "flagged: rounds with any flag; rate: flagged / judged rounds)")
+    total = {
+        "runs": sum(s["runs"] for s in shapes.values()),
+        "runs_with_drift": sum(s["runs_with_drift"] for s in shapes.values()),
+        "rounds": sum(s["rounds"] for s in shapes.values()),
+        "judged_rounds": sum(s["judged_rounds"] for s in shapes.values()),
+        "flagged_rounds": sum(s["flagged_rounds"] for s in shapes.values()),
+        "alpha": config.alpha,
+        "config": {k: v for k, v in dataclasses.asdict(config).items()
+                   if k in ("reference_events", "reference_users", "reference_seconds", "min_samples", "min_users",
+                            "alpha", "min_effect", "strata_edges")},
+        "shapes": shapes,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(total))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
