@@ -8,14 +8,16 @@ union of positions; ``monitor/stream/updates.py``). The same pairs feed one
 ``PairedComparison`` per candidate cutoff, so a replay answers for every cutoff at once:
 is the update *confirmed* (a ``model_caused`` verdict on any cohort and layer)?
 
-Calibration and measurement are kept apart: the cutoff ``cutoff_from_benign`` picks is
-taken from the *calibration* updates (base s0 -> s1 and s1 -> s0, traffic seed
-``--calibration-seed``), and the rates are measured on every ordered pair of base seeds
-(benign re-seeds, each on ``--traffic-seeds`` interleavings) and base -> context-cut pairs
-(harmful), each replay on its own traffic seed.
+Calibration and measurement are kept apart: the cutoff is calibrated on the *calibration*
+updates -- every pair of the first ``--calibration-models`` base seeds, on traffic seed
+``--calibration-seed`` -- as the largest, over pairs, of ``cutoff_from_benign`` of the pair
+(itself the largest over layers); the rates are measured on every ordered pair of base
+seeds (benign re-seeds, each on ``--traffic-seeds`` other interleavings; pairs with a base
+seed outside the calibration set are reported apart: they test a re-seed the calibration
+never saw) and on base -> context-cut pairs (harmful), each replay on its own traffic seed.
 Figures for docs/drift.md, "Paired comparison"; asserts nothing.
 
-    python -m bench.paired --root var/models [--cutoffs 0.65 0.7 0.72 0.75]
+    python -m bench.paired --root var/models [--traffic-seeds 3] [--cutoffs 0.65 0.7 0.75 0.8]
 """
 
 from __future__ import annotations
@@ -99,16 +101,23 @@ def _quantiles(js: np.ndarray) -> str:
         f"p95 {np.quantile(js[:, layer], 0.95):.3f}" for layer in range(js.shape[1]))
 
 
+def per_pair_cutoff(js: np.ndarray) -> float:
+    """``cutoff_from_benign`` of one benign update's pairs: the largest over its layers."""
+    return cutoff_from_benign(js)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     parser.add_argument("--before", type=int, default=1_000, help="events of the previous version")
     parser.add_argument("--after", type=int, default=6_000, help="events of the new version")
     parser.add_argument("--judge-every", type=int, default=500)
-    parser.add_argument("--calibration-seed", type=int, default=7)
+    parser.add_argument("--calibration-seed", type=int, default=7, help="traffic of the calibration replays")
+    parser.add_argument("--calibration-models", type=int, default=3,
+                        help="base seeds whose pairs calibrate the cutoff (the others are held out)")
     parser.add_argument("--traffic-seeds", type=int, default=1, help="replays of each benign pair, each on its own traffic")
     parser.add_argument("--harmful-updates", type=int, default=10)
-    parser.add_argument("--cutoffs", type=float, nargs="*", default=[0.65, 0.7, 0.72, 0.75, 0.8])
+    parser.add_argument("--cutoffs", type=float, nargs="*", default=[0.65, 0.7, 0.75, 0.8])
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     data = load_movielens()
@@ -122,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     models = load_models(args.root, base + harmful)
     config = PairedConfig()
-    plan = [("calibration", base[0], base[1], args.calibration_seed), ("calibration", base[1], base[0], args.calibration_seed)]
+    cutoffs = sorted(set(args.cutoffs) | {config.event_js_cutoff})
+    calibrating = base[: args.calibration_models]
+    plan = [("calibration", p, n, args.calibration_seed) for p, n in itertools.combinations(calibrating, 2)]
     benign = [pair for pair in itertools.permutations(base, 2) for _ in range(args.traffic_seeds)]
     plan += [("benign", p, n, 1000 + i) for i, (p, n) in enumerate(benign)]
     bad = [(base[i % len(base)], harmful[(i + i // len(base)) % len(harmful)]) for i in range(args.harmful_updates)]
@@ -131,38 +142,45 @@ def main(argv: list[str] | None = None) -> int:
     for kind, previous, new, seed in plan:
         t0 = time.perf_counter()
         r = replay(args.root, data, models, previous, new, kind=kind, seed=seed, before=args.before,
-                   after=args.after, judge_every=args.judge_every, cutoffs=args.cutoffs, config=config)
+                   after=args.after, judge_every=args.judge_every, cutoffs=cutoffs, config=config)
         replays.append(r)
         print(f"  {kind:<11} {previous[-6:]} -> {new[-6:]} seed {seed}: {r.js.shape[0]} pairs (all); "
-              f"{_quantiles(r.js)}; confirmed after "
-              + " ".join(f"{c}:{r.confirmed_after[c] if r.confirmed_after[c] is not None else '-'}" for c in args.cutoffs)
+              f"{_quantiles(r.js)}; own cutoff {per_pair_cutoff(r.js):.3f}; confirmed after "
+              + " ".join(f"{c}:{r.confirmed_after[c] if r.confirmed_after[c] is not None else '-'}" for c in cutoffs)
               + f"; n_eff/pairs per window (all, layer 0) {np.median(r.effective_users):.0f}/{np.median(r.pairs):.0f}"
               f" [{time.perf_counter() - t0:.0f}s]", flush=True)
 
-    calibration = np.concatenate([r.js for r in replays if r.kind == "calibration"])
-    per_layer = [cutoff_from_benign(calibration[:, layer]) for layer in range(calibration.shape[1])]
-    print(f"\ncalibration (benign re-seeds, traffic seed {args.calibration_seed}, {calibration.shape[0]} pairs): "
-          f"{_quantiles(calibration)}")
-    print(f"cutoff_from_benign per layer {' / '.join(f'{c:.3f}' for c in per_layer)}; "
-          f"the largest: {cutoff_from_benign(calibration):.3f}")
-    for kind in ("benign", "harmful"):
-        js = np.concatenate([r.js for r in replays if r.kind == kind])
-        print(f"{kind} ({js.shape[0]} pairs): {_quantiles(js)}")
-        print("  share above cutoff, per layer: " + "; ".join(
+    calibration = [r for r in replays if r.kind == "calibration"]
+    own = [per_pair_cutoff(r.js) for r in calibration]
+    print(f"\ncalibration: {len(calibration)} benign re-seed pairs of {len(calibrating)} base seeds, traffic seed "
+          f"{args.calibration_seed}; cutoff_from_benign per pair (largest layer) "
+          + ", ".join(f"{r.previous[-6:]}/{r.new[-6:]} {c:.3f}" for r, c in zip(calibration, own))
+          + f"; the largest: {max(own):.3f} (default event_js_cutoff {config.event_js_cutoff})")
+    held_out = set(base) - set(calibrating)
+    groups = {"benign": [r for r in replays if r.kind == "benign"],
+              "benign, calibration models": [r for r in replays if r.kind == "benign" and not {r.previous, r.new} & held_out],
+              "benign, a held-out model": [r for r in replays if r.kind == "benign" and {r.previous, r.new} & held_out],
+              "harmful": [r for r in replays if r.kind == "harmful"]}
+    for name in ("benign", "harmful"):
+        js = np.concatenate([r.js for r in groups[name]])
+        print(f"{name} ({js.shape[0]} pairs): {_quantiles(js)}")
+        print("  share above cutoff, per layer (pooled; largest replay): " + "; ".join(
             f"{c}: " + " / ".join(f"{(js[:, layer] > c).mean():.3f}" for layer in range(js.shape[1]))
-            for c in args.cutoffs))
-    print(f"\n{'cutoff':>7} {'benign flagged':>16} {'windows flagged':>16} {'harmful confirmed':>18} "
-          f"{'median events to verdict':>25}")
-    for c in args.cutoffs:
-        rows = {k: [r for r in replays if r.kind == k] for k in ("benign", "harmful")}
-        fp = sum(r.confirmed_after[c] is not None for r in rows["benign"])
-        tp = sum(r.confirmed_after[c] is not None for r in rows["harmful"])
-        judged = sum(r.windows[c][0] for r in rows["benign"])
-        flagged = sum(r.windows[c][1] for r in rows["benign"])
-        delays = [r.confirmed_after[c] for r in rows["harmful"] if r.confirmed_after[c] is not None]
-        print(f"{c:>7} {fp:>7}/{len(rows['benign']):<3} {fp / len(rows['benign']):>4.0%} "
-              f"{flagged:>6}/{judged:<5} {flagged / max(judged, 1):>4.1%} {tp:>8}/{len(rows['harmful']):<3} "
-              f"{tp / len(rows['harmful']):>4.0%} {np.median(delays) if delays else float('nan'):>25.0f}")
+            + " (" + " / ".join(f"{max((r.js[:, layer] > c).mean() for r in groups[name]):.3f}"
+                                for layer in range(js.shape[1])) + ")"
+            for c in cutoffs))
+    print(f"\n{'cutoff':>7} {'updates':<28} {'confirmed':>14} {'windows flagged':>18} {'median events to verdict':>25}")
+    for c in cutoffs:
+        for name, rows in groups.items():
+            if not rows:
+                continue
+            hits = sum(r.confirmed_after[c] is not None for r in rows)
+            judged = sum(r.windows[c][0] for r in rows)
+            flagged = sum(r.windows[c][1] for r in rows)
+            delays = [r.confirmed_after[c] for r in rows if r.confirmed_after[c] is not None]
+            print(f"{c:>7} {name:<28} {hits:>5}/{len(rows):<3} {hits / len(rows):>4.0%} "
+                  f"{flagged:>6}/{judged:<5} {flagged / max(judged, 1):>5.1%} "
+                  f"{(f'{np.median(delays):.0f}' if delays else '-'):>25}")
     return 0
 
 
