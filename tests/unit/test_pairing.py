@@ -180,3 +180,24 @@ def test_an_unavailable_previous_version_is_counted(tmp_path, catalog):
     assert h.value("attnmon_update_paired_events_total", model_version=new, previous_version=old,
                    outcome="previous_unavailable") == 6
     assert h.paired.counts["pairs"] == 0
+
+
+def test_paired_series_are_exported_per_layer_with_their_users_and_share():
+    from monitor.drift.users import hash_users
+    from monitor.export.drift_rows import DriftRows
+    from monitor.export.metrics import DriftCollector
+
+    paired = PairedComparison(PairedConfig(min_users=1))
+    cohort = PairCohort("v2", "platform", "ios")
+    js = np.stack([np.full(120, 0.3), np.full(120, 0.95)], axis=1)  # [120, 2]: layer 1 moved
+    paired.observe(cohort, js, 1.0 - js, hash_users([f"user-{i % 40}" for i in range(120)]))
+    rows = DriftRows()
+    rows.update(Judge().judge(0.0), paired.judge(0.0), previous={"v2": "v1"}, alive=["v1", "v2"], baselines={})
+    registry = CollectorRegistry()
+    registry.register(DriftCollector(rows.rows))
+    labels = {"model_version": "v2", "previous_version": "v1", "dimension": "platform", "cohort": "ios"}
+    for layer, share in (("0", 0.0), ("1", 1.0)):
+        at = {**labels, "layer": layer}
+        assert registry.get_sample_value("attnmon_update_paired_share_above", at) == share
+        assert registry.get_sample_value("attnmon_update_paired_effective_users", at) == pytest.approx(40, rel=0.1)
+        assert registry.get_sample_value("attnmon_update_paired_pairs", at) == 120
