@@ -30,7 +30,7 @@ sys.path.insert(0, str(_BENCH.parent))
 from bench.detection import TWIN_PAIRED, RecordingPaired, instrumented_run, twin_round  # noqa: E402
 from model.data import load_movielens  # noqa: E402
 from monitor.drift.judge import MODEL_UPDATE, WITHIN_VERSION, JudgeConfig  # noqa: E402
-from monitor.drift.paired import cutoff_from_benign  # noqa: E402
+from monitor.drift.paired import PairedConfig, cutoff_from_benign  # noqa: E402
 from monitor.tools.replay import EventFactory, serving_traffic  # noqa: E402
 from bench.scenarios import DEFAULT_ROOT, build_scenario, load_models, train_scenario_models  # noqa: E402
 from monitor.attention.stats import STATISTICS  # noqa: E402
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "benign_update" and traffic == "serving":
             benign_js = js
     if benign_js is not None and benign_js.size:
-        print(f"\ncutoff_from_benign(benign per-event JS, 0.1) = {cutoff_from_benign(benign_js, 0.1):.3f} "
-              f"(default event_js_cutoff 0.5)")
+        print(f"\ncutoff_from_benign(benign per-event JS per layer, 0.1) = {cutoff_from_benign(benign_js, 0.1):.3f} "
+              f"(default event_js_cutoff {PairedConfig().event_js_cutoff})")
     return 0
 
 

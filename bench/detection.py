@@ -118,12 +118,12 @@ class RecordingPaired(PairedComparison):
         self.twin = twin
         self.all_js: list[np.ndarray] = []
 
-    def observe(self, key, js, overlap):
+    def observe(self, key, js, overlap, users=None):
         if key.dimension == "all":
             self.all_js.append(np.asarray(js, dtype=np.float64).copy())
         if self.twin is not None:
-            self.twin.observe(key, js, overlap)
-        return super().observe(key, js, overlap)
+            self.twin.observe(key, js, overlap, users)
+        return super().observe(key, js, overlap, users)
 
 
 class TwinJudge(Judge):

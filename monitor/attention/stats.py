@@ -58,13 +58,14 @@ does it at start-up).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["STATISTICS", "StatsConfig", "compute", "paired_divergence"]
+__all__ = ["STATISTICS", "StatsConfig", "compute", "paired_divergence", "union_rows"]
 
 STATISTICS: Final[tuple[str, ...]] = (
     "entropy",
@@ -224,6 +225,56 @@ def paired_divergence(
     k = np.minimum(top_k, n)[:, None]  # [B, 1]
     overlap = (_top_positions(p, k) & _top_positions(q, k)).sum(axis=-1) / k[:, 0]
     return js.astype(np.float32), overlap.astype(np.float32)
+
+
+def union_rows(
+    old_positions: Sequence[npt.NDArray[np.integer]],
+    old_rows: npt.NDArray[np.floating],
+    new_positions: Sequence[npt.NDArray[np.integer]],
+    new_rows: npt.NDArray[np.floating],
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Two versions' rows of the same events, aligned by history position over the union
+    of the positions either version read, ready for :func:`paired_divergence`.
+
+    Each version reads its own window of an event's history (its own vocabulary and
+    ``max_len``), so column j of one version's row and column j of the other's are in
+    general different items. Aligning by position in the raw history, and giving a
+    position that one version did not read weight 0 on that side, compares what the two
+    versions attend to over everything either of them sees: a context cut that puts all
+    its mass on the last three items is then far from a model spreading it over fifty.
+
+    Args:
+        old_positions: per event, the ascending history positions the old version read.
+        old_rows: [B, M, Lo] its rows (M layers), left-padded: event b's row over
+            ``old_positions[b]`` sits in its last ``len(old_positions[b])`` columns.
+        new_positions, new_rows: the same for the new version, [B, M, Ln].
+
+    Returns:
+        old, new: [B, M, U] rows over each event's union of positions, left-padded to the
+        widest union U; lengths: [B] union widths.
+
+    >>> old, new, n = union_rows([np.array([7, 8, 9])], np.array([[[0.2, 0.3, 0.5]]]),
+    ...                          [np.array([5, 9])], np.array([[[0.4, 0.6]]]))  # union: positions 5, 7, 8, 9
+    >>> old[0, 0].astype(float).round(2).tolist(), new[0, 0].astype(float).round(2).tolist(), n.tolist()
+    ([0.0, 0.2, 0.3, 0.5], [0.4, 0.0, 0.0, 0.6], [4])
+    """
+    old_rows, new_rows = np.asarray(old_rows), np.asarray(new_rows)
+    batch = len(old_positions)
+    if old_rows.ndim != 3 or new_rows.ndim != 3 or old_rows.shape[:2] != new_rows.shape[:2] or \
+            old_rows.shape[0] != batch or len(new_positions) != batch:
+        raise ValueError(f"rows must be [B, M, L] for the same B = {batch} events and M layers, "
+                         f"got {old_rows.shape} and {new_rows.shape}")
+    unions = [np.union1d(a, b) for a, b in zip(old_positions, new_positions, strict=True)]
+    lengths = np.fromiter(map(len, unions), dtype=np.int64, count=batch)
+    width = int(lengths.max()) if batch else 1
+    old_out = np.zeros((batch, old_rows.shape[1], width), dtype=np.float32)
+    new_out = np.zeros_like(old_out)
+    for b, union in enumerate(unions):
+        offset = width - len(union)
+        for out, rows, positions in ((old_out, old_rows, old_positions[b]), (new_out, new_rows, new_positions[b])):
+            columns = offset + np.searchsorted(union, positions)
+            out[b][:, columns] = rows[b, :, rows.shape[-1] - len(positions):]
+    return old_out, new_out, lengths
 
 
 def _check_lengths(lengths: npt.NDArray[np.integer], batch: int, width: int) -> npt.NDArray[np.int64]:

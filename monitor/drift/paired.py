@@ -1,47 +1,61 @@
 """Paired old-vs-new comparison: did the *model* change how it attends?
 
 After an update the daemon samples events and recomputes the previous
-model's attention on the *same* histories, so each sampled event yields a
-pair of head-averaged attention rows and, per event, their Jensen-Shannon
-distance (base 2, in [0, 1]) and the overlap of their top-k attended items
-(in [0, 1]). Traffic drift moves both models alike and largely cancels in a
-pair; what remains is the model's doing. Head-averaged rows are invariant to
-the head permutation a retrain introduces, so pairs compare like with like.
+model's attention on the *same* events, each version on the window it serves
+(its own vocabulary and ``max_len``), so each sampled event yields, per layer,
+a pair of head-averaged attention rows aligned by history position over the
+union of the positions either version reads (a position one version does not
+read has weight 0 on its side: a context cut moves the mass it can no longer
+place). Per event and layer that gives their Jensen-Shannon distance (base 2,
+in [0, 1]) and the overlap of their top-k attended positions (in [0, 1]).
+Traffic drift moves both models alike and largely cancels in a pair; what
+remains is the model's doing. Head-averaged rows are invariant to the head
+permutation a retrain introduces, so pairs compare like with like.
 
 A benign retrain moves rows too (attention is not identifiable: two fits of
 the same data attend differently), so "any change" is the wrong null. The
-verdict instead tests a tolerance, which is a quantile statement: a cohort
-shows a *model-caused change* when the share of its events whose row moved
-by more than ``event_js_cutoff`` is credibly above ``benign_fraction`` --
-equivalently, the (1 - benign_fraction) quantile of per-event JS exceeds the
-cutoff. The test is an exact one-sided binomial test of
-H0: share <= benign_fraction, per window of >= ``min_pairs`` pairs, with
-Benjamini-Hochberg across the cohorts judged in a round and the same
-hysteresis as the drift judge. Because the tolerance sits in H0, a huge
-sample does not turn a benign-sized change into a verdict.
+verdict instead tests a tolerance, which is a quantile statement: a series
+(cohort, layer) shows a *model-caused change* when the share of its events
+whose row moved by more than ``event_js_cutoff`` is credibly above
+``benign_fraction`` -- equivalently, the (1 - benign_fraction) quantile of
+per-event JS exceeds the cutoff. Layers are judged separately (averaging them
+would let an unchanged layer dilute a changed one), with Benjamini-Hochberg
+across every (cohort, layer) judged in a round and the same hysteresis as the
+drift judge; a cohort's verdict is on while any of its layers' is.
 
-Defaults (``cutoff_from_benign`` does the calibration arithmetic):
+Events of one user are not independent evidence (consecutive events share
+nearly the whole history, so their pairs nearly repeat). Each window keeps a
+:class:`~monitor.drift.users.UserSketch` of who its pairs came from, and the
+test is a one-sided binomial test of H0: share <= benign_fraction on the
+*effective* number of users (Kish's n_eff): the share above the cutoff is
+estimated from the events, the number of trials is n_eff and the successes are
+that share of n_eff, the binomial tail continued to real counts (the
+regularised incomplete beta, exact at integers). A heavy user's 40
+near-identical pairs then weigh as one user's evidence. Because the tolerance
+sits in H0, a huge sample does not turn a benign-sized change into a verdict.
 
-- ``event_js_cutoff`` = 0.65, calibrated on real benign retrains
-  (docs/drift.md): a benign re-seed moves per-event rows by JS .51 median,
-  .65 at its p95, so the reasoned 0.5 (a row concentrated on one item
-  against the same mass split half-and-half with another item is 0.56 apart)
-  flagged every benign retrain.
+Defaults (``cutoff_from_benign`` does the calibration arithmetic; figures in
+docs/drift.md, "Paired comparison"):
+
+- ``event_js_cutoff`` = 0.8, calibrated on real benign re-seeds with the union
+  comparison: the largest, over re-seed pairs and layers, of ``cutoff_from_benign``
+  (benign per-event JS runs .45-.55 median; the context cut's .88-.95).
 - ``benign_fraction`` = 0.1: one event in ten may move that much (the
   p90 of per-event JS may reach the cutoff) before the change counts.
-- ``min_pairs`` = 100: one window then tells 10 % from about 30 % (power
-  about 0.95 at a per-test level of 0.01 / 20, i.e. BH over 20 cohorts).
+- ``min_pairs`` = 100 pairs and ``min_users`` = 50 effective users per window:
+  50 independent users tell 10 % from 35 % (power .88 at the strictest BH level
+  of 13 cohorts x 2 layers, 0.01 / 26).
 
 >>> rng = np.random.default_rng(0)
 >>> pc = PairedComparison(PairedConfig(min_pairs=100))
->>> key = PairKey("v2", "platform", "ios")
+>>> cohort = PairCohort("v2", "platform", "ios")
 >>> for t in range(3):
-...     js = rng.beta(8, 4, 150)  # rows moved a lot: mean JS 0.67
-...     _ = pc.observe(key, js, 1.0 - js)
-...     print(pc.judge(now=float(t)).results[0].model_caused)
-False
-True
-True
+...     js = rng.beta(16, 2, (150, 2))  # 150 events x 2 layers, rows moved a lot: mean JS 0.89
+...     _ = pc.observe(cohort, js, 1.0 - js, users=np.arange(150, dtype=np.uint64))
+...     print([r.model_caused for r in pc.judge(now=float(t)).results])
+[False, False]
+[True, True]
+[True, True]
 """
 
 from __future__ import annotations
@@ -51,36 +65,52 @@ from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from monitor.drift.histogram import Histogram
+from monitor.drift.users import UserSketch
 from monitor.drift.verdict import Hysteresis, bh_adjust
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 1: one series per cohort, layers averaged, no users (restored as empty)
+USER_SKETCH_WIDTH = 256  # counters per row: about 6 % error on n_eff, 10 KiB per cohort window
 
 
-class PairKey(NamedTuple):
-    """One paired series: the new version and a cohort (head-averaged rows, all layers pooled upstream)."""
+class PairCohort(NamedTuple):
+    """Where pairs are folded: the new version and a cohort (all layers of its events together)."""
 
     new_version: str
     dimension: str
     cohort: str
 
 
+class PairKey(NamedTuple):
+    """One judged paired series: a cohort's pairs at one layer."""
+
+    new_version: str
+    dimension: str
+    cohort: str
+    layer: int
+
+    @property
+    def cohort_key(self) -> PairCohort:
+        return PairCohort(self.new_version, self.dimension, self.cohort)
+
+
 @dataclass(frozen=True)
 class PairedConfig:
     """Paired-comparison settings; ``from_mapping`` rejects unknown keys."""
 
-    # Per-event JS distance counted as "row moved a lot": 0.65, calibrated on real benign
-    # retrains (cutoff_from_benign; docs/drift.md) -- two fits of one recipe already move rows ~0.5.
-    event_js_cutoff: float = 0.65
+    # Per-event, per-layer JS distance counted as "row moved a lot": calibrated on real benign
+    # re-seeds with the union comparison (cutoff_from_benign per layer, the largest; docs/drift.md).
+    event_js_cutoff: float = 0.8
     benign_fraction: float = 0.1  # share of such events a benign retrain may show
-    min_pairs: int = 100  # a window is judged once it holds this many pairs
-    alpha: float = 0.01  # Benjamini-Hochberg FDR across cohorts per round
+    min_pairs: int = 100  # a window is judged once it holds this many pairs ...
+    min_users: float = 50.0  # ... from at least this many effective users (Kish)
+    alpha: float = 0.01  # Benjamini-Hochberg FDR across (cohort, layer) series per round
     raise_after: int = 2  # consecutive flagged windows to raise "model-caused change"
     clear_after: int = 3  # consecutive unflagged windows to clear it
     bins: int = 20  # histogram bins for per-event JS and top-k overlap
-    max_keys: int = 5_000  # paired series cap; beyond it: refused, counted
+    max_keys: int = 5_000  # paired cohorts cap (each judged per layer); beyond it: refused, counted
 
     def __post_init__(self) -> None:
         Histogram(self.bins)
@@ -88,6 +118,7 @@ class PairedConfig:
             (0.0 < self.event_js_cutoff < 1.0, "event_js_cutoff must be in (0, 1)"),
             (0.0 < self.benign_fraction < 1.0, "benign_fraction must be in (0, 1)"),
             (self.min_pairs >= 1, "min_pairs must be >= 1"),
+            (self.min_users >= 1.0, "min_users must be >= 1"),
             (0.0 < self.alpha < 1.0, "alpha must be in (0, 1)"),
             (self.raise_after >= 1, "raise_after must be >= 1"),
             (self.clear_after >= 1, "clear_after must be >= 1"),
@@ -110,29 +141,54 @@ def cutoff_from_benign(benign_js: np.ndarray, benign_fraction: float = 0.1) -> f
 
     Picks the (1 - benign_fraction / 2) quantile, so the benign retrain
     itself sits at half the tolerated share and its windows are not judged
-    at the edge of H0.
+    at the edge of H0. With distances of several layers ([events, layers]),
+    the largest of the per-layer cutoffs, so that no layer's benign share
+    exceeds half the tolerance.
     """
     js = np.asarray(benign_js, dtype=np.float64)
-    js = js[~np.isnan(js)]
-    if js.size == 0:
+    columns = js.reshape(js.shape[0], -1) if js.ndim > 1 else js[:, None]
+    cutoffs = []
+    for column in columns.T:
+        column = column[~np.isnan(column)]
+        if column.size:
+            cutoffs.append(float(np.quantile(column, 1.0 - benign_fraction / 2.0)))
+    if not cutoffs:
         raise ValueError("no benign distances given")
-    return float(np.quantile(js, 1.0 - benign_fraction / 2.0))
+    return max(cutoffs)
+
+
+def binomial_tail(successes: np.ndarray, trials: np.ndarray, p: float) -> np.ndarray:
+    """P(X >= successes) for X ~ Binomial(trials, p), continued to real-valued counts.
+
+    The regularised incomplete beta I_p(k, n - k + 1), which equals the exact
+    binomial tail at integer k and n (scipy's ``binom.sf(k - 1, n, p)``) and is
+    smooth between them, so effective counts need no rounding. 1 for k <= 0, 0 for k > n.
+
+    >>> float(binomial_tail(np.array(3.0), np.array(10.0), 0.1).round(4))
+    0.0702
+    """
+    k = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64)
+    positive, possible = k > 0, k <= n
+    tail = special.betainc(np.where(positive, k, 1.0), np.maximum(n - k, 0.0) + 1.0, p)
+    return np.where(positive, np.where(possible, tail, 0.0), 1.0)
 
 
 @dataclass(frozen=True, slots=True)
 class PairedResult:
-    """One paired series judged in one round."""
+    """One paired series (cohort, layer) judged in one round."""
 
     key: PairKey
     pairs: int  # pairs in the window
-    above: int  # of which with JS > cutoff
+    effective_users: float  # Kish's effective number of users behind them
+    above: int  # pairs with JS > cutoff
     fraction_above: float
     cutoff: float  # event_js_cutoff
     benign_fraction: float
     mean_js: float
     p90_js: float  # from the window histogram
     mean_overlap: float
-    p_value: float  # one-sided binomial, H0: share <= benign_fraction
+    p_value: float  # one-sided binomial on effective users, H0: share <= benign_fraction
     p_adjusted: float
     flagged: bool
     model_caused: bool  # hysteresis verdict after this window
@@ -147,146 +203,201 @@ class PairedReport:
     now: float
     round: int
     results: tuple[PairedResult, ...]
-    insufficient: int  # windows with fewer than min_pairs pairs
+    insufficient: int  # series whose window has fewer than min_pairs pairs or min_users users
     model_caused: tuple[PairKey, ...]  # series whose verdict is on now
 
 
 class _Window:
-    __slots__ = ("js", "overlap", "above", "js_sum", "overlap_sum", "overlap_n")
+    """A cohort's pairs since its last judged window: per layer histograms and sums, one user sketch."""
 
-    def __init__(self, bins: int) -> None:
-        self.js = Histogram(bins)
-        self.overlap = Histogram(bins)
-        self.above = 0
-        self.js_sum = 0.0
-        self.overlap_sum = 0.0
-        self.overlap_n = 0
+    __slots__ = ("js", "overlap", "above", "js_sum", "overlap_sum", "overlap_n", "pairs", "users", "unattributed")
+
+    def __init__(self, bins: int, layers: int) -> None:
+        self.js = [Histogram(bins) for _ in range(layers)]
+        self.overlap = [Histogram(bins) for _ in range(layers)]
+        self.above = np.zeros(layers, dtype=np.int64)  # [layers]
+        self.js_sum = np.zeros(layers)  # [layers]
+        self.overlap_sum = np.zeros(layers)  # [layers]
+        self.overlap_n = np.zeros(layers, dtype=np.int64)  # [layers]
+        self.pairs = 0
+        self.users = UserSketch(USER_SKETCH_WIDTH)
+        self.unattributed = 0  # pairs folded without user ids: each counted as its own user
+
+    def effective_users(self) -> float:
+        """Kish's n_eff of the window's pairs: pairs^2 / sum over users of pairs^2."""
+        if self.pairs == 0:
+            return 0.0
+        return float(min(self.pairs, self.pairs**2 / (self.users.second_moment() + self.unattributed)))
 
     def to_state(self) -> dict[str, Any]:
         return {
-            "js": self.js.to_state(),
-            "overlap": self.overlap.to_state(),
-            "above": self.above,
-            "js_sum": self.js_sum,
-            "overlap_sum": self.overlap_sum,
-            "overlap_n": self.overlap_n,
+            "js": [h.to_state() for h in self.js],
+            "overlap": [h.to_state() for h in self.overlap],
+            "above": self.above.tolist(),
+            "js_sum": self.js_sum.tolist(),
+            "overlap_sum": self.overlap_sum.tolist(),
+            "overlap_n": self.overlap_n.tolist(),
+            "pairs": self.pairs,
+            "users": self.users.to_state(),
+            "unattributed": self.unattributed,
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> _Window:
-        w = cls(int(state["js"]["bins"]))
-        w.js = Histogram.from_state(state["js"])
-        w.overlap = Histogram.from_state(state["overlap"])
-        w.above = int(state["above"])
-        w.js_sum = float(state["js_sum"])
-        w.overlap_sum = float(state["overlap_sum"])
-        w.overlap_n = int(state["overlap_n"])
+        layers = len(state["js"])
+        w = cls(int(state["js"][0]["bins"]), layers)
+        w.js = [Histogram.from_state(h) for h in state["js"]]
+        w.overlap = [Histogram.from_state(h) for h in state["overlap"]]
+        w.above = np.asarray(state["above"], dtype=np.int64)
+        w.js_sum = np.asarray(state["js_sum"], dtype=np.float64)
+        w.overlap_sum = np.asarray(state["overlap_sum"], dtype=np.float64)
+        w.overlap_n = np.asarray(state["overlap_n"], dtype=np.int64)
+        w.pairs = int(state["pairs"])
+        w.users = UserSketch.from_state(state["users"])
+        w.unattributed = int(state["unattributed"])
         return w
 
 
-class _Pair:
-    __slots__ = ("window", "verdict", "total_pairs", "total_above")
+class _Cohort:
+    """A cohort's window and, per layer, its verdict and totals."""
 
-    def __init__(self, config: PairedConfig) -> None:
-        self.window = _Window(config.bins)
-        self.verdict = Hysteresis(config.raise_after, config.clear_after)
+    __slots__ = ("window", "verdicts", "total_pairs", "total_above")
+
+    def __init__(self, config: PairedConfig, layers: int) -> None:
+        self.window = _Window(config.bins, layers)
+        self.verdicts = [Hysteresis(config.raise_after, config.clear_after) for _ in range(layers)]
         self.total_pairs = 0
-        self.total_above = 0
+        self.total_above = [0] * layers
+
+    @property
+    def layers(self) -> int:
+        return len(self.verdicts)
 
 
 class PairedComparison:
-    """Per (new_version, dimension, cohort) windows of paired divergences, and their verdicts."""
+    """Per (new_version, dimension, cohort) windows of paired divergences; verdicts per layer."""
 
     def __init__(self, config: PairedConfig | None = None) -> None:
         self.config = config or PairedConfig()
-        self._pairs: dict[PairKey, _Pair] = {}
+        self._cohorts: dict[PairCohort, _Cohort] = {}
         self._round = 0
         self.counts: dict[str, int] = {"pairs": 0, "nan_dropped": 0, "refused_key_cap": 0}
 
-    def observe(self, key: PairKey, js: np.ndarray, overlap: np.ndarray) -> str:
-        """Fold per-event paired JS distances and top-k overlaps (same events, same order) in.
+    def observe(self, cohort: PairCohort, js: np.ndarray, overlap: np.ndarray,
+                users: np.ndarray | None = None) -> str:
+        """Fold a cohort's pairs in: per-event JS distances and top-k overlaps, ``[P, layers]``
+        (or ``[P]`` for one layer), and the events' user hashes ``uint64 [P]`` (``hash_users``;
+        None: every pair counts as its own user).
 
-        Returns "window" or "refused" (series cap; counted). Pairs whose JS is
-        NaN are dropped and counted; out-of-range values are clipped.
+        Returns "window" or "refused" (cohort cap; counted). A pair with a NaN distance in any
+        layer is dropped and counted; out-of-range values are clipped. A cohort keeps the
+        layer count of its first pairs.
         """
-        js = np.asarray(js, dtype=np.float64).ravel()
-        overlap = np.asarray(overlap, dtype=np.float64).ravel()
-        if js.shape != overlap.shape:
-            raise ValueError(f"js and overlap must pair up: {js.shape} vs {overlap.shape}")
-        pair = self._pairs.get(key)
-        if pair is None:
-            if len(self._pairs) >= self.config.max_keys:
-                self.counts["refused_key_cap"] += int(js.size)
+        js = np.asarray(js, dtype=np.float64)
+        overlap = np.asarray(overlap, dtype=np.float64)
+        js = js[:, None] if js.ndim == 1 else js  # [P, layers]
+        overlap = overlap[:, None] if overlap.ndim == 1 else overlap
+        if js.ndim != 2 or js.shape != overlap.shape:
+            raise ValueError(f"js and overlap must both be [pairs, layers]: {js.shape} vs {overlap.shape}")
+        if users is not None and np.shape(users) != (js.shape[0],):
+            raise ValueError(f"users must be one hash per pair: {np.shape(users)} for {js.shape[0]} pairs")
+        state = self._cohorts.get(cohort)
+        if state is None:
+            if len(self._cohorts) >= self.config.max_keys:
+                self.counts["refused_key_cap"] += int(js.shape[0])
                 return "refused"
-            pair = self._pairs[key] = _Pair(self.config)
-        ok = ~np.isnan(js)
+            state = self._cohorts[cohort] = _Cohort(self.config, js.shape[1])
+        if js.shape[1] != state.layers:
+            raise ValueError(f"{cohort} holds {state.layers} layers, got pairs of {js.shape[1]}")
+        ok = ~np.isnan(js).any(axis=1)
         if not ok.all():
             self.counts["nan_dropped"] += int((~ok).sum())
             js, overlap = js[ok], overlap[ok]
+            users = None if users is None else np.asarray(users)[ok]
         js = np.clip(js, 0.0, 1.0)
-        w = pair.window
-        w.js.add(js)
-        w.overlap.add(overlap)
-        w.above += int(np.count_nonzero(js > self.config.event_js_cutoff))
-        w.js_sum += float(js.sum())
-        good = overlap[~np.isnan(overlap)]
-        w.overlap_sum += float(np.clip(good, 0.0, 1.0).sum())
-        w.overlap_n += int(good.size)
-        self.counts["pairs"] += int(js.size)
+        w = state.window
+        for layer in range(state.layers):
+            w.js[layer].add(js[:, layer])
+            w.overlap[layer].add(overlap[:, layer])
+        w.above += np.count_nonzero(js > self.config.event_js_cutoff, axis=0)
+        w.js_sum += js.sum(axis=0)
+        known = ~np.isnan(overlap)
+        w.overlap_sum += np.where(known, np.clip(overlap, 0.0, 1.0), 0.0).sum(axis=0)
+        w.overlap_n += known.sum(axis=0)
+        w.pairs += int(js.shape[0])
+        if users is None:
+            w.unattributed += int(js.shape[0])
+        else:
+            w.users.add(np.asarray(users, dtype=np.uint64))
+        self.counts["pairs"] += int(js.shape[0])
         return "window"
 
+    def _ready(self, state: _Cohort) -> bool:
+        w = state.window
+        return w.pairs >= self.config.min_pairs and w.effective_users() >= self.config.min_users
+
     def judge(self, now: float) -> PairedReport:
-        """Judge every window with >= min_pairs pairs; BH across them; hysteresis; empty them."""
+        """Judge every (cohort, layer) whose cohort window is ready; BH across all; hysteresis; empty them."""
         c = self.config
         self._round += 1
-        ready = [k for k, p in self._pairs.items() if p.window.js.total >= c.min_pairs]
-        insufficient = sum(1 for p in self._pairs.values() if 0 < p.window.js.total < c.min_pairs)
+        ready = [k for k, s in self._cohorts.items() if self._ready(s)]
+        insufficient = sum(s.layers for s in self._cohorts.values() if s.window.pairs and not self._ready(s))
+        series = [(k, layer) for k in ready for layer in range(self._cohorts[k].layers)]
         results: list[PairedResult] = []
-        if ready:
-            n = np.array([self._pairs[k].window.js.total for k in ready])
-            above = np.array([self._pairs[k].window.above for k in ready])
-            # P(X >= above) for X ~ Binomial(n, benign_fraction): sf(above - 1).
-            p = stats.binom.sf(above - 1, n, c.benign_fraction)
+        if series:
+            windows = [self._cohorts[k].window for k, _ in series]
+            n = np.array([w.pairs for w in windows], dtype=np.float64)
+            above = np.array([w.above[layer] for w, (_, layer) in zip(windows, series)], dtype=np.float64)
+            n_eff = np.array([w.effective_users() for w in windows])
+            # The share above the cutoff comes from the events; the evidence for it from the users.
+            p = binomial_tail(above / n * n_eff, n_eff, c.benign_fraction)
             p_adj = bh_adjust(p)
-            flags = (p_adj <= c.alpha).tolist()
-            for key, ni, ai, pv, pa, flagged in zip(ready, n.tolist(), above.tolist(), p.tolist(), p_adj.tolist(), flags):
-                pair = self._pairs[key]
-                w = pair.window
-                pair.verdict.update(flagged)
-                pair.total_pairs += ni
-                pair.total_above += ai
+            for i, (cohort, layer) in enumerate(series):
+                state, w = self._cohorts[cohort], windows[i]
+                flagged = bool(p_adj[i] <= c.alpha)
+                verdict = state.verdicts[layer]
+                verdict.update(flagged)
+                pairs, hits = w.pairs, int(w.above[layer])
+                state.total_above[layer] += hits
                 results.append(
                     PairedResult(
-                        key=key,
-                        pairs=ni,
-                        above=ai,
-                        fraction_above=ai / ni,
+                        key=PairKey(*cohort, layer),
+                        pairs=pairs,
+                        effective_users=float(n_eff[i]),
+                        above=hits,
+                        fraction_above=hits / pairs,
                         cutoff=c.event_js_cutoff,
                         benign_fraction=c.benign_fraction,
-                        mean_js=w.js_sum / ni,
-                        p90_js=w.js.quantile(0.9),
-                        mean_overlap=w.overlap_sum / w.overlap_n if w.overlap_n else float("nan"),
-                        p_value=pv,
-                        p_adjusted=pa,
+                        mean_js=float(w.js_sum[layer]) / pairs,
+                        p90_js=w.js[layer].quantile(0.9),
+                        mean_overlap=(float(w.overlap_sum[layer]) / int(w.overlap_n[layer])
+                                      if w.overlap_n[layer] else float("nan")),
+                        p_value=float(p[i]),
+                        p_adjusted=float(p_adj[i]),
                         flagged=flagged,
-                        model_caused=pair.verdict.drifting,
-                        consecutive_flagged=pair.verdict.consecutive_flagged,
-                        consecutive_clear=pair.verdict.consecutive_clear,
-                        total_pairs=pair.total_pairs,
-                        total_above=pair.total_above,
+                        model_caused=verdict.drifting,
+                        consecutive_flagged=verdict.consecutive_flagged,
+                        consecutive_clear=verdict.consecutive_clear,
+                        total_pairs=state.total_pairs + pairs,
+                        total_above=state.total_above[layer],
                     )
                 )
-                pair.window = _Window(c.bins)
-        on = tuple(k for k, p in self._pairs.items() if p.verdict.drifting)
+            for cohort in ready:
+                state = self._cohorts[cohort]
+                state.total_pairs += state.window.pairs
+                state.window = _Window(c.bins, state.layers)
+        on = tuple(PairKey(*k, layer) for k, s in self._cohorts.items()
+                   for layer, verdict in enumerate(s.verdicts) if verdict.drifting)
         return PairedReport(float(now), self._round, tuple(results), insufficient, on)
 
     def forget(self, new_version: str) -> None:
         """Drop a version's paired series (its update is over)."""
-        for key in [k for k in self._pairs if k.new_version == new_version]:
-            del self._pairs[key]
+        for key in [k for k in self._cohorts if k.new_version == new_version]:
+            del self._cohorts[key]
 
     def __len__(self) -> int:
-        return len(self._pairs)
+        """Cohorts held (each judged per layer)."""
+        return len(self._cohorts)
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -294,17 +405,22 @@ class PairedComparison:
             "config": dataclasses.asdict(self.config),
             "round": self._round,
             "counts": dict(self.counts),
-            "pairs": [
-                [list(k), p.window.to_state(), p.verdict.to_state(), p.total_pairs, p.total_above]
-                for k, p in self._pairs.items()
+            "cohorts": [
+                [list(k), s.window.to_state(), [v.to_state() for v in s.verdicts], s.total_pairs, list(s.total_above)]
+                for k, s in self._cohorts.items()
             ],
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any], config: PairedConfig | None = None) -> PairedComparison:
-        """Resume from ``to_state()``; a given ``config`` wins over the saved one (bins must match)."""
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"unknown paired state format {state.get('format')!r}")
+        """Resume from ``to_state()``; a given ``config`` wins over the saved one (bins must match).
+
+        A format-1 state (layers averaged, no users) keeps its round and counts; its series
+        cannot be split into layers, so they restart empty (pairing goes on).
+        """
+        fmt = state.get("format")
+        if fmt not in (1, STATE_FORMAT):
+            raise ValueError(f"unknown paired state format {fmt!r}")
         saved = PairedConfig.from_mapping(state["config"])
         config = config or saved
         if config.bins != saved.bins:
@@ -312,11 +428,13 @@ class PairedComparison:
         pc = cls(config)
         pc._round = int(state["round"])
         pc.counts.update({k: int(v) for k, v in state["counts"].items()})
-        for key, window, verdict, total_pairs, total_above in state["pairs"]:
-            pair = _Pair(config)
-            pair.window = _Window.from_state(window)
-            pair.verdict = Hysteresis.from_state(verdict, config.raise_after, config.clear_after)
-            pair.total_pairs = int(total_pairs)
-            pair.total_above = int(total_above)
-            pc._pairs[PairKey(*key)] = pair
+        if fmt == 1:
+            return pc
+        for key, window, verdicts, total_pairs, total_above in state["cohorts"]:
+            restored = _Cohort(config, len(verdicts))
+            restored.window = _Window.from_state(window)
+            restored.verdicts = [Hysteresis.from_state(v, config.raise_after, config.clear_after) for v in verdicts]
+            restored.total_pairs = int(total_pairs)
+            restored.total_above = [int(a) for a in total_above]
+            pc._cohorts[PairCohort(*key)] = restored
         return pc

@@ -50,8 +50,9 @@ class DriftRows:
         for result in paired.results:
             self._latest_pairs[result.key] = {
                 "model_version": result.key.new_version, "previous_version": previous.get(result.key.new_version, ""),
-                "dimension": result.key.dimension, "cohort": result.key.cohort,
-                "mean_js": result.mean_js, "pairs": result.total_pairs, "changed": int(result.model_caused),
+                "dimension": result.key.dimension, "cohort": result.key.cohort, "layer": result.key.layer,
+                "mean_js": result.mean_js, "pairs": result.total_pairs, "effective_users": result.effective_users,
+                "share_above": result.fraction_above, "changed": int(result.model_caused),
             }
         self._prune(alive)
         rolled_up = explained(self._latest_keys.values(),

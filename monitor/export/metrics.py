@@ -37,7 +37,10 @@ OUTCOMES = ("processed", "dead_lettered")
 STATISTIC_LABELS = ("model_version", "dimension", "cohort", "layer")
 DRIFT_LABELS = ("kind", "model_version", "reference_version", "dimension", "cohort", "statistic", "layer")
 COHORT_VERDICT_LABELS = ("kind", "model_version", "reference_version", "dimension", "cohort")
-PAIRED_LABELS = ("model_version", "previous_version", "dimension", "cohort")
+PAIRED_LABELS = ("model_version", "previous_version", "dimension", "cohort", "layer")
+# What became of the events sampled for the paired comparison.
+PAIRED_OUTCOMES = ("paired", "previous_unreadable", "previous_unavailable")
+PAIRED_SIDES = ("new", "previous")  # which version lacks an item the other one knows
 
 
 def statistic_metric(statistic: str, per_head: bool = False) -> str:
@@ -86,7 +89,11 @@ FIXED_METRICS = (
     "attnmon_drift_cohort_explained",
     "attnmon_update_paired_divergence",
     "attnmon_update_paired_pairs",
+    "attnmon_update_paired_effective_users",
+    "attnmon_update_paired_share_above",
     "attnmon_update_paired_verdict",
+    "attnmon_update_paired_events_total",
+    "attnmon_update_paired_items_unknown_total",
     "attnmon_baseline_ready",
     "attnmon_forward_pool_replacements_total",
     "attnmon_kafka_skipped_offsets_total",
@@ -252,9 +259,11 @@ class DriftCollector(Collector):
             cohort.add_metric([str(row[label]) for label in COHORT_VERDICT_LABELS], float(row["drifting"]))
         yield cohort
         paired = {
-            "attnmon_update_paired_divergence": ("Mean per-event Jensen-Shannon distance between the new and the previous version's attention on the same events.", "mean_js"),
-            "attnmon_update_paired_pairs": ("Events compared pairwise between the new and the previous version.", "pairs"),
-            "attnmon_update_paired_verdict": ("1 while the paired comparison says the model changed attention, else 0.", "changed"),
+            "attnmon_update_paired_divergence": ("Mean per-event Jensen-Shannon distance, in the last judged window, between the new and the previous version's attention of the layer on the same events, each version on its own window, over the union of the positions either reads.", "mean_js"),
+            "attnmon_update_paired_pairs": ("Events compared pairwise between the new and the previous version since the update.", "pairs"),
+            "attnmon_update_paired_effective_users": ("Effective number of users (Kish) behind the last judged window's pairs: the sample size the paired test uses.", "effective_users"),
+            "attnmon_update_paired_share_above": ("Share of the last judged window's pairs whose per-event JS exceeds the paired cutoff (a benign retrain may reach the tolerated share).", "share_above"),
+            "attnmon_update_paired_verdict": ("1 while the paired comparison says the model changed the layer's attention, else 0.", "changed"),
         }
         for name, (help_text, field) in paired.items():
             family = GaugeMetricFamily(name, help_text, labels=PAIRED_LABELS)
@@ -425,6 +434,18 @@ class AgentMetrics:
             "attnmon_model_versions_retired",
             "Model versions forgotten after being absent from the stream for pipeline.retire_after_s.",
             registry=registry,
+        )
+        self.paired_events = Counter(
+            "attnmon_update_paired_events",
+            "Events sampled for the paired comparison after a model update, by outcome: paired; previous_unreadable "
+            "(the previous version knows none of the history's items); previous_unavailable (it could not be loaded).",
+            ("model_version", "previous_version", "outcome"), registry=registry,
+        )
+        self.paired_items_unknown = Counter(
+            "attnmon_update_paired_items_unknown",
+            "History items, inside the span a paired event compares, that one version knows and the other does not "
+            "(side: the version lacking the item); it reads them as weight 0.",
+            ("model_version", "previous_version", "side"), registry=registry,
         )
         self.forward_pool_replaced = Counter(
             "attnmon_forward_pool_replacements", "Forward-pass process pools replaced after a child process died.",

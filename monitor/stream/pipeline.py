@@ -92,7 +92,7 @@ class Pipeline:
         self._recompute = Recompute(registry, config, metrics)
         self._fold = Fold(metrics, clock)
         self._updates = ModelUpdates(metrics, config.max_versions_remembered)
-        self._pairing = Pairing(registry, self._recompute, config, seed=seed)
+        self._pairing = Pairing(registry, self._recompute, config, metrics, seed=seed)
         self._drift_rows = DriftRows()
         self._usage = SeriesUsage(judge, paired)
         self._pending: list[Prepared] = []  # a deferred batch, folded by the next call or flush()
@@ -178,8 +178,7 @@ class Pipeline:
         self._updates.note(version, now, self.judge)
         previous = self._updates.previous.get(version)
         pairing = previous is not None and version in self.judge.updates
-        kept, histories, raw_histories, skipped, truncated = window_histories(
-            served, items, keep_raw=pairing, reject=self._reject)
+        kept, histories, _, skipped, truncated = window_histories(served, items, reject=self._reject)
         if skipped:
             self.metrics.unknown_items.labels(version).inc(skipped)
         if truncated:
@@ -187,14 +186,14 @@ class Pipeline:
         if not kept:
             return None
         passes = self._recompute.start(served, histories, served.max_len)
-        return Prepared(served, kept, histories, raw_histories, passes, previous if pairing else None, now)
+        return Prepared(served, kept, histories, passes, previous if pairing else None, now)
 
     def _finish(self, batch: Prepared) -> int:
         """Statistics of a prepared batch, folded into metrics, the judge and pairs."""
         statistics, per_head = self._statistics(batch.served, batch.passes)
         codes, labels = self._fold(batch, statistics, per_head, self.assigner, self.judge)
         if batch.previous is not None:
-            self._pairing(batch.served, batch.previous, batch.raw_histories, codes, labels,
+            self._pairing(batch.served, batch.previous, batch.events, codes, labels,
                           self.assigner.dimensions, self.paired)
         return len(batch.events)
 

@@ -3,27 +3,33 @@ two on the same events.
 
 A version first seen after another one is an update of it (:class:`ModelUpdates`; the
 judge then compares the new version against the previous one's baseline). For a sample
-of the new version's events, :class:`Pairing` recomputes the previous version on the very
-same windows and folds the per-event divergence of the two attention rows into the paired
-comparison, which tells a model-caused change from a traffic shift.
+of the new version's events, :class:`Pairing` recomputes both versions on the very same
+events, each on its own window, and folds the per-event, per-layer divergence of the two
+attention rows into the paired comparison, which tells a model-caused change from a
+traffic shift.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from monitor.attention.recompute import collect
 from monitor.attention.registry import ModelRegistry, ServedModel
-from monitor.attention.stats import paired_divergence
+from monitor.attention.stats import paired_divergence, union_rows
 from monitor.drift.judge import Judge
-from monitor.drift.paired import PairedComparison, PairKey
+from monitor.drift.paired import PairCohort, PairedComparison
+from monitor.drift.users import hash_users
 from monitor.export.metrics import AgentMetrics
 from monitor.stream.config import PipelineConfig
-from monitor.stream.windows import Recompute
+from monitor.stream.events import Event, Reason
+from monitor.stream.intake import RecordLike
+from monitor.stream.windows import Recompute, window_histories
 
 log = logging.getLogger("monitor.stream.pipeline")  # where these lines were always logged
 
@@ -112,64 +118,111 @@ class ModelUpdates:
             self._metrics.model_update.labels(version, update.previous_version).set(update.at)
 
 
+@dataclass(frozen=True)
+class _Sampled:
+    """A sampled event's row in its batch, standing in for its record: ``window_histories``
+    reports an event the version cannot read through its record."""
+
+    offset: int
+    topic: str = "paired"
+    partition: int = 0
+    value: bytes | None = None
+
+
 class Pairing:
     """Recomputes the previous version on a sample of a new version's events and folds
-    the paired divergence, per cohort."""
+    the paired divergence, per cohort and layer.
 
-    def __init__(self, registry: ModelRegistry, recompute: Recompute, config: PipelineConfig, *, seed: int) -> None:
+    Each version reads the event's raw history through its own vocabulary and ``max_len``
+    (``window_histories``, as when it served), so the comparison sees what each version
+    actually attends over; the two rows are aligned by history position over the union
+    of the positions either reads (``stats.union_rows``). Items inside the compared span
+    that one version knows and the other does not are counted
+    (``attnmon_update_paired_items_unknown_total``), and so is every sampled event by
+    outcome (``attnmon_update_paired_events_total``): paired, or not because the previous
+    version reads none of its items or could not be loaded.
+    """
+
+    def __init__(self, registry: ModelRegistry, recompute: Recompute, config: PipelineConfig, metrics: AgentMetrics,
+                 *, seed: int) -> None:
         self._registry = registry
         self._recompute = recompute
         self._config = config
+        self._metrics = metrics
         self._rng = np.random.default_rng(seed)
 
-    def __call__(self, served: ServedModel, previous: str, raw_histories: list[np.ndarray], codes: np.ndarray,
+    def __call__(self, served: ServedModel, previous: str, events: Sequence[Event], codes: np.ndarray,
                  labels: dict[str, tuple[str, ...]], dimensions: Sequence[str], paired: PairedComparison) -> None:
         """Recompute both versions on a sample of the same events and fold their divergence.
 
-        ``raw_histories``: the events' windows as raw ids; ``codes`` [B, dimensions]: their
+        ``events``: the new version's folded events; ``codes`` [B, dimensions]: their
         cohort codes, ``labels`` naming them.
         """
-        old = self._registry.get(previous)
-        if old is None:
-            return
-        count = min(self._config.paired_max_per_batch, int(np.ceil(self._config.paired_fraction * len(raw_histories))))
+        count = min(self._config.paired_max_per_batch, int(np.ceil(self._config.paired_fraction * len(events))))
         if count == 0:
             return
-        picked = self._rng.choice(len(raw_histories), size=count, replace=False)
-        width = min(served.max_len, old.max_len)
-        pairs_raw = []
-        rows_kept = []
-        for row in picked:
-            raw = raw_histories[row][-width:]
-            old_idx, new_idx = old.to_indices(raw), served.to_indices(raw)
-            if (old_idx < 0).any() or (new_idx < 0).any():
-                continue  # the versions disagree on the vocabulary: positions would not pair up
-            pairs_raw.append((old_idx, new_idx))
-            rows_kept.append(row)
-        if not rows_kept:
+        counted = self._metrics.paired_events
+        old = self._registry.get(previous)
+        if old is None:
+            counted.labels(served.version, previous, "previous_unavailable").inc(count)
             return
-        old_rows = self._mean_rows(old, [p[0] for p in pairs_raw], width)  # [P, layers, width]
-        new_rows = self._mean_rows(served, [p[1] for p in pairs_raw], width)
-        lengths = np.asarray([len(p[0]) for p in pairs_raw], dtype=np.int64)
-        js_per_layer = []
-        overlap_per_layer = []
-        for layer in range(min(old_rows.shape[1], new_rows.shape[1])):
-            js, overlap = paired_divergence(old_rows[:, layer], new_rows[:, layer], lengths, self._config.stats.top_k)
-            js_per_layer.append(js)
-            overlap_per_layer.append(overlap)
-        js = np.mean(js_per_layer, axis=0)  # [P]
-        overlap = np.mean(overlap_per_layer, axis=0)
-        kept_codes = codes[np.asarray(rows_kept)]  # [P, dimensions]
+        picked = np.sort(self._rng.choice(len(events), size=count, replace=False))  # [S]
+        items = [(_Sampled(int(row)), events[row]) for row in picked.tolist()]
+        unreadable: list[int] = []
+        new_w = window_histories(served, items, keep_positions=True, reject=_served_reads_every_event)
+        old_w = window_histories(old, items, keep_positions=True,
+                                 reject=lambda record, reason, detail: unreadable.append(record.offset))
+        if unreadable:
+            counted.labels(served.version, previous, "previous_unreadable").inc(len(unreadable))
+        readable = np.isin(picked, unreadable, invert=True)  # [S]
+        rows = picked[readable]  # [P] batch rows of the paired events
+        if rows.size == 0:
+            return
+        counted.labels(served.version, previous, "paired").inc(int(rows.size))
+        new_positions = [p for p, ok in zip(new_w.positions, readable.tolist(), strict=True) if ok]
+        new_histories = [h for h, ok in zip(new_w.histories, readable.tolist(), strict=True) if ok]
+        self._count_catalogue_differences(served, old, [events[row] for row in rows.tolist()],
+                                          old_w.positions, new_positions, previous)
+        layers = min(served.checkpoint.config.layers, old.checkpoint.config.layers)
+        old_rows, new_rows, lengths = union_rows(old_w.positions, self._mean_rows(old, old_w.histories)[:, :layers],
+                                                 new_positions, self._mean_rows(served, new_histories)[:, :layers])
+        js = np.empty((rows.size, layers), dtype=np.float32)  # [P, layers]
+        overlap = np.empty_like(js)
+        for layer in range(layers):
+            js[:, layer], overlap[:, layer] = paired_divergence(old_rows[:, layer], new_rows[:, layer], lengths,
+                                                                self._config.stats.top_k)
+        users = hash_users(events[row].user_id for row in rows.tolist())  # [P]
+        kept_codes = codes[rows]  # [P, dimensions]
         for column, dimension in enumerate(dimensions):
             for code in np.unique(kept_codes[:, column]):
                 members = kept_codes[:, column] == code
-                paired.observe(PairKey(served.version, dimension, labels[dimension][code]),
-                               js[members], overlap[members])
+                paired.observe(PairCohort(served.version, dimension, labels[dimension][code]),
+                               js[members], overlap[members], users[members])
 
-    def _mean_rows(self, served: ServedModel, histories: list[np.ndarray], width: int) -> np.ndarray:
-        """Head-averaged rows [B, layers, width] (head averaging: invariant to head permutations)."""
+    def _count_catalogue_differences(self, served: ServedModel, old: ServedModel, events: list[Event],
+                                     old_positions: list[np.ndarray], new_positions: list[np.ndarray],
+                                     previous: str) -> None:
+        """Count the items of each event's compared span (from the first position either
+        version reads to the end) that one version knows and the other does not."""
+        spans = [event.history[min(int(o[0]), int(n[0])):]
+                 for event, o, n in zip(events, old_positions, new_positions, strict=True)]
+        raw = np.fromiter(itertools.chain.from_iterable(spans), dtype=np.int64)
+        known_new, known_old = served.to_indices(raw) >= 0, old.to_indices(raw) >= 0
+        for side, lacking in (("previous", known_new & ~known_old), ("new", known_old & ~known_new)):
+            if (missing := int(lacking.sum())):
+                self._metrics.paired_items_unknown.labels(served.version, previous, side).inc(missing)
+
+    def _mean_rows(self, served: ServedModel, histories: list[np.ndarray]) -> np.ndarray:
+        """Head-averaged rows [B, layers, width], left-padded (head averaging: invariant to
+        head permutations); width = the longest history."""
+        width = max(map(len, histories))
         out = np.zeros((len(histories), served.checkpoint.config.layers, width), dtype=np.float32)
         for chunk in collect(self._recompute.start(served, histories, width)):
             w = chunk.weights.shape[-1]
             out[chunk.rows, :, width - w:] = chunk.weights.mean(axis=2)
         return out
+
+
+def _served_reads_every_event(record: RecordLike, reason: Reason, detail: str) -> None:
+    """The new version already read every event it folded: a reject here is a bug."""
+    raise AssertionError(f"the served version cannot read an event it folded: {detail}")

@@ -32,18 +32,19 @@ class Windows(NamedTuple):
 
     kept: list[Event]  # the events with any known item, in input order
     histories: list[np.ndarray]  # model indices of each kept event's window
-    raw_histories: list[np.ndarray]  # raw ids of the same windows (only with keep_raw, else [])
+    positions: list[np.ndarray]  # [n] where each window item sits in event.history (only with keep_positions)
     skipped: int  # unknown items skipped inside the windows
     truncated: int  # windows that start after their history's first item
 
 
-def window_histories(served: ServedModel, items: list[Item], *, keep_raw: bool,
+def window_histories(served: ServedModel, items: list[Item], *, keep_positions: bool = False,
                      reject: Callable[[RecordLike, Reason, str], None]) -> Windows:
     """Each event's window: the last ``max_len`` items of its history the model knows.
 
     Returns the events with any known item (the others are dead-lettered through
-    ``reject``), the model indices of their windows, the windows' raw ids (only with
-    ``keep_raw``: the paired comparison looks them up in another version), the unknown
+    ``reject``), the model indices of their windows, where each window item sits in its
+    event's history (only with ``keep_positions``: the paired comparison aligns two
+    versions' windows of one event by history position), the unknown
     items skipped inside the windows and how many windows start after the history's first
     item. Only the tail the model can read is looked up, in one vectorised pass; an event
     whose tail holds unknown items is looked up whole, since its window then reaches
@@ -58,8 +59,9 @@ def window_histories(served: ServedModel, items: list[Item], *, keep_raw: bool,
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))  # histories are never empty (decode)
     unknown = np.add.reduceat((all_indices < 0).astype(np.int64), starts)
     histories = np.split(all_indices, starts[1:])
-    raw_histories = np.split(all_raw, starts[1:]) if keep_raw else []
     full_sizes = np.fromiter((len(event.history) for _, event in items), dtype=np.int64, count=len(items))
+    # A window without unknown items is the history's last sizes[k] positions.
+    positions = [np.arange(n - size, n) for n, size in zip(full_sizes.tolist(), sizes.tolist())] if keep_positions else []
     cut = full_sizes > sizes
     keep = np.ones(len(items), dtype=bool)
     skipped = 0
@@ -79,13 +81,13 @@ def window_histories(served: ServedModel, items: list[Item], *, keep_raw: bool,
         skipped += (len(raw) - first) - len(in_window)
         cut[k] = first > 0
         histories[k] = indices[in_window]
-        if keep_raw:
-            raw_histories[k] = raw[in_window]
+        if keep_positions:  # raw is the whole history here (an uncut tail is the whole history)
+            positions[k] = in_window
     kept = [event for (_, event), k in zip(items, keep, strict=True) if k]
     if not keep.all():
         histories = [h for h, k in zip(histories, keep, strict=True) if k]
-        raw_histories = [h for h, k in zip(raw_histories, keep, strict=True) if k] if keep_raw else []
-    return Windows(kept, histories, raw_histories, skipped, int(cut[keep].sum()))
+        positions = [p for p, k in zip(positions, keep, strict=True) if k] if keep_positions else []
+    return Windows(kept, histories, positions, skipped, int(cut[keep].sum()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +97,6 @@ class Prepared:
     served: ServedModel
     events: list[Event]
     histories: list[np.ndarray]  # model indices of each event's window
-    raw_histories: list[np.ndarray]  # raw ids of the same windows (only when pairing)
     passes: list[StartedChunk]
     previous: str | None  # the version this one replaced, when its events are paired
     now: float

@@ -124,8 +124,12 @@ def test_window_is_the_last_known_items_and_only_unknown_items_inside_it_count(t
     ]
     records = [Rec("t", 0, offset, _event(version, history)) for offset, history in enumerate(histories)]
     items = [(record, event) for record, event in zip(records, h.pipeline.decode(records))]
-    kept, windows, raw, skipped, truncated = window_histories(served, items, keep_raw=True, reject=h.pipeline._reject)
+    kept, windows, positions, skipped, truncated = window_histories(served, items, keep_positions=True,
+                                                                    reject=h.pipeline._reject)
     expected_raw = [known[20:], known[20:], known[:5]]
+    assert [p.tolist() for p in positions] == [list(range(21, 41)), list(range(20, 30)) + list(range(31, 41)),
+                                               [1, 2, 3, 4, 5]]
+    raw = [np.asarray(history)[p] for history, p in zip(histories, positions)]
     assert [w.tolist() for w in raw] == expected_raw
     assert [w.tolist() for w in windows] == [served.to_indices(np.asarray(r)).tolist() for r in expected_raw]
     assert kept == [event for _, event in items] and (skipped, truncated) == (1 + 2, 2)

@@ -115,7 +115,7 @@ def _per_event_stats(model, histories, catalog, per_head):
 
 def _update_run(root, data, v1, v2, seed=3):
     run = ScenarioRun(root, judge_config=JudgeConfig(reference_events=300, min_samples=100, reference_seconds=0.0),
-                      paired_config=PairedConfig(min_pairs=50), seed=seed)
+                      paired_config=PairedConfig(min_pairs=50, min_users=20), seed=seed)
     factory = EventFactory(serving_traffic(data, seed), load_models(root, [v1, v2]),
                            build_scenario("benign_update", {"base": v1, "benign": v2}, at=2500), seed=seed, batch=250)
     return run.run(factory, 4000, judge_every=250)
@@ -150,7 +150,7 @@ def test_head_permutation_changes_nothing_the_agent_compares_across_versions(tin
     copy_version = checkpoint.save(model, loaded.catalog, {}, root, label="tiny-copy")
     permuted = _update_run(root, data, versions["base"], permuted_version)
     copied = _update_run(root, data, versions["base"], copy_version)
-    judged = 0
+    judged = paired_judged = 0
     for a, b in zip(permuted, copied, strict=True):
         ra = {(r.key.dimension, r.key.cohort, r.key.statistic, r.key.layer): r for r in a.report.results if r.kind == MODEL_UPDATE}
         rb = {(r.key.dimension, r.key.cohort, r.key.statistic, r.key.layer): r for r in b.report.results if r.kind == MODEL_UPDATE}
@@ -161,7 +161,8 @@ def test_head_permutation_changes_nothing_the_agent_compares_across_versions(tin
         judged += len(ra)
         assert [(v.cohort, v.kind, v.drifting) for v in a.report.cohorts] == [(v.cohort, v.kind, v.drifting) for v in b.report.cohorts]
         assert a.paired.model_caused == () and all(r.mean_js < 1e-3 for r in a.paired.results)
-    assert judged > 100
+        paired_judged += len(a.paired.results)
+    assert judged > 100 and paired_judged > 0
 
 
 def test_cohort_shift_alters_only_the_chosen_cohort_after_start(tiny, data):
