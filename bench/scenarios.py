@@ -114,29 +114,40 @@ class Recipe:
 _BASE_MODEL = (("max_len", 50), ("hidden", 64), ("layers", 2), ("heads", 2), ("dropout", 0.2))
 
 
-def _base_with(family: str, *, incident: DataIncident | None = None, max_epochs: int | None = None,
+def _base_with(family: str, *, incident: DataIncident | None = None, training: dict | None = None,
                **model: int | float) -> Recipe:
-    """The base recipe under another family name, with some model settings, the epochs or the data changed."""
+    """The base recipe under another family name, with some model settings, training settings
+    (``Recipe`` fields) or the data changed."""
     unknown = set(model) - {k for k, _ in _BASE_MODEL}
     if unknown:
         raise ValueError(f"not base model settings: {sorted(unknown)}")
     recipe = Recipe(family, tuple((k, model.get(k, v)) for k, v in _BASE_MODEL), incident=incident)
-    return recipe if max_epochs is None else dataclasses.replace(recipe, max_epochs=max_epochs)
+    return dataclasses.replace(recipe, **(training or {}))
 
+
+# How the bench's trained families run their jobs: all 16 epochs, keeping the best validation epoch,
+# under a time cap that does not bind on a loaded 2-core machine. Validation NDCG@10 at lr 5e-3 dips
+# for passes 2-5 before it climbs; base's patience 4 sits at the edge of that dip (base s0-s2 recovered
+# in time; hidden48 s0 and campaign_flood s0 did not, stopped at epoch 5 and published epoch 1, HR@10
+# .028 and .040), and base's 900 s cap cut jobs at 5-7 epochs when five jobs shared the cores. Base
+# and harmful keep their settings: their cached models are what `make test` and the e2e tests use.
+_FULL_RUN = {"patience": 16, "time_budget_s": 3600.0}
 
 FAMILIES: dict[str, Recipe] = {
     "base": Recipe("base", _BASE_MODEL),
     # A context cut "to save latency": everything as base except the history read.
     "harmful": _base_with("harmful", max_len=3),
     # Benign: a narrower model of the same quality (test NDCG@10 within the base seeds' spread).
-    "hidden48": _base_with("hidden48", hidden=48),
+    "hidden48": _base_with("hidden48", hidden=48, training=_FULL_RUN),
     # Harmful: the job's item vocabulary is in popularity order, the published catalogue in movieId order.
-    "vocab_misaligned": _base_with("vocab_misaligned", incident=DataIncident("vocabulary_by_popularity")),
+    "vocab_misaligned": _base_with("vocab_misaligned", incident=DataIncident("vocabulary_by_popularity"),
+                                   training=_FULL_RUN),
     # Harmful: the job stopped after its first epoch and that checkpoint was published.
-    "one_epoch": _base_with("one_epoch", max_epochs=1),
+    "one_epoch": _base_with("one_epoch", training={"max_epochs": 1}),
     # Harmful: retrained on logs a promotion flooded: 5 items in the recent histories of 60 % of users.
+    # (With base's patience it would publish its first epoch, i.e. be the one_epoch family again.)
     "campaign_flood": _base_with("campaign_flood", incident=DataIncident(
-        "campaign_flood", (("items", 5), ("share", 0.6), ("recent", 20)))),
+        "campaign_flood", (("items", 5), ("share", 0.6), ("recent", 20))), training=_FULL_RUN),
 }
 BENIGN, HARMFUL = "benign", "harmful"
 

@@ -51,6 +51,13 @@ def subset(data):
                                timestamps=data.timestamps[:USERS])
 
 
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory, subset):
+    """(root, the tiny base model published there), trained once for this module."""
+    root = tmp_path_factory.mktemp("family-models")
+    return root, train_family_model(root, "base", 0, data=subset, recipe=TINY)
+
+
 def test_vocabulary_by_popularity_relabels_every_item_once_by_interaction_count(data):
     moved = vocabulary_by_popularity(data)
     counts = np.bincount(np.concatenate(data.sequences), minlength=data.catalog.n_items + 1)
@@ -103,9 +110,13 @@ def test_update_families_cover_benign_and_harmful_recipes():
     base = FAMILIES["base"]
     for family in UPDATE_FAMILIES:
         recipe = FAMILIES[family.recipe]
-        differs = {name for name in ("model", "max_epochs", "incident", "tail", "lr", "batch_size")
+        differs = {name for name in ("model", "max_epochs", "incident", "tail", "lr", "batch_size", "eval_every")
                    if getattr(recipe, name) != getattr(base, name)}
         assert len(differs) <= 1, (family.name, differs)  # each family changes one thing of base, or nothing
+    # The trained families run all their epochs (an early stop in the validation dip publishes epoch 1).
+    for name in ("hidden48", "vocab_misaligned", "campaign_flood"):
+        recipe = FAMILIES[name]
+        assert recipe.patience >= recipe.max_epochs == base.max_epochs and recipe.time_budget_s > base.time_budget_s
     assert FAMILIES["harmful"].model_config()["max_len"] == 3
     assert FAMILIES["one_epoch"].max_epochs == 1
     assert FAMILIES["hidden48"].model_config()["hidden"] == 48
@@ -123,22 +134,22 @@ def test_update_pairs_start_from_base_and_cycle_through_every_combination():
         update_pairs(["b0"], ["b0"], 3, reseed=True)
 
 
-def test_a_data_incident_is_part_of_the_recipe_and_the_model_is_published_with_the_serving_catalogue(tmp_path, subset):
-    clean = train_family_model(tmp_path, "base", 0, data=subset, recipe=TINY)
+def test_a_data_incident_is_part_of_the_recipe_and_the_model_is_published_with_the_serving_catalogue(clean, subset):
+    root, plain = clean
     incident = DataIncident("vocabulary_by_popularity")
     shuffled_recipe = dataclasses.replace(TINY, incident=incident)
-    shuffled = train_family_model(tmp_path, "base", 0, data=subset, recipe=shuffled_recipe)
-    assert not shuffled.reused and shuffled.version != clean.version  # same label, another recipe: trained anew
-    assert train_family_model(tmp_path, "base", 0, data=subset, recipe=shuffled_recipe).reused
-    assert train_family_model(tmp_path, "base", 0, data=subset, recipe=TINY).version == clean.version
-    metrics = json.loads((tmp_path / shuffled.version / checkpoint.METRICS).read_text())
+    shuffled = train_family_model(root, "base", 0, data=subset, recipe=shuffled_recipe)
+    assert not shuffled.reused and shuffled.version != plain.version  # same label, another recipe: trained anew
+    assert train_family_model(root, "base", 0, data=subset, recipe=shuffled_recipe).reused
+    assert train_family_model(root, "base", 0, data=subset, recipe=TINY).version == plain.version
+    metrics = json.loads((root / shuffled.version / checkpoint.METRICS).read_text())
     assert metrics["data_incident"] == {"name": "vocabulary_by_popularity"}
-    assert "data_incident" not in json.loads((tmp_path / clean.version / checkpoint.METRICS).read_text())
-    loaded = checkpoint.load(tmp_path / shuffled.version)
+    assert "data_incident" not in json.loads((root / plain.version / checkpoint.METRICS).read_text())
+    loaded = checkpoint.load(root / shuffled.version)
     assert (loaded.catalog.item_ids == subset.catalog.item_ids).all()
     # The job trained on popularity indices: the serving catalogue's row 1 holds the most popular item's embedding,
     # so the clean and the misaligned model disagree on what they recommend from the same histories.
-    clean_model = checkpoint.load(tmp_path / clean.version).model
+    clean_model = checkpoint.load(root / plain.version).model
     histories = np.stack([np.pad(s[-20:], (20 - len(s[-20:]), 0)) for s in subset.sequences[:50]])
     with torch.inference_mode():
         top_clean = clean_model.scores(torch.from_numpy(histories)).topk(10).indices
@@ -160,16 +171,17 @@ class _Recorder(Judge):
         return super().observe(key, values, *args, **kwargs)
 
 
-def test_the_bench_measures_the_events_it_sent_as_the_pipeline_does(tmp_path, subset, data):
-    version = train_family_model(tmp_path, "base", 0, data=subset, recipe=TINY).version
+def test_the_bench_measures_the_events_it_sent_as_the_pipeline_does(clean, data):
+    root, plain = clean
+    version = plain.version
     judge = _Recorder()
-    run = ScenarioRun(tmp_path, judge=judge, seed=2)
+    run = ScenarioRun(root, judge=judge, seed=2)
     tape = Tape()
-    factory = TapedFactory(EventFactory(serving_traffic(data, 2), load_models(tmp_path, [version]),
+    factory = TapedFactory(EventFactory(serving_traffic(data, 2), load_models(root, [version]),
                                         Scenario(versions=((0, version),)), seed=2, batch=250), tape)
     run.run(factory, 1200, judge_every=600)
     assert len(tape) == 1200
-    values = measure(tape, ServedModel.from_checkpoint(checkpoint.load(tmp_path / version)), scenario_cohorts())
+    values = measure(tape, ServedModel.from_checkpoint(checkpoint.load(root / version)), scenario_cohorts())
     assert len(values.positions) == 1200 and values.per_head.shape[-1] == 2
     checked = 0
     for key, observed in judge.values.items():
