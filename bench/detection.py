@@ -1,51 +1,59 @@
-"""Detection bench: are harmful model updates told from benign retrains, and how fast?
+"""Detection bench: which model updates does attnmon flag, per family of update, and how fast?
 
-Benign updates are a base-family model replaced by the same recipe at another seed;
-harmful ones replace it by the context-cut family (``bench/scenarios.py``). Every
-update is replayed on its own interleaving of the traffic (``serving_traffic``, its
-own event seed) through the in-process pipeline with the default ``JudgeConfig``
-(event-paced: ``EVENT_PACED_JUDGE``) / ``PairedConfig``: ``--before`` events of the previous version (its baselines freeze),
-then ``--after`` events of the new one, judged every ``--judge-every`` events.
+Every update replaces a ``base`` model (``bench/scenarios.py``) by a model of one update
+family (``UPDATE_FAMILIES``): benign ones (a re-seed of the same recipe, a narrower model
+of the same quality) and harmful ones (a context cut, a vocabulary misaligned with the
+served catalogue, a job stopped after one epoch, a retrain on campaign-flooded logs).
+All of them are trained, none hand-edited. Each update is replayed on its own traffic
+seed through the in-process pipeline with the default ``JudgeConfig`` / ``PairedConfig``:
+``--before`` events of the previous version (its baselines freeze), then ``--after``
+events of the new one, judged every ``--judge-every`` events. Update *i* of every family
+uses traffic seed 1000 + *i*, so families are compared on the same streams.
 
-The same windows are then judged three ways:
+Traffic (``--traffic``): ``serving`` (default), MovieLens timelines interleaved into
+stationary serving traffic (``monitor.tools.replay.serving_traffic``); ``time_order``,
+MovieLens in its own bursty time order, each update starting at a seed-drawn point.
 
-(a) attnmon: a model_update cohort verdict (BH across the round, effect floor,
-    hysteresis), and separately a paired ``model_caused`` verdict; the agent
-    alerts on either, so "either (defaults)" is its figure. The same values also
-    feed a twin judge at the pre-calibration model_update floor (0.1) and a twin
-    paired comparison at the cutoff ``cutoff_from_benign`` gives (0.65), so the
-    table shows what the calibration changed;
+The same windows are judged four ways:
+
+(a) attnmon, through its reports only: the model_update cohort verdict
+    (``JudgeReport.cohorts``), the paired verdict (``PairedReport.model_caused``),
+    and "either" (what the agent alerts on);
 (b) Evidently 0.7's default data-drift test (``Report([DataDriftPreset()])``): per
-    cohort and judged window, reference = the previous version's baseline-period
-    per-event statistics of that cohort (exactly the events of the judge's frozen
-    baseline), current = the new version's events of that window (exactly the
-    judge's window); columns = the 7 statistics x 2 layers the judge sees (head-
-    averaged); verdict = its dataset drift (share of drifted columns >= 0.5). Its
-    per-column tests are computed with Evidently's own default-test selection and
-    thresholds (a full Report costs ~1 s and hundreds of windows are judged); the
-    equivalence is checked against full Reports on a sample and printed;
-(c) naive per-head: per-head statistics of the new version vs the previous one on
-    the same windows, KS p < 0.05 on any (statistic, layer, head), no multiple-testing
+    cohort and judged window, reference = the previous version's first
+    ``reference_events`` events of that cohort, current = the new version's events of
+    that window; columns = the 7 statistics x layers (head-averaged); verdict = its
+    dataset drift (share of drifted columns >= 0.5). Its per-column tests are computed
+    with Evidently's own default-test selection and thresholds (a full Report costs
+    ~1 s and hundreds of windows are judged); the equivalence is checked against full
+    Reports on a sample and printed;
+(c) naive per-head: per-head statistics of the new version vs the previous one on the
+    same windows, KS p < 0.05 on any (statistic, layer, head), no multiple-testing
     control, no head matching.
 
-An update is *detected* by a method when it fires on any cohort in any window of
-the update period (a model_update window exists while the new version's own baseline
-collects). Delay: events of the detecting cohort from the update to the first verdict.
-Prints figures, asserts nothing.
+The windows are those the judge reports as model_update results (cohort and round);
+the per-event statistics for (b) and (c) are recomputed by the bench from the events it
+sent (``bench/event_tape.py``). An update is *detected* by a method when it fires on
+any cohort in any window of the update period. Delay: stream events from the update to
+the first verdict (and seconds at 1,000 events/s), and events of the detecting cohort.
+Prints figures, asserts nothing; the last line is one JSON object of the headline figures.
 
-    python bench/detection.py                # full run (trains/reuses models in var/models)
-    python bench/detection.py --quick        # 2 + 2 updates, shorter streams
+    python -m bench.detection                 # full run (trains missing models into --root first)
+    python -m bench.detection --quick         # 2 updates per family, shorter streams
+    python -m bench.detection --traffic time_order
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,57 +65,38 @@ _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 sys.path.insert(0, str(_BENCH.parent))
 
-from model.data import load_movielens  # noqa: E402
-from monitor.drift.cohorts import CohortAssigner  # noqa: E402
-from monitor.drift.judge import MODEL_UPDATE, WITHIN_VERSION, Judge, JudgeConfig  # noqa: E402
-from monitor.drift.paired import PairedComparison, PairedConfig  # noqa: E402
-from monitor.stream.pipeline import Pipeline  # noqa: E402
-from monitor.attention.recompute import collect  # noqa: E402
-from monitor.tools.replay import EventFactory, Scenario, serving_traffic  # noqa: E402
+from bench.event_tape import Tape, TapedFactory, VersionValues, measure_versions  # noqa: E402
 from bench.scenarios import (  # noqa: E402
+    BENIGN,
     DEFAULT_ROOT,
     EVENT_PACED_JUDGE,
+    HARMFUL,
+    UPDATE_FAMILIES,
     Round,
+    ScenarioModel,
     ScenarioRun,
-    load_models,
+    UpdateFamily,
     scenario_cohorts,
     train_family_model,
 )
-from monitor.attention.stats import STATISTICS, compute  # noqa: E402
+from model import checkpoint  # noqa: E402
+from model.data import Interactions, load_movielens  # noqa: E402
+from model.recipe import evaluate_version  # noqa: E402
+from monitor.attention.registry import ServedModel  # noqa: E402
+from monitor.attention.stats import STATISTICS  # noqa: E402
+from monitor.drift.judge import MODEL_UPDATE, WITHIN_VERSION, Judge, JudgeConfig  # noqa: E402
+from monitor.drift.paired import PairedComparison, PairedConfig  # noqa: E402
+from monitor.stream.config import PipelineConfig  # noqa: E402
+from monitor.tools.replay import EventFactory, Scenario, serving_traffic, timeline_steps  # noqa: E402
 
 log = logging.getLogger("bench.detection")
 
-
-# -- instrumentation: the per-event values behind every window ---------------------------------
-
-
-class RecordingPipeline(Pipeline):
-    """The agent's pipeline, also keeping each folded batch's per-event statistics (and per-head ones)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.batches: list[dict] = []  # {version, avg [B,S,L], heads [B,S,L,H], codes [B,D]}
-
-    def _statistics(self, served, passes):
-        avg, heads = result = super()._statistics(served, passes)  # heads: None unless configured
-        if heads is None:  # per-head values are not configured: compute them here, for the naive judge
-            per_head = dataclasses.replace(self.config.stats, per_head=True)
-            heads = np.empty((*avg.shape, served.checkpoint.config.heads), np.float32)
-            for chunk in collect(passes):  # the same passes again: a finished one returns its rows
-                heads[chunk.rows] = compute(chunk.weights, chunk.lengths, chunk.item_index, served.genre_matrix, per_head)
-        self.batches.append({"version": served.version, "avg": avg, "heads": heads})
-        return result
+EVENTS_PER_SECOND = 1_000  # the rate delays are converted at
+TRAFFIC_SEED_BASE = 1000  # update i of every family replays traffic seed TRAFFIC_SEED_BASE + i
+TRAFFICS = ("serving", "time_order")
 
 
-class RecordingAssigner(CohortAssigner):
-    """Hands each batch's cohort codes to the pipeline's record (assign follows _statistics in Pipeline._finish)."""
-
-    pipeline: RecordingPipeline
-
-    def assign(self, contexts, lengths):
-        codes = super().assign(contexts, lengths)
-        self.pipeline.batches[-1]["codes"] = codes
-        return codes
+# -- twin judges (used by bench/calibration.py): a second config fed the very same values ------------
 
 
 class RecordingPaired(PairedComparison):
@@ -118,12 +107,12 @@ class RecordingPaired(PairedComparison):
         self.twin = twin
         self.all_js: list[np.ndarray] = []
 
-    def observe(self, key, js, overlap, users=None):
+    def observe(self, key, js, *args, **kwargs):
         if key.dimension == "all":
             self.all_js.append(np.asarray(js, dtype=np.float64).copy())
         if self.twin is not None:
-            self.twin.observe(key, js, overlap, users)
-        return super().observe(key, js, overlap, users)
+            self.twin.observe(key, js, *args, **kwargs)
+        return super().observe(key, js, *args, **kwargs)
 
 
 class TwinJudge(Judge):
@@ -137,14 +126,13 @@ class TwinJudge(Judge):
         self.twin.observe_batch(*args, **kwargs)
         return super().observe_batch(*args, **kwargs)
 
-    def start_update(self, new_version, previous_version, at):
-        self.twin.start_update(new_version, previous_version, at)
-        return super().start_update(new_version, previous_version, at)
+    def start_update(self, *args, **kwargs):
+        self.twin.start_update(*args, **kwargs)
+        return super().start_update(*args, **kwargs)
 
 
-# Judged beside the defaults on the same values (docs/drift.md, "Calibration on real retrains"):
-# the judge as it was before calibration (model_update at the within-version floor 0.1), and the
-# paired comparison at the cutoff cutoff_from_benign gives on a benign retrain (0.65, default 0.5).
+# The judge as it was before calibration (model_update at the within-version floor 0.1), and the
+# paired comparison at the cutoff cutoff_from_benign gives on a benign retrain (0.65, the default now).
 TWIN_JUDGE = dataclasses.replace(EVENT_PACED_JUDGE, update_min_effect=None)
 TWIN_PAIRED = PairedConfig(event_js_cutoff=0.65)
 
@@ -152,12 +140,9 @@ TWIN_PAIRED = PairedConfig(event_js_cutoff=0.65)
 def instrumented_run(root: Path, *, judge_config: JudgeConfig | None = None, paired_config: PairedConfig | None = None,
                      twin_judge: JudgeConfig = TWIN_JUDGE, twin_paired: PairedConfig = TWIN_PAIRED,
                      seed: int = 0) -> ScenarioRun:
-    assigner = RecordingAssigner(scenario_cohorts())
-    run = ScenarioRun(root, pipeline_class=RecordingPipeline, assigner=assigner,
-                      judge=TwinJudge(judge_config or EVENT_PACED_JUDGE, Judge(twin_judge)),
-                      paired=RecordingPaired(paired_config, PairedComparison(twin_paired)), seed=seed)
-    assigner.pipeline = run.pipeline  # type: ignore[assignment]
-    return run
+    """A scenario run whose judge and paired comparison also feed twins (``twin_round`` judges them)."""
+    return ScenarioRun(root, judge=TwinJudge(judge_config or EVENT_PACED_JUDGE, Judge(twin_judge)),
+                       paired=RecordingPaired(paired_config, PairedComparison(twin_paired)), seed=seed)
 
 
 def twin_round(run: ScenarioRun, round_: Round) -> Round:
@@ -166,96 +151,177 @@ def twin_round(run: ScenarioRun, round_: Round) -> Round:
     return Round(round_.events, run.pipeline.judge.twin.judge(now), run.pipeline.paired.twin.judge(now))
 
 
+# -- models --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyModels:
+    """The trained models of one recipe, with their test figures as the job reported them and as served."""
+
+    recipe: str
+    models: list[ScenarioModel]
+    served_test: list[dict]  # the published checkpoint on the real test split (evaluate_version)
+
+    @property
+    def versions(self) -> list[str]:
+        return [m.version for m in self.models]
+
+    def mean(self, figure: str, served: bool = False) -> float:
+        tests = self.served_test if served else [m.test for m in self.models]
+        return float(np.mean([t[figure] for t in tests]))
+
+
+def prepare_models(root: Path, data: Interactions, counts: dict[str, int]) -> dict[str, FamilyModels]:
+    """Train (or reuse) ``counts[recipe]`` models per recipe, seeds 0.., and evaluate them as served."""
+    out = {}
+    for recipe, count in counts.items():
+        models, served = [], []
+        for seed in range(count):
+            t0 = time.perf_counter()
+            m = train_family_model(root, recipe, seed, data=data)
+            served.append(evaluate_version(root / m.version, data).as_dict())
+            models.append(m)
+            print(f"  {m.label:<32} {m.version}  {'reused ' if m.reused else 'trained'} "
+                  f"({m.train_seconds:.0f}s when trained, {m.epochs} epochs, best {m.best_epoch}; "
+                  f"this run {time.perf_counter() - t0:.0f}s)  job test HR@10 {m.test['hr10']:.4f} "
+                  f"NDCG@10 {m.test['ndcg10']:.4f}; served HR@10 {served[-1]['hr10']:.4f} "
+                  f"NDCG@10 {served[-1]['ndcg10']:.4f}", flush=True)
+        out[recipe] = FamilyModels(recipe, models, served)
+    return out
+
+
+def update_pairs(base: Sequence[str], new: Sequence[str], count: int, *, reseed: bool) -> list[tuple[str, str]]:
+    """``count`` (previous, new) updates cycling through the models.
+
+    A re-seed pairs distinct base models (ordered pairs); any other family pairs every
+    base model with every new model before repeating a combination.
+    """
+    if reseed:
+        combos = [(base[i], base[(i + step) % len(base)]) for step in range(1, len(base)) for i in range(len(base))]
+    else:
+        nb, nn = len(base), len(new)
+        combos = [(base[i % nb], new[(i + i // nb) % nn]) for i in range(nb * nn)]
+    if not combos:
+        raise ValueError("need at least two base models for re-seed updates, one model otherwise")
+    return [combos[i % len(combos)] for i in range(count)]
+
+
+# -- one update, replayed ------------------------------------------------------------------------
+
+
 @dataclasses.dataclass
-class Trace:
-    """A replayed update: rounds, per-round record positions, per-cohort event values."""
+class Replay:
+    """A replayed update: attnmon's rounds, the tape position at each round, and what was sent."""
 
     previous: str
     new: str
+    before: int
     rounds: list[Round]
-    twin_rounds: list[Round]  # the same rounds judged with TWIN_JUDGE / TWIN_PAIRED
-    marks: list[int]  # len(pipeline.batches) at each round
-    run: ScenarioRun
+    marks: list[int]
+    tape: Tape
 
 
-def replay_update(root: Path, data, previous: str, new: str, *, before: int, after: int, judge_every: int,
-                  seed: int, models: dict | None = None) -> Trace:
-    run = instrumented_run(root, seed=seed)
-    scenario = Scenario(versions=((0, previous), (before, new)))
-    factory = EventFactory(serving_traffic(data, seed), models or load_models(root, [previous, new]), scenario,
-                           seed=seed, batch=250)
+def traffic_source(data: Interactions, traffic: str, seed: int, events: int) -> tuple[Interactions, int]:
+    """(timelines, first event index) of one update's stream."""
+    if traffic == "serving":
+        return serving_traffic(data, seed), 0
+    if traffic == "time_order":  # the data's own order, from a seed-drawn point
+        total = len(timeline_steps(data))
+        return data, int(np.random.default_rng(seed).integers(0, max(1, total - events)))
+    raise ValueError(f"unknown traffic {traffic!r}; known: {TRAFFICS}")
+
+
+def replay_update(root: Path, data: Interactions, served: dict[str, ServedModel], previous: str, new: str, *,
+                  before: int, after: int, judge_every: int, seed: int, traffic: str = "serving") -> Replay:
+    source, offset = traffic_source(data, traffic, seed, before + after)
+    scenario = Scenario(versions=((0, previous), (offset + before, new)))
+    models = {v: served[v].checkpoint.model for v in (previous, new)}
+    tape = Tape()
+    factory = TapedFactory(EventFactory(source, models, scenario, seed=seed, batch=250, offset=offset), tape)
+    run = ScenarioRun(root, seed=seed)
     marks: list[int] = []
-    twins: list[Round] = []
-
-    def on_round(round_: Round) -> None:
-        marks.append(len(run.pipeline.batches))
-        twins.append(twin_round(run, round_))
-
-    rounds = run.run(factory, before + after, judge_every=judge_every, on_round=on_round)
-    return Trace(previous, new, rounds, twins, marks, run)
+    rounds = run.run(factory, before + after, judge_every=judge_every,  # type: ignore[arg-type]
+                     on_round=lambda _: marks.append(len(tape)))
+    return Replay(previous, new, before, rounds, marks, tape)
 
 
-# -- the three judges on the same windows -------------------------------------------------------
+# -- the methods on the same windows ---------------------------------------------------------------
 
 
-def _cohort_values(trace: Trace, version: str, upto: int | None = None) -> dict[tuple[str, str], dict]:
-    """(dimension, cohort) -> {"avg": [n,S,L], "heads": [n,S,L,H]} of a version's events, in order."""
-    pipeline = trace.run.pipeline
-    labels = pipeline.assigner.labels()
-    dims = pipeline.assigner.dimensions
-    parts: dict[tuple[str, str], dict[str, list]] = {}
-    for batch in pipeline.batches[:upto]:
-        if batch["version"] != version:
-            continue
-        for column, dimension in enumerate(dims):
-            codes = batch["codes"][:, column]
-            for code in np.unique(codes):
-                rows = codes == code
-                entry = parts.setdefault((dimension, labels[dimension][code]), {"avg": [], "heads": []})
-                entry["avg"].append(batch["avg"][rows])
-                entry["heads"].append(batch["heads"][rows])
-    return {k: {n: np.concatenate(v[n]) for n in ("avg", "heads")} for k, v in parts.items()}
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    events: int  # stream events since the update at the first verdict
+    cohort_events: int  # events of the detecting cohort since the update
 
 
-def _counts_per_round(trace: Trace, version: str) -> list[dict[tuple[str, str], int]]:
-    """Per round: (dimension, cohort) -> events of ``version`` folded so far."""
-    pipeline = trace.run.pipeline
-    labels = pipeline.assigner.labels()
-    dims = pipeline.assigner.dimensions
-    running: dict[tuple[str, str], int] = defaultdict(int)
-    out, done = [], 0
-    for mark in trace.marks:
-        for batch in pipeline.batches[done:mark]:
-            if batch["version"] != version:
-                continue
-            for column, dimension in enumerate(dims):
-                codes, counts = np.unique(batch["codes"][:, column], return_counts=True)
-                for code, n in zip(codes.tolist(), counts.tolist()):
-                    running[(dimension, labels[dimension][code])] += n
-        done = mark
-        out.append(dict(running))
-    return out
+def _cohort_events(values: VersionValues, cohort: tuple[str, str], mark: int) -> int:
+    """Events of ``cohort`` in ``values`` sent before tape position ``mark``."""
+    return int(np.searchsorted(values.positions[values.members(*cohort)], mark))
 
 
-def judged_windows(trace: Trace, reference_events: int) -> list[dict]:
-    """Every model_update window the judge judged: round, cohort, reference and current values."""
-    new_values = _cohort_values(trace, trace.new)
-    old_values = _cohort_values(trace, trace.previous)
-    boundary: dict[tuple[str, str], int] = {}
-    out = []
-    for index, (round_, counts) in enumerate(zip(trace.rounds, _counts_per_round(trace, trace.new), strict=True)):
+def _first(values: VersionValues, since: int, mark: int, cohorts: list[tuple[str, str]]) -> Detection:
+    return Detection(since, min(_cohort_events(values, c, mark) for c in cohorts))
+
+
+def attnmon_detections(replay: Replay, new_values: VersionValues) -> dict[str, Detection | None]:
+    """First model_update cohort verdict and first paired model-caused verdict naming the new version."""
+    cohort = paired = None
+    for round_, mark in zip(replay.rounds, replay.marks, strict=True):
+        since = round_.events - replay.before
+        hits = [(v.dimension, v.cohort) for v in round_.report.cohorts
+                if v.kind == MODEL_UPDATE and v.drifting and v.model_version == replay.new]
+        if hits and cohort is None:
+            cohort = _first(new_values, since, mark, hits)
+        hits = [(k.dimension, k.cohort) for k in round_.paired.model_caused if k.new_version == replay.new]
+        if hits and paired is None:
+            paired = _first(new_values, since, mark, hits)
+    return {"cohort": cohort, "paired": paired, "either": _earliest(cohort, paired)}
+
+
+def _earliest(*found: Detection | None) -> Detection | None:
+    return min((d for d in found if d is not None), key=lambda d: (d.events, d.cohort_events), default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """One model_update window the judge reported: its round and cohort, and both versions' values."""
+
+    round: int
+    since: int  # stream events since the update at this round
+    cohort: tuple[str, str]
+    cohort_events: int  # new-version events of the cohort so far
+    reference: VersionValues
+    current: VersionValues
+
+
+def _take(values: VersionValues, rows: np.ndarray) -> VersionValues:
+    return VersionValues(values.positions[rows], values.averaged[rows], values.per_head[rows],
+                         {d: labels[rows] for d, labels in values.cohorts.items()})
+
+
+def judged_windows(replay: Replay, old: VersionValues, new: VersionValues,
+                   reference_events: int) -> tuple[list[Window], int]:
+    """Every model_update window the judge reported for the new version, and how many of them
+    held another event count than the bench's own count of the same window (reported, not fatal:
+    the judge may weigh or stratify its windows)."""
+    since_judged: dict[tuple[str, str], int] = {}  # cohort -> tape position of its last judged window's end
+    windows, mismatched = [], 0
+    for index, (round_, mark) in enumerate(zip(replay.rounds, replay.marks, strict=True)):
         for result in round_.report.results:
-            if result.kind != MODEL_UPDATE or result.key.statistic != STATISTICS[0] or result.key.layer != 0:
+            key = result.key
+            if (result.kind != MODEL_UPDATE or key.model_version != replay.new or key.statistic != STATISTICS[0]
+                    or getattr(key, "layer", 0) != 0):
                 continue
-            cohort = (result.key.dimension, result.key.cohort)
-            start, stop = boundary.get(cohort, 0), counts[cohort]
-            boundary[cohort] = stop
-            if stop - start != result.samples:
-                raise RuntimeError(f"window reconstruction is off for {cohort}: {stop - start} vs {result.samples}")
-            ref = {n: old_values[cohort][n][:reference_events] for n in ("avg", "heads")}
-            cur = {n: new_values[cohort][n][start:stop] for n in ("avg", "heads")}
-            out.append({"round": index, "cohort": cohort, "events_since_update": stop, "ref": ref, "cur": cur})
-    return out
+            cohort = (key.dimension, key.cohort)
+            members = new.members(*cohort)
+            positions = new.positions[members]
+            rows = members[(positions >= since_judged.get(cohort, 0)) & (positions < mark)]
+            since_judged[cohort] = mark
+            mismatched += len(rows) != result.samples
+            reference = old.members(*cohort)[:reference_events]
+            windows.append(Window(index, round_.events - replay.before, cohort, _cohort_events(new, cohort, mark),
+                                  _take(old, reference), _take(new, rows)))
+    return windows, mismatched
 
 
 def _columns(values: np.ndarray) -> dict[str, np.ndarray]:
@@ -295,208 +361,248 @@ def evidently_report_drift(ref: np.ndarray, cur: np.ndarray) -> tuple[bool, int]
 
 
 def naive_per_head(ref: np.ndarray, cur: np.ndarray, alpha: float = 0.05) -> bool:
-    """KS p < alpha on any (statistic, layer, head) of [n, S, L, H] per-head values; no correction."""
+    """KS p < alpha on any (statistic, layer, head) of [n, S, L, H] per-head values; no correction.
+
+    Versions with different head counts are compared on the heads both have.
+    """
     _, s, layers, heads = ref.shape
     for i in range(s):
-        for layer in range(layers):
-            for h in range(heads):
+        for layer in range(min(layers, cur.shape[2])):
+            for h in range(min(heads, cur.shape[3])):
                 if scipy_stats.ks_2samp(ref[:, i, layer, h], cur[:, i, layer, h]).pvalue < alpha:
                     return True
     return False
 
 
+def window_detections(windows: list[Window]) -> tuple[dict[str, Detection | None], int]:
+    """First window (in round order) where Evidently / the naive test fire, and Evidently's most drifted columns."""
+    fired: dict[str, list[Window]] = {"evidently": [], "naive": []}
+    most_columns = 0
+    for w in windows:
+        layers = min(w.reference.averaged.shape[2], w.current.averaged.shape[2])
+        drift, columns = evidently_drift(w.reference.averaged[..., :layers], w.current.averaged[..., :layers])
+        most_columns = max(most_columns, columns)
+        if drift:
+            fired["evidently"].append(w)
+        if naive_per_head(w.reference.per_head, w.current.per_head):
+            fired["naive"].append(w)
+    out: dict[str, Detection | None] = {}
+    for method, hits in fired.items():
+        first_round = min((w.round for w in hits), default=None)
+        hits = [w for w in hits if w.round == first_round]
+        out[method] = (Detection(hits[0].since, min(w.cohort_events for w in hits)) if hits else None)
+    return out, most_columns
+
+
+METHODS = ("cohort", "paired", "either", "evidently", "naive")
+METHOD_NAMES = {
+    "cohort": "attnmon model_update cohort verdict",
+    "paired": "attnmon paired model-caused verdict",
+    "either": "attnmon either (what the agent alerts on)",
+    "evidently": "Evidently DataDriftPreset per cohort window",
+    "naive": "naive per-head KS p<.05, uncorrected",
+}
+
+
 @dataclasses.dataclass
 class Outcome:
-    kind: str  # "benign" / "harmful"
+    family: str
+    kind: str
     previous: str
     new: str
     seed: int
-    delays: dict[str, int | None]  # method -> events of the detecting cohort at first verdict (None: never)
+    detections: dict[str, Detection | None]
     detail: dict
 
 
-def _attnmon_delays(rounds: list[Round], counts: list[dict], new: str) -> tuple[int | None, int | None]:
-    """First-verdict delays (events of the detecting cohort) of model_update cohort and paired verdicts."""
-    cohort = paired = None
-    for round_, count in zip(rounds, counts, strict=True):
-        hits = [count[(v.dimension, v.cohort)] for v in round_.report.cohorts
-                if v.kind == MODEL_UPDATE and v.drifting and v.model_version == new]
-        if hits and cohort is None:
-            cohort = min(hits)
-        hits = [count[(k.dimension, k.cohort)] for k in round_.paired.model_caused if k.new_version == new]
-        if hits and paired is None:
-            paired = min(hits)
-    return cohort, paired
-
-
-def _first(*delays: int | None) -> int | None:
-    return min((d for d in delays if d is not None), default=None)
-
-
-def judge_update(trace: Trace, kind: str, seed: int, reference_events: int) -> Outcome:
-    counts = _counts_per_round(trace, trace.new)
-    cohort, paired = _attnmon_delays(trace.rounds, counts, trace.new)
-    cohort_old, paired_benign = _attnmon_delays(trace.twin_rounds, counts, trace.new)
-    delays: dict[str, int | None] = {
-        METHODS[0]: cohort, METHODS[1]: paired, METHODS[2]: _first(cohort, paired),
-        METHODS[3]: cohort_old, METHODS[4]: paired_benign, METHODS[5]: _first(cohort, paired_benign),
-    }
-    within_raised: set = set()
+def judge_update(family: UpdateFamily, replay: Replay, served: dict[str, ServedModel], seed: int,
+                 reference_events: int) -> Outcome:
+    values = measure_versions(replay.tape, served, scenario_cohorts(), PipelineConfig().stats)
+    old, new = values[replay.previous], values[replay.new]
+    detections = attnmon_detections(replay, new)
+    windows, mismatched = judged_windows(replay, old, new, reference_events)
+    others, evidently_columns = window_detections(windows)
+    detections.update(others)
     max_score: dict[str, float] = {}
-    flagged_cohorts: set = set()
-    paired_frac: list[float] = []
-    for round_ in trace.rounds:
+    within_raised: set = set()
+    paired_share: list[float] = []
+    for round_ in replay.rounds:
         for r in round_.report.results:
-            if r.kind == MODEL_UPDATE:
+            if r.kind == MODEL_UPDATE and r.key.model_version == replay.new:
                 max_score[r.key.statistic] = max(max_score.get(r.key.statistic, 0.0), r.score)
-        flagged_cohorts |= {(v.dimension, v.cohort) for v in round_.report.cohorts
-                            if v.kind == MODEL_UPDATE and v.drifting and v.model_version == trace.new}
         within_raised |= {(v.model_version[-6:], v.dimension, v.cohort) for v in round_.report.cohorts
                           if v.kind == WITHIN_VERSION and v.drifting}
-        paired_frac += [r.fraction_above for r in round_.paired.results if r.key.dimension == "all"]
-
-    windows = judged_windows(trace, reference_events)
-    fired: dict[str, dict[int, list[int]]] = {"evidently": defaultdict(list), "naive per-head": defaultdict(list)}
-    evidently_columns = []
-    for w in windows:  # in round order
-        drift, columns = evidently_drift(w["ref"]["avg"], w["cur"]["avg"])
-        evidently_columns.append(columns)
-        if drift:
-            fired["evidently"][w["round"]].append(w["events_since_update"])
-        if naive_per_head(w["ref"]["heads"], w["cur"]["heads"]):
-            fired["naive per-head"][w["round"]].append(w["events_since_update"])
-    for method, rounds in fired.items():  # like attnmon's: the detecting cohort's events, first round that fires
-        delays[method] = min(rounds[min(rounds)]) if rounds else None
+        paired_share += [r.fraction_above for r in round_.paired.results if r.key.dimension == "all"]
     detail = {
         "windows": len(windows),
+        "windows_count_mismatch": mismatched,
         "max_score": max_score,
-        "flagged_cohorts": sorted(flagged_cohorts),
         "within_raised": sorted(within_raised),
-        "paired_fraction_all": paired_frac,
-        "evidently_columns_max": max(evidently_columns, default=0),
-        "windows_sample": windows[:1] + [w for w in windows if w["cohort"] == ("platform", "android")][:1],
-        "paired_js": np.concatenate(trace.run.pipeline.paired.all_js) if trace.run.pipeline.paired.all_js else np.zeros(0),
+        "paired_share_all_max": max(paired_share, default=float("nan")),
+        "evidently_columns_max": evidently_columns,
+        "windows_sample": windows[:1] + [w for w in windows if w.cohort == ("platform", "android")][:1],
     }
-    return Outcome(kind, trace.previous, trace.new, seed, delays, detail)
+    return Outcome(family.name, family.kind, replay.previous, replay.new, seed, detections, detail)
 
 
-# -- the bench ----------------------------------------------------------------------------------------
+# -- the report -------------------------------------------------------------------------------------
 
 
-METHODS = (
-    "attnmon cohort (update floor 0.65)",  # the defaults
-    "attnmon paired (cutoff 0.5)",
-    "attnmon either (defaults)",  # what the agent alerts on
-    "attnmon cohort (old floor 0.1)",
-    "attnmon paired (cutoff 0.65)",  # cutoff_from_benign
-    "attnmon either (floor .65, cut .65)",
-    "evidently",
-    "naive per-head",
-)
+def _median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
 
 
-SHORT = dict(zip(METHODS, ("cohort", "paired", "either", "cohort@.1", "paired@.65", "either@.65", "evidently", "naive")))
-
-
-def pairs(base: list[str], harmful: list[str], count: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """``count`` ordered benign pairs among base seeds and ``count`` base -> harmful pairs."""
-    n = len(base)
-    benign = [(base[i], base[(i + step) % n]) for step in range(1, n) for i in range(n)][:count]
-    bad = [(base[i % n], harmful[(i + i // n) % len(harmful)]) for i in range(count)]
-    return benign, bad
-
-
-def table(outcomes: list[Outcome]) -> str:
-    lines = [f"{'method':<36} {'TPR':>12} {'FPR':>12} {'median delay (events/cohort)':>30}"]
+def family_figures(family: UpdateFamily, outcomes: list[Outcome], models: FamilyModels) -> dict:
+    """The headline figures of one family (the JSON line's entry)."""
+    n = len(outcomes)
+    figures: dict = {"kind": family.kind, "updates": n, "models": len(models.models), "recipe": family.recipe,
+                     "simulates": family.simulates}
     for method in METHODS:
-        harmful = [o for o in outcomes if o.kind == "harmful"]
-        benign = [o for o in outcomes if o.kind == "benign"]
-        tp = sum(o.delays[method] is not None for o in harmful)
-        fp = sum(o.delays[method] is not None for o in benign)
-        delays = [o.delays[method] for o in harmful if o.delays[method] is not None]
-        delay = f"{np.median(delays):.0f}" if delays else "-"
-        lines.append(f"{method:<36} {tp:>3}/{len(harmful):<3} {100 * tp / max(1, len(harmful)):>4.0f}% "
-                     f"{fp:>3}/{len(benign):<3} {100 * fp / max(1, len(benign)):>4.0f}% {delay:>30}")
+        hits = [o.detections[method] for o in outcomes if o.detections[method] is not None]
+        figures[f"{method}_flagged"] = len(hits)
+        figures[f"{method}_rate"] = round(len(hits) / n, 3) if n else None
+        delay = _median([d.events for d in hits])
+        figures[f"{method}_median_delay_events"] = delay
+    either = [o.detections["either"] for o in outcomes if o.detections["either"] is not None]
+    delay = _median([d.events for d in either])
+    figures["median_delay_events"] = delay
+    figures["median_delay_s"] = None if delay is None else round(delay / EVENTS_PER_SECOND, 2)
+    figures["median_delay_cohort_events"] = _median([d.cohort_events for d in either])
+    for served in (False, True):
+        for figure in ("hr10", "ndcg10"):
+            figures[("served_" if served else "") + figure] = round(models.mean(figure, served), 4)
+    return figures
+
+
+def table(figures: dict[str, dict]) -> str:
+    """One row per family: flagged share per method (TPR for harmful, FPR for benign) and the delay."""
+    head = (f"{'family':<17} {'kind':<8} {'upd':>3}  " + "  ".join(f"{m:>11}" for m in METHODS)
+            + f"  {'delay events':>12} {'s@1k/s':>7} {'cohort ev':>9}")
+    lines = [head, "-" * len(head)]
+    for name, f in figures.items():
+        cells = "  ".join(f"{f[f'{m}_flagged']:>3}/{f['updates']:<2} {100 * (f[f'{m}_rate'] or 0):>4.0f}%"
+                          for m in METHODS)
+        delay = "-" if f["median_delay_events"] is None else f"{f['median_delay_events']:.0f}"
+        seconds = "-" if f["median_delay_s"] is None else f"{f['median_delay_s']:.1f}"
+        cohort = "-" if f["median_delay_cohort_events"] is None else f"{f['median_delay_cohort_events']:.0f}"
+        lines.append(f"{name:<17} {f['kind']:<8} {f['updates']:>3}  {cells}  {delay:>12} {seconds:>7} {cohort:>9}")
     return "\n".join(lines)
+
+
+def totals(figures: dict[str, dict]) -> dict[str, dict]:
+    """Pooled rates per kind: TPR over the harmful families, FPR over the benign ones."""
+    out = {}
+    for kind in (HARMFUL, BENIGN):
+        rows = [f for f in figures.values() if f["kind"] == kind]
+        updates = sum(f["updates"] for f in rows)
+        out[kind] = {"updates": updates, **{
+            m: round(sum(f[f"{m}_flagged"] for f in rows) / updates, 3) if updates else None for m in METHODS}}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="scenario model root (cache)")
-    parser.add_argument("--base-seeds", type=int, default=5)
-    parser.add_argument("--harmful-seeds", type=int, default=3)
-    parser.add_argument("--updates", type=int, default=10, help="benign and harmful updates each")
+    parser.add_argument("--base-models", type=int, default=3, help="base models (seeds 0..n-1), the previous versions")
+    parser.add_argument("--models", type=int, default=3, help="trained models per update family (seeds 0..n-1)")
+    parser.add_argument("--updates", type=int, default=10, help="updates per family")
+    parser.add_argument("--families", nargs="+", default=[f.name for f in UPDATE_FAMILIES],
+                        choices=[f.name for f in UPDATE_FAMILIES])
+    parser.add_argument("--traffic", choices=TRAFFICS, default="serving")
     parser.add_argument("--before", type=int, default=12_000, help="events of the previous version")
     parser.add_argument("--after", type=int, default=6_000, help="events of the new version")
     parser.add_argument("--judge-every", type=int, default=500, help="events between judge rounds")
     parser.add_argument("--check-evidently", type=int, default=12, help="windows re-judged by a full Evidently Report")
-    parser.add_argument("--quick", action="store_true", help="2 + 2 updates, 2 base seeds, shorter streams")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 updates per family, 2 base models, 1 model per family, shorter streams")
     args = parser.parse_args(argv)
     if args.quick:
-        args.base_seeds, args.harmful_seeds, args.updates, args.before, args.after = 2, 1, 2, 8_000, 3_000
+        args.base_models, args.models, args.updates, args.before, args.after = 2, 1, 2, 8_000, 3_000
+        args.check_evidently = min(args.check_evidently, 4)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore")
+    families = [f for f in UPDATE_FAMILIES if f.name in args.families]
 
     data = load_movielens()
     started = time.perf_counter()
-    print(f"scenario models under {args.root} (trained once, then reused):")
-    models = {}
-    for family, count in (("base", args.base_seeds), ("harmful", args.harmful_seeds)):
-        for seed in range(count):
-            t0 = time.perf_counter()
-            m = train_family_model(args.root, family, seed, data=data)
-            models[(family, seed)] = m
-            print(f"  {m.label:<22} {m.version}  {'reused' if m.reused else 'trained'} "
-                  f"({m.train_seconds:.0f}s when trained, {m.epochs} epochs, best {m.best_epoch}; "
-                  f"this run {time.perf_counter() - t0:.0f}s)  test HR@10 {m.test['hr10']:.4f} NDCG@10 {m.test['ndcg10']:.4f}",
-                  flush=True)
+    print(f"scenario models under {args.root} (trained once, then reused); test split, full ranking:")
+    counts = {"base": args.base_models}
+    for f in families:
+        counts.setdefault(f.recipe, args.models)
+    models = prepare_models(args.root, data, counts)
     training_s = time.perf_counter() - started
+    served = {v: ServedModel.from_checkpoint(checkpoint.load(args.root / v))
+              for fm in models.values() for v in fm.versions}
 
-    base = [models[("base", s)].version for s in range(args.base_seeds)]
-    bad = [models[("harmful", s)].version for s in range(args.harmful_seeds)]
-    benign_pairs, harmful_pairs = pairs(base, bad, args.updates)
-    loaded = load_models(args.root, base + bad)
-    judge_config = JudgeConfig()
-    outcomes: list[Outcome] = []
+    reference_events = JudgeConfig().reference_events
+    base = models["base"].versions
+    outcomes: dict[str, list[Outcome]] = defaultdict(list)
     started = time.perf_counter()
-    for index, (kind, (previous, new)) in enumerate([("benign", p) for p in benign_pairs] + [("harmful", p) for p in harmful_pairs]):
-        seed = 1000 + index
-        t0 = time.perf_counter()
-        trace = replay_update(args.root, data, previous, new, before=args.before, after=args.after,
-                              judge_every=args.judge_every, seed=seed, models={v: loaded[v] for v in (previous, new)})
-        outcome = judge_update(trace, kind, seed, judge_config.reference_events)
-        outcomes.append(outcome)
-        d = outcome.detail
-        print(f"  {kind:<7} {previous[-6:]} -> {new[-6:]} seed {seed}: "
-              + " ".join(f"{SHORT[m]}={outcome.delays[m] if outcome.delays[m] is not None else '-'}" for m in METHODS)
-              + f"; windows {d['windows']}, max update score "
-              + " ".join(f"{s[:6]}={v:.2f}" for s, v in sorted(d["max_score"].items()))
-              + f", cohorts drifting {len(d['flagged_cohorts'])}, within-version raised {len(d['within_raised'])}"
-              + f", paired share>cut (all) max {max(d['paired_fraction_all'], default=float('nan')):.2f}"
-              + f" [{time.perf_counter() - t0:.0f}s]", flush=True)
+    for family in families:
+        updates = update_pairs(base, models[family.recipe].versions, args.updates, reseed=family.recipe == "base")
+        for index, (previous, new) in enumerate(updates):
+            seed = TRAFFIC_SEED_BASE + index
+            t0 = time.perf_counter()
+            replay = replay_update(args.root, data, served, previous, new, before=args.before, after=args.after,
+                                   judge_every=args.judge_every, seed=seed, traffic=args.traffic)
+            outcome = judge_update(family, replay, served, seed, reference_events)
+            outcomes[family.name].append(outcome)
+            d = outcome.detail
+            print(f"  {family.name:<16} {previous[-6:]} -> {new[-6:]} seed {seed}: "
+                  + " ".join(f"{m}={outcome.detections[m].events if outcome.detections[m] else '-'}" for m in METHODS)
+                  + f"; windows {d['windows']} (count mismatches {d['windows_count_mismatch']}), max update score "
+                  + " ".join(f"{s[:6]}={v:.2f}" for s, v in sorted(d["max_score"].items()))
+                  + f", within-version raised {len(d['within_raised'])}"
+                  + f", paired share>cut (all) max {d['paired_share_all_max']:.2f}"
+                  + f" [{time.perf_counter() - t0:.0f}s]", flush=True)
     replay_s = time.perf_counter() - started
 
     checked = agree = 0
     t0 = time.perf_counter()
-    for outcome in outcomes:
-        for w in outcome.detail["windows_sample"]:
-            if checked >= args.check_evidently:
-                break
-            fast, full = evidently_drift(w["ref"]["avg"], w["cur"]["avg"]), evidently_report_drift(w["ref"]["avg"], w["cur"]["avg"])
-            checked += 1
-            agree += fast == full
+    for w in (w for family in outcomes.values() for o in family for w in o.detail["windows_sample"]):
+        if checked >= args.check_evidently:
+            break
+        ref, cur = w.reference.averaged, w.current.averaged
+        checked += 1
+        agree += evidently_drift(ref, cur) == evidently_report_drift(ref, cur)
     check_s = time.perf_counter() - t0
 
+    figures = {f.name: family_figures(f, outcomes[f.name], models[f.recipe]) for f in families}
     print()
-    print(f"{len(harmful_pairs)} harmful and {len(benign_pairs)} benign updates; {args.before} events before, "
-          f"{args.after} after each update, judged every {args.judge_every}; default JudgeConfig / PairedConfig")
-    print(table(outcomes))
-    raised = [o for o in outcomes if o.detail["within_raised"]]
-    print(f"within_version verdicts (no traffic drift injected) raised in {len(raised)}/{len(outcomes)} runs, "
-          f"{sum(len(o.detail['within_raised']) for o in outcomes)} cohort-versions in all")
+    print(f"Traffic {args.traffic}; {args.before} events before and {args.after} after each update, judged every "
+          f"{args.judge_every}; default JudgeConfig / PairedConfig; base models {args.base_models}, "
+          f"{args.models} per family. Flagged share: TPR for harmful families, FPR for benign ones. Delay: median "
+          f"stream events from the update to attnmon's first verdict (either), seconds at {EVENTS_PER_SECOND:,} "
+          f"events/s, and events of the detecting cohort.")
+    print(table(figures))
+    pooled = totals(figures)
+    for kind, row in pooled.items():
+        print(f"pooled {kind} ({row['updates']} updates): " + ", ".join(
+            f"{m} {100 * row[m]:.0f}%" for m in METHODS if row[m] is not None))
+    print("methods: " + "; ".join(f"{m} = {METHOD_NAMES[m]}" for m in METHODS))
+    print("models (mean over a family's models; job = as its training job reported, served = the published "
+          "checkpoint on the real test split):")
+    for name, fm in models.items():
+        print(f"  {name:<17} {len(fm.models)} models  job HR@10 {fm.mean('hr10'):.4f} NDCG@10 {fm.mean('ndcg10'):.4f}"
+              f"  served HR@10 {fm.mean('hr10', True):.4f} NDCG@10 {fm.mean('ndcg10', True):.4f}"
+              f"  (served NDCG@10 per model: {', '.join(format(t['ndcg10'], '.4f') for t in fm.served_test)})")
+    all_outcomes = [o for family in outcomes.values() for o in family]
+    raised = [o for o in all_outcomes if o.detail["within_raised"]]
+    mismatched = sum(o.detail["windows_count_mismatch"] for o in all_outcomes)
+    print(f"within_version verdicts (no traffic drift injected) raised in {len(raised)}/{len(all_outcomes)} runs; "
+          f"windows whose judge count differed from the bench's: {mismatched}")
     print(f"Evidently fast path vs full Report([DataDriftPreset()]): {agree}/{checked} windows identical "
           f"(verdict and drifted-column count) [{check_s:.0f}s]")
     print(f"time: models {training_s:.0f}s, replay + judging {replay_s:.0f}s")
+    print(json.dumps({
+        "families": figures,
+        "pooled": pooled,
+        "traffic": args.traffic,
+        "before": args.before, "after": args.after, "judge_every": args.judge_every,
+        "quick": args.quick,
+        "evidently_check": {"identical": agree, "checked": checked},
+        "seconds": {"models": round(training_s), "replay": round(replay_s)},
+    }))
     return 0
 
 

@@ -41,14 +41,21 @@ def train_sasrec(
     on_epoch: Callable[[int, float, float | None], None] | None = None,
     train_tail: int | None = None,
     extra_metrics: dict | None = None,
+    training_data: Callable[[Interactions], Interactions] | None = None,
 ) -> Published:
     """Train SASRec on the leave-one-out split, evaluate on test, publish a checkpoint.
 
     ``train_tail`` trains on each user's most recent training items only (validation and
     test keep the full histories); ``extra_metrics`` are stored in metrics.json too.
+    ``training_data`` stands for a training job that reads other data than ``data`` (the
+    benches' data incidents): the job splits, trains and evaluates on what it returns, and
+    the checkpoint is still published with ``data``'s catalogue, the one serving uses.
     """
     data = data or load_movielens()
-    split = leave_one_out(data.sequences)
+    seen = data if training_data is None else training_data(data)
+    if len(seen.sequences) and max(int(s.max()) for s in seen.sequences) > data.catalog.n_items:
+        raise ValueError("training data names items outside the catalogue")
+    split = leave_one_out(seen.sequences)
     train_split = split if not train_tail else dataclasses.replace(
         split, train=tuple(s[-train_tail:] for s in split.train))
     config = SASRecConfig(n_items=data.catalog.n_items, **(model_config or {}))
