@@ -99,12 +99,12 @@ class Agentless:
 
 def judge_versions(judge: Judge) -> set[str]:
     state = judge.to_state()
-    return ({key[0] for key, _ in state["series"]} | {key[0] for key, _ in state["baselines"]["baselines"]}
+    return ({key[0] for key, _ in state["cohorts"]} | {key[0] for key, _ in state["baselines"]["baselines"]}
             | set(judge.updates))
 
 
 def paired_versions(paired: PairedComparison) -> set[str]:
-    return {key[0] for key, *_ in paired.to_state()["pairs"]}
+    return {key[0] for key, *_ in paired.to_state()["cohorts"]}
 
 
 @pytest.fixture()
