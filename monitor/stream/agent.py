@@ -269,9 +269,13 @@ class Agent:
         self.metrics.ready.set(1.0 if self.ready()[0] else 0.0)
 
     def _preload_newest(self) -> None:
-        versions = self.models.available_versions()
-        if versions:
-            self.pipeline.warm(versions[-1])  # loads it here and in the forward process
+        """Load the newest version that loads, here and in the forward process. A newest one
+        that cannot be loaded (corrupt, tampered) is refused and counted, and the one before it
+        is tried, so /readyz does not wait for traffic naming a good version."""
+        for version in reversed(self.models.available_versions()):
+            if self.models.get(version) is not None:
+                self.pipeline.warm(version)
+                return
 
     def _shutdown(self) -> None:
         log.info("draining: finishing the batches in flight, checkpointing, committing")

@@ -159,3 +159,25 @@ def test_an_evicted_version_leaves_model_info(models, tmp_path):
             for s in m.samples]
     assert info == [(versions[-1], 1.0)]  # used to list all three, each 1
     agent.pipeline.close()
+
+
+def test_a_corrupt_newest_version_is_refused_and_the_one_before_is_preloaded(models, tmp_path):
+    """Found by bench/chaos.py: the agent preloaded only the newest published version; when its
+    weights were tampered with, nothing was loaded and /readyz said "no model version loaded"
+    until traffic named an older, good version."""
+    from model import checkpoint
+    from scaffold import publish_small
+
+    root = tmp_path / "models"
+    good = publish_small(root, seed=0, label="good")
+    broken = publish_small(root, seed=1, label="broken")
+    weights = root / broken / checkpoint.WEIGHTS
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    assert [v for v in checkpoint.list_versions(root)][-1].name == broken
+
+    agent, _ = _agent(_settings(root, tmp_path / "state"), good, events=10)
+    assert agent.models.loaded_versions() == [good]
+    assert _value(agent, "attnmon_model_load_failures_total", {"cause": "invalid"}) == 1
+    agent.pipeline.close()
