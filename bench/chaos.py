@@ -56,6 +56,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -220,14 +221,14 @@ class Bench:
                     pass
 
     def config(self, name: str, topic: str, *, group: str, instance: str | None = None, grace_s: float = 30.0,
-               cohorts: list[dict] | None = None) -> Path:
+               cohorts: list[dict] | None = None, models: Path | None = None) -> Path:
         kafka = {"bootstrap_servers": self.kafka.bootstrap_servers, "topic": topic, "dead_letter_topic": topic + ".dlq",
                  "group_id": group, "session_timeout_ms": 10_000}
         if instance is not None:
             kafka["group_instance_id"] = instance
         document = {
             "kafka": kafka,
-            "models": {"root": str(self.models), "retry_after_s": 0.5},
+            "models": {"root": str(models or self.models), "retry_after_s": 0.5},
             "state": {"directory": str(self.work / name / "state")},
             "http": {"host": "127.0.0.1", "port": self.port},
             "intervals": {"judge_s": 1.0, "checkpoint_s": 1.0, "lag_s": 0.5},
@@ -256,6 +257,13 @@ class Bench:
         command = ["kcat", "-P", "-b", self.kafka.bootstrap_servers, "-t", topic, "-z", codec,
                    "-X", "linger.ms=50", "-X", "batch.num.messages=5000"] + (["-K", "\t"] if keys else [])
         subprocess.run(command, input=body, check=True, timeout=900)
+
+    def end_offsets(self, topic: str, partitions: int) -> int:
+        """Records in the topic: the sum of its partitions' end offsets (what the broker took)."""
+        query = [w for p in range(partitions) for w in ("-t", f"{topic}:{p}:-1")]
+        out = subprocess.run(["kcat", "-Q", "-b", self.kafka.bootstrap_servers, *query], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        return sum(int(m) for m in re.findall(r"offset (\d+)", out))
 
     def read_topic(self, topic: str) -> list[bytes]:
         out = subprocess.run(["kcat", "-C", "-b", self.kafka.bootstrap_servers, "-t", topic, "-o", "beginning",
@@ -373,14 +381,14 @@ def kill_scenario(bench: Bench) -> dict:
         elif seconds is not None and previous == "term":
             rejoin_term.append(seconds)
 
-    while kills < a.kills:
+    while mid_stream < a.kills and kills < 3 * a.kills:  # a kill after the end of the topic does not count
         loaded = state_store.load(state_dir) if (state_dir / "state.json").exists() else None
         checkpointed = sum(loaded[1].values()) if loaded else 0
         remaining = max(1, n - checkpointed)
         daemon = start()
         # A random point: a random count of events this process finishes, then up to 0.3 s more,
         # so the kill lands anywhere between and inside checkpoints, folds and polls.
-        target = bench.rng.randint(1, max(1, 2 * remaining // (a.kills - kills + 1)))
+        target = bench.rng.randint(1, max(1, remaining // (a.kills - mid_stream + 1)))
         if not daemon.wait(lambda: daemon.done() >= target, 600, every_s=0.25):
             exits.append(daemon.process.poll())
         time.sleep(bench.rng.uniform(0.0, 0.3))
@@ -523,7 +531,6 @@ def fuzz_scenario(bench: Bench) -> dict:
     topic = bench.topic("fuzz", parts)
     config = bench.config("fuzz", topic, group=f"chaos-fuzz-{bench.run_id}", grace_s=1.0)
     daemon = bench.daemon(config, "daemon.log")
-    daemon.wait(daemon.ready, 300)
     files = Path(tempfile.mkdtemp(prefix="fuzz-", dir=bench.work))
     per_codec = -(-count // len(CODECS))
     t0 = time.monotonic()
@@ -539,7 +546,12 @@ def fuzz_scenario(bench: Bench) -> dict:
                 subprocess.run(["kcat", "-P", "-b", bench.kafka.bootstrap_servers, "-t", topic, "-p", str(p),
                                 "-z", codec, "-X", "linger.ms=50", *paths], check=True, timeout=300,
                                stdout=subprocess.DEVNULL)
+        # Null values (tombstones): kcat sends an empty line as NULL with -Z (an empty file not at all).
+        subprocess.run(["kcat", "-P", "-b", bench.kafka.bootstrap_servers, "-t", topic, "-p", str(c), "-z", codec,
+                        "-Z", "-X", "linger.ms=50"], input=b"\n" * 25, check=True, timeout=300)
     produce_s = time.monotonic() - t0
+    sent = count
+    count = bench.end_offsets(topic, parts)  # kcat skips empty files: what the broker holds counts
 
     def accounted() -> float:
         s = daemon.samples()
@@ -570,7 +582,7 @@ def fuzz_scenario(bench: Bench) -> dict:
         else:
             covered.add((letter["partition"], letter["offset"]))
             assert base64.b64decode(letter["original_b64"]) is not None
-    return {"fuzzed": count, "fuzz_codecs": list(CODECS), "fuzz_processed": processed,
+    return {"fuzzed": count, "fuzz_files": sent, "fuzz_codecs": list(CODECS), "fuzz_processed": processed,
             "fuzz_dead_lettered": len(covered), "fuzz_letters": letters, "fuzz_reasons": reasons,
             "undead_lettered": count - processed - len(covered) + without_reason,
             "crashes": int(crashed) + replacements + len(log_problems(daemon.log)),
@@ -603,10 +615,13 @@ def cohort_scenario(bench: Bench) -> dict:
     t0 = time.monotonic()
     bench.kcat_lines(topic, values[5000:])
     labels_max = 0
-    pattern = re.compile(r'dimension="region",cohort="([^"]*)"')
+    cohort = re.compile(r'[{,]cohort="([^"]*)"')
 
     def scrape() -> int:
-        return len(set(pattern.findall(daemon.get("/metrics", timeout_s=30))))
+        body = daemon.get("/metrics", timeout_s=60)
+        (config.parent / "last-scrape.txt").write_text(body)
+        return len({m.group(1) for line in body.splitlines() if 'dimension="region"' in line
+                    for m in [cohort.search(line)] if m})
 
     deadline = time.monotonic() + 1800
     while daemon.alive() and daemon.done() < len(values) and time.monotonic() < deadline:
@@ -629,16 +644,19 @@ def cohort_scenario(bench: Bench) -> dict:
 def tamper_scenario(bench: Bench) -> dict:
     torch.manual_seed(1)
     other = SASRec(SASRecConfig(n_items=bench.data.catalog.n_items, max_len=50, hidden=16, layers=2, heads=2))
-    broken = checkpoint.save(other, bench.data.catalog, {}, bench.models, label="tampered")
+    models = bench.work / "tamper" / "models"  # its own root: the other scenarios never see the broken version
+    shutil.copytree(bench.models / bench.version, models / bench.version)
+    broken = checkpoint.save(other, bench.data.catalog, {}, models, label="tampered")
     events = bench.events(600, models={bench.version: bench.tiny, broken: other},
                           scenario=Scenario(versions=((0, bench.version), (200, broken), (400, bench.version))),
                           seed=6)
-    weights = bench.models / broken / checkpoint.WEIGHTS
+    weights = models / broken / checkpoint.WEIGHTS
     raw = bytearray(weights.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # one flipped byte of the weights
     weights.write_bytes(bytes(raw))
     topic = bench.topic("tamper", 1)
-    config = bench.config("tamper", topic, group=f"chaos-tamper-{bench.run_id}", grace_s=1.0)
+    config = bench.config("tamper", topic, group=f"chaos-tamper-{bench.run_id}", grace_s=1.0,
+                          models=models)
     state_dir = config.parent / "state"
     # A checkpoint from an earlier run of this daemon, cut short (a torn copy, a full disk).
     state_store.save(state_dir, {"judge": {}, "paired": {}, "cohorts": {}}, {(topic, 0): 0})
