@@ -43,7 +43,7 @@ from monitor.drift.paired import PairedComparison
 from monitor.stream.pipeline import Pipeline, RecordLike
 from monitor.attention.registry import ModelRegistry, ServedModel
 from monitor.settings import Settings
-from monitor.stream.source import CommitFailed, Partition, Sink, SourceFactory
+from monitor.stream.source import CommitFailed, Partition, Sink, SourceError, SourceFactory
 
 log = logging.getLogger(__name__)
 
@@ -256,12 +256,20 @@ class Agent:
     def _periodic_checkpoint(self) -> None:
         """A checkpoint between polls. A commit refused because the group is rebalancing is
         expected, not fatal: the state is saved, and the next poll runs the rebalance, whose
-        revocation checkpoints and commits again for the partitions that move."""
+        revocation checkpoints and commits again for the partitions that move. So is a commit
+        that fails for a retriable reason (the broker restarting: a timeout, no coordinator):
+        the state holds the offsets, the next checkpoint commits newer ones, and a restart
+        meanwhile resumes from the state's offsets, the newer ones (``_on_assigned``)."""
         try:
             self.checkpoint()
         except CommitFailed as error:
             self.metrics.commit_failures.inc()
             log.warning("commit refused during a rebalance; the revocation will commit: %s", error)
+        except SourceError as error:
+            if not error.retriable:
+                raise
+            self.metrics.commit_failures.inc()
+            log.warning("commit failed (retriable); the next checkpoint commits again: %s", error)
 
     def _export_lag(self) -> None:
         for (topic, partition), lag in self._source.lag().items():

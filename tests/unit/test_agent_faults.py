@@ -15,7 +15,7 @@ from monitor.stream import state as state_store
 from monitor.stream.agent import Agent
 from monitor.stream.config import PipelineConfig
 from monitor.stream.memory import MemorySink, MemorySource
-from monitor.stream.source import CommitFailed
+from monitor.stream.source import CommitFailed, SourceError
 from monitor.tools.replay import EventFactory, Scenario
 from scaffold import publish_small, small_models
 
@@ -33,13 +33,17 @@ def _settings(models_root: Path, state: Path, **state_options) -> Settings:
 
 
 class _Source(MemorySource):
-    """A memory source whose commits can be refused, as Kafka refuses them mid-rebalance."""
+    """A memory source whose commits can be refused, as Kafka refuses them mid-rebalance, or
+    time out, as they do while the broker restarts."""
 
     refuse_commits = False
+    commit_error: SourceError | None = None
 
     def commit(self, next_offsets):
         if self.refuse_commits:
             raise CommitFailed("the group is rebalancing")
+        if self.commit_error is not None:
+            raise self.commit_error
         super().commit(next_offsets)
 
 
@@ -135,6 +139,22 @@ def test_a_commit_refused_during_a_periodic_checkpoint_is_not_fatal(models, tmp_
     agent._periodic_checkpoint()  # used to raise CommitFailed out of the loop
     assert _value(agent, "attnmon_kafka_commit_failures_total") == 1
     assert (tmp_path / "state" / state_store.FILE).exists()  # the state was still saved
+    agent.pipeline.close()
+
+
+def test_a_commit_timing_out_while_the_broker_restarts_is_not_fatal(models, tmp_path):
+    """Found by bench/chaos.py: with the broker stopped, a periodic checkpoint's commit timed
+    out (KafkaTimeoutError, retriable), the SourceError left the loop and the daemon exited 1."""
+    root, versions = models
+    agent, source = _agent(_settings(root, tmp_path / "state"), versions[0])
+    source.poll(10, 10)  # assigned
+    source.commit_error = SourceError("commit failed: KafkaTimeoutError", retriable=True)
+    agent._periodic_checkpoint()  # used to raise out of the loop
+    assert _value(agent, "attnmon_kafka_commit_failures_total") == 1
+    assert (tmp_path / "state" / state_store.FILE).exists()  # the state, with its offsets, was saved
+    source.commit_error = SourceError("not authorised", retriable=False)
+    with pytest.raises(SourceError):  # what retrying cannot fix still stops the agent
+        agent._periodic_checkpoint()
     agent.pipeline.close()
 
 
