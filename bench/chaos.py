@@ -497,7 +497,7 @@ def mutate(rng: random.Random, event: dict) -> bytes:
     elif kind == 9:
         e[f"extra{rng.randint(0, 9)}"] = {"nested": [[[[[1]]]]] * 5}
     elif kind == 10:
-        return json.dumps(e).encode()[: rng.randint(0, 200)]  # truncated
+        return json.dumps(e).encode()[: rng.randint(1, 200)]  # truncated
     elif kind == 11:
         return b"[" * rng.randint(1, 5000) + b"]" * rng.randint(0, 5000)  # deep nesting
     elif kind == 12:
@@ -519,7 +519,7 @@ def fuzz_records(bench: Bench, count: int) -> list[bytes]:
     out = []
     for i in range(count):
         if rng.random() < 0.3:
-            out.append(bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 7, 64, 512, 4096]))))
+            out.append(bytes(rng.randrange(256) for _ in range(rng.choice([1, 2, 7, 64, 512, 4096]))))
         else:
             out.append(mutate(rng, rng.choice(valid)))
     return out
@@ -546,9 +546,11 @@ def fuzz_scenario(bench: Bench) -> dict:
                 subprocess.run(["kcat", "-P", "-b", bench.kafka.bootstrap_servers, "-t", topic, "-p", str(p),
                                 "-z", codec, "-X", "linger.ms=50", *paths], check=True, timeout=300,
                                stdout=subprocess.DEVNULL)
-        # Null values (tombstones): kcat sends an empty line as NULL with -Z (an empty file not at all).
+        # Null values (tombstones): with -K and -Z, kcat sends a keyed empty value as NULL (files and
+        # lines that are empty it does not send at all).
         subprocess.run(["kcat", "-P", "-b", bench.kafka.bootstrap_servers, "-t", topic, "-p", str(c), "-z", codec,
-                        "-Z", "-X", "linger.ms=50"], input=b"\n" * 25, check=True, timeout=300)
+                        "-K", "\t", "-Z", "-X", "linger.ms=50"], input=b"".join(b"null-%d\t\n" % i for i in range(25)),
+                       check=True, timeout=300)
     produce_s = time.monotonic() - t0
     sent = count
     count = bench.end_offsets(topic, parts)  # kcat skips empty files: what the broker holds counts
