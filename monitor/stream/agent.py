@@ -167,13 +167,22 @@ class Agent:
         commit, forget them."""
         self._drain()
         self.pipeline.forget_held(partitions)  # dead-lettered before the checkpoint that commits past them
-        self.checkpoint()
-        self.pipeline.offsets.forget(partitions)
-        for topic, partition in partitions:  # a partition's lag is its new owner's to export
-            try:
-                self.metrics.lag.remove(topic, str(partition))
-            except KeyError:
-                pass
+        try:
+            self.checkpoint()
+        finally:
+            # The state now holds these partitions' events up to ``ours``. When they were lost
+            # rather than revoked (the member evicted: a session timeout, the broker restarting),
+            # the commit is refused and the group's offsets are older; should a partition come
+            # back to this member, it resumes after what the state holds, as after a restart
+            # (``_on_assigned`` takes the newer of this and the group's offset).
+            ours = self.pipeline.offsets.committable()
+            self._restored_offsets.update({tp: ours[tp] for tp in partitions if tp in ours})
+            self.pipeline.offsets.forget(partitions)
+            for topic, partition in partitions:  # a partition's lag is its new owner's to export
+                try:
+                    self.metrics.lag.remove(topic, str(partition))
+                except KeyError:
+                    pass
         log.info("revoked %s", partitions)
 
     # -- the loop ----------------------------------------------------------------------------

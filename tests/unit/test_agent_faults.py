@@ -158,6 +158,23 @@ def test_a_commit_timing_out_while_the_broker_restarts_is_not_fatal(models, tmp_
     agent.pipeline.close()
 
 
+def test_partitions_lost_and_assigned_back_resume_after_what_the_state_holds(models, tmp_path):
+    """Found by bench/chaos.py: with the broker stopped past the session timeout the member was
+    evicted, its revocation commit refused; assigned the partitions again, it read on from the
+    group's older committed offsets and folded 6,144 events a second time."""
+    root, versions = models
+    agent, source = _agent(_settings(root, tmp_path / "state"), versions[0])
+    (partition,) = source.poll(10, 10) and source.assignment()  # assigned
+    source.commit({partition: 10})
+    agent.pipeline.offsets.seen(partition, 199)  # folded up to 199 since that commit
+    source.refuse_commits = True  # lost: the member was evicted
+    with pytest.raises(CommitFailed):
+        agent._on_revoked([partition])
+    source.refuse_commits = False
+    assert agent._on_assigned([partition]) == {partition: 200}  # old code: {} (the group's 10)
+    agent.pipeline.close()
+
+
 def test_revoked_partitions_leave_the_lag_gauge(models, tmp_path):
     root, versions = models
     agent, source = _agent(_settings(root, tmp_path / "state"), versions[0])
