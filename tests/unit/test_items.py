@@ -16,7 +16,7 @@ def stream(rng: np.random.Generator, batches: int) -> list[tuple[np.ndarray, np.
     items = int(rng.integers(20, 3000))
     popularity = 1.0 / np.arange(1, items + 1) ** rng.uniform(0.3, 1.5)
     popularity /= popularity.sum()
-    ids = rng.permutation(10_000_000)[:items]  # sparse raw ids
+    ids = rng.permutation(np.unique(rng.integers(0, 10_000_000, 2 * items)))[:items]  # sparse raw ids
     out = []
     for _ in range(batches):
         size = int(rng.integers(1, 2000))
