@@ -37,10 +37,12 @@ items") says why.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
+from monitor.drift.baseline import CohortKey
 from monitor.drift.divergence import chi2_homogeneity, js_distance
 from monitor.drift.items import ItemSketch
 
@@ -56,7 +58,6 @@ def figures(sketch: ItemSketch, top_k: int) -> Figures:
     total = sketch.total
     if total <= 0:
         return Figures(0.0, 0.0, [])
-    sketch.compact()
     shares = sketch.mass / total
     entropy = float(-(shares * np.log(np.maximum(shares, 1e-300))).sum())
     removed = sketch.removed() / total
@@ -132,3 +133,28 @@ def compare(windows: Sequence[ItemSketch], references: Sequence[ItemSketch], win
         reference_effective_items=np.array([f.effective_items for f in r_fig]),
         overlap=overlap, window_events=n, top=top,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """One (cohort, layer)'s attention mass per item judged in one round: what the item gauges export."""
+
+    key: CohortKey
+    layer: int
+    kind: str  # "within_version" or "model_update"
+    reference_version: str
+    score: float  # bias-corrected JS distance over the top items' cells
+    js_raw: float
+    p_value: float  # chi-square on effective counts
+    p_adjusted: float  # Benjamini-Hochberg, in the round's one family
+    threshold: float  # item_min_effect
+    flagged: bool  # significant, large enough, and narrowed
+    drifting: bool  # hysteresis verdict after this window: "narrowed"
+    top_share: float  # the window's top-k share
+    reference_top_share: float
+    effective_items: float  # exp(entropy), the window's
+    reference_effective_items: float
+    overlap: float  # share of the window's top-k items among the reference's top-k
+    samples: int  # events (mass) in the window
+    top: tuple[tuple[int, float, float], ...]  # the window's top items: (item id, share, reference share)
+    update_at: float | None
