@@ -29,7 +29,7 @@ items") says why.
 >>> before, after = ItemSketch(), ItemSketch()
 >>> before.add(np.arange(100), np.full(100, 20.0))          # 2,000 events over 100 items
 >>> after.add(np.arange(100), np.r_[np.full(3, 150.0), np.full(97, 50.0 / 97)])  # 500, 90 % on 3
->>> out = compare([after], [before], np.array([1.0]), np.array([1.0]), top_k=3)
+>>> out = compare([(after, 0)], [(before, 0)], np.array([1.0]), np.array([1.0]), top_k=3)
 >>> bool(out.p_value[0] < 1e-12), round(float(out.top_share[0]), 2), round(float(out.reference_top_share[0]), 2)
 (True, 0.9, 0.03)
 """
@@ -53,18 +53,18 @@ class Figures(NamedTuple):
     top: list[tuple[int, float]]  # (item id, share), largest first
 
 
-def figures(sketch: ItemSketch, top_k: int) -> Figures:
-    """The concentration figures of one sketch (module docstring); zeros when it is empty."""
-    total = sketch.total
+def figures(sketch: ItemSketch, top_k: int, layer: int = 0) -> Figures:
+    """The concentration figures of one layer of a sketch (module docstring); zeros when it is empty."""
+    total = sketch.mass_total(layer)
     if total <= 0:
         return Figures(0.0, 0.0, [])
-    shares = sketch.mass / total
+    shares = sketch.mass[:, layer] / total
     entropy = float(-(shares * np.log(np.maximum(shares, 1e-300))).sum())
-    removed = sketch.removed() / total
+    removed = sketch.removed(layer) / total
     if removed > 0:
-        bound = sketch.error_bound() / total  # the largest share an item without a counter can hold
+        bound = sketch.error_bound(layer) / total  # the largest share an item without a counter can hold
         entropy -= removed * np.log(min(bound, removed))
-    top = [(item, mass / total) for item, mass in sketch.top(top_k)]
+    top = [(item, mass / total) for item, mass in sketch.top(top_k, layer)]
     return Figures(float(sum(s for _, s in top)), float(np.exp(entropy)), top)
 
 
@@ -84,10 +84,13 @@ class Comparison(NamedTuple):
     top: list[list[tuple[int, float, float]]]  # the window's top items: (item id, share, reference share)
 
 
-def compare(windows: Sequence[ItemSketch], references: Sequence[ItemSketch], window_design: np.ndarray,
+Layered = tuple[ItemSketch, int]  # a sketch and one of its layers
+
+
+def compare(windows: Sequence[Layered], references: Sequence[Layered], window_design: np.ndarray,
             reference_design: np.ndarray, *, top_k: int, min_expected: float = 5.0) -> Comparison:
     """Test each window's item mass against its reference's (module docstring), vectorised
-    over the rows; ``*_design`` [K] are the sides' design effects (Kish)."""
+    over the rows (each a sketch and a layer); ``*_design`` [K] are the sides' design effects (Kish)."""
     if len(windows) != len(references):
         raise ValueError(f"{len(windows)} windows against {len(references)} references")
     k = len(windows)
@@ -95,21 +98,22 @@ def compare(windows: Sequence[ItemSketch], references: Sequence[ItemSketch], win
     a = np.zeros((k, cells))
     b = np.zeros((k, cells))
     top, w_fig, r_fig, overlap = [], [], [], np.zeros(k)
-    for row, (window, reference) in enumerate(zip(windows, references, strict=True)):
-        wf, rf = figures(window, top_k), figures(reference, top_k)
+    for row, ((window, w_layer), (reference, r_layer)) in enumerate(zip(windows, references, strict=True)):
+        wf, rf = figures(window, top_k, w_layer), figures(reference, top_k, r_layer)
         w_fig.append(wf)
         r_fig.append(rf)
         w_ids = [i for i, _ in wf.top]
         r_ids = [i for i, _ in rf.top]
         union = np.array(list(dict.fromkeys(r_ids + w_ids)), dtype=np.int64)
-        wa, rb = window.estimate(union), reference.estimate(union)
+        wa, rb = window.estimate(union, w_layer), reference.estimate(union, r_layer)
+        w_total, r_total = window.mass_total(w_layer), reference.mass_total(r_layer)
         # Cells by pooled share, largest first ("other" last): the chi-square merges neighbours.
-        order = np.argsort(-(wa / max(window.total, 1e-12) + rb / max(reference.total, 1e-12)), kind="stable")
+        order = np.argsort(-(wa / max(w_total, 1e-12) + rb / max(r_total, 1e-12)), kind="stable")
         a[row, : union.size], b[row, : union.size] = wa[order], rb[order]
-        a[row, -1] = max(0.0, window.total - wa.sum())
-        b[row, -1] = max(0.0, reference.total - rb.sum())
+        a[row, -1] = max(0.0, w_total - wa.sum())
+        b[row, -1] = max(0.0, r_total - rb.sum())
         overlap[row] = len(set(w_ids) & set(r_ids)) / max(len(w_ids), 1)
-        reference_share = dict(zip(union.tolist(), (rb / max(reference.total, 1e-12)).tolist(), strict=True))
+        reference_share = dict(zip(union.tolist(), (rb / max(r_total, 1e-12)).tolist(), strict=True))
         top.append([(item, share, reference_share[item]) for item, share in wf.top])
     n = a.sum(axis=1)
     m = b.sum(axis=1)

@@ -690,13 +690,17 @@ class Judge:
 
     def _compare_items(self, pending: list[_Pending]) -> tuple[list[tuple[_Pending, int]], Comparison]:
         """The attention mass per item of every pending window whose reference has it, per layer."""
-        rows = [(p_, layer) for p_ in pending if p_.window_sample is not None and p_.reference_sample is not None
-                for layer in range(min(len(p_.window_sample.items), len(p_.reference_sample.items)))]
-        samples = [(p_.window_sample, p_.reference_sample, layer) for p_, layer in rows]
-        return rows, compare([w.items[layer] for w, _, layer in samples],  # type: ignore[union-attr]
-                             [r.items[layer] for _, r, layer in samples],  # type: ignore[union-attr]
-                             np.array([w.design_effect() for w, _, _ in samples]),  # type: ignore[union-attr]
-                             np.array([r.design_effect() for _, r, _ in samples]),  # type: ignore[union-attr]
+        rows, windows, references = [], [], []
+        for p_ in pending:
+            window, reference = p_.window_sample, p_.reference_sample
+            if window is None or reference is None or window.items is None or reference.items is None:
+                continue
+            for layer in range(min(window.items.layers, reference.items.layers)):
+                rows.append((p_, layer))
+                windows.append((window.items, layer, window.design_effect()))
+                references.append((reference.items, layer, reference.design_effect()))
+        return rows, compare([(w, layer) for w, layer, _ in windows], [(r, layer) for r, layer, _ in references],
+                             np.array([d for _, _, d in windows]), np.array([d for _, _, d in references]),
                              top_k=self.config.item_top_k, min_expected=self.config.min_expected)
 
     def _item_results(self, rows: list[tuple[_Pending, int]], comparison: Comparison,

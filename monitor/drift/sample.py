@@ -124,7 +124,7 @@ class Sample:
         self.users = UserSketch(SKETCH_WIDTH, SKETCH_DEPTH)
         self.nan = 0
         self.clipped = 0
-        self.items: list[ItemSketch] = []  # attention mass per item, one sketch per layer (once fed)
+        self.items: ItemSketch | None = None  # attention mass per item and layer (once fed)
 
     @property
     def events(self) -> int:
@@ -175,15 +175,9 @@ class Sample:
         self.clipped += int(clipped)
         if items is not None:
             ids, mass = items
-            self._layers(mass.shape[1])
-            for layer, sketch in enumerate(self.items):
-                sketch.add(ids, mass[:, layer])
-
-    def _layers(self, layers: int) -> None:
-        if not self.items:
-            self.items = [ItemSketch() for _ in range(layers)]
-        elif len(self.items) != layers:
-            raise ValueError(f"item mass of {layers} layers for a sample of {len(self.items)}")
+            if self.items is None:
+                self.items = ItemSketch(layers=mass.shape[1])
+            self.items.add(ids, mass)
 
     def merge(self, other: Sample) -> None:
         """Add another sample of the same shape (the events of both)."""
@@ -194,18 +188,18 @@ class Sample:
         self.users.merge(other.users)
         self.nan += other.nan
         self.clipped += other.clipped
-        if other.items:
-            self._layers(len(other.items))
-            for mine, theirs in zip(self.items, other.items, strict=True):
-                mine.merge(theirs)
+        if other.items is not None:
+            if self.items is None:
+                self.items = ItemSketch(other.items.capacity, other.items.layers)
+            self.items.merge(other.items)
 
     def reset(self) -> None:
         self.counts[:] = 0
         self.by_group[:] = 0
         self.users.reset()
         self.nan = self.clipped = 0
-        for sketch in self.items:
-            sketch.reset()
+        if self.items is not None:
+            self.items.reset()
 
     def copy(self) -> Sample:
         twin = Sample(*self.counts.shape)
@@ -216,7 +210,7 @@ class Sample:
         """JSON-able state; the arrays packed (``pack``): a checkpoint holds hundreds of samples."""
         return {"counts": pack(self.counts), "by_group": pack(self.by_group), "users": pack(self.users.counters),
                 "events": self.events, "nan": self.nan, "clipped": self.clipped,
-                "items": [sketch.to_state() for sketch in self.items]}
+                "items": None if self.items is None else self.items.to_state()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Sample:
@@ -232,7 +226,8 @@ class Sample:
         sample.users = UserSketch.from_counters(unpack(state["users"]), int(state["events"]))
         sample.nan = int(state.get("nan", 0))
         sample.clipped = int(state.get("clipped", 0))
-        sample.items = [ItemSketch.from_state(s) for s in state.get("items", [])]  # absent before item mass
+        items = state.get("items")  # absent before item mass
+        sample.items = ItemSketch.from_state(items) if items else None
         return sample
 
     def __eq__(self, other: object) -> bool:

@@ -36,12 +36,13 @@ def check_bound(sketch: ItemSketch, truth: dict[int, float]) -> None:
     counted = sketch.estimate(ids)
     bound = sketch.error_bound()
     total = sum(truth.values())
-    assert sketch.total == pytest.approx(total)
+    assert sketch.mass_total() == pytest.approx(total)
     assert bound <= total / (sketch.capacity + 1) + 1e-9
     assert (counted <= true + 1e-9).all()  # never above the true mass
     assert (counted >= true - bound - 1e-9).all()  # never further below than the bound
-    assert sketch.items.size <= sketch.capacity
-    assert set(ids[true > bound + 1e-9].tolist()) <= set(sketch.items.tolist())  # every item above it is held
+    assert np.count_nonzero(sketch.mass[:, 0]) <= sketch.capacity
+    held = set(sketch.items[sketch.mass[:, 0] > 0].tolist())
+    assert set(ids[true > bound + 1e-9].tolist()) <= held  # every item above it is held
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -110,3 +111,23 @@ def test_refuses_bad_input() -> None:
     state["capacity"] = 0
     with pytest.raises(ValueError):
         ItemSketch.from_state(state)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_layers_keep_their_own_bound(seed: int) -> None:
+    """Two layers share the item ids; each keeps at most ``capacity`` counters and its own bound."""
+    rng = np.random.default_rng(2000 + seed)
+    batches = stream(rng, int(rng.integers(1, 20)))
+    second = [(items, rng.uniform(0.0, 1.0, items.size) ** 3) for items, _ in batches]  # another layer's weights
+    sketch = ItemSketch(capacity=int(rng.integers(1, 200)), layers=2)
+    for (items, mass), (_, other) in zip(batches, second, strict=True):
+        sketch.add(items, np.stack([mass, other], axis=1))
+    assert sketch.items.size <= 2 * sketch.capacity
+    for layer, layer_batches in enumerate((batches, second)):
+        truth = exact(layer_batches)
+        ids = np.array(list(truth), dtype=np.int64)
+        true = np.array([truth[i] for i in ids.tolist()])
+        counted = sketch.estimate(ids, layer)
+        assert np.count_nonzero(sketch.mass[:, layer]) <= sketch.capacity
+        assert sketch.mass_total(layer) == pytest.approx(true.sum())
+        assert (counted <= true + 1e-9).all() and (counted >= true - sketch.error_bound(layer) - 1e-9).all()
