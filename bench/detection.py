@@ -20,9 +20,9 @@ The same windows are judged four ways:
     (``JudgeReport.cohorts``), the paired verdict (``PairedReport.model_caused``),
     and "either" (what the agent alerts on);
 (b) Evidently 0.7's default data-drift test (``Report([DataDriftPreset()])``): per
-    cohort and judged window, reference = the previous version's first
-    ``reference_events`` events of that cohort, current = the new version's events of
-    that window; columns = the 7 statistics x layers (head-averaged); verdict = its
+    cohort and judged window, reference = the previous version's last
+    ``reference_events`` events of that cohort before the switch (its recent traffic,
+    as the judge's update reference), current = the new version's events of that window; columns = the 7 statistics x layers (head-averaged); verdict = its
     dataset drift (share of drifted columns >= 0.5). Its per-column tests are computed
     with Evidently's own default-test selection and thresholds (a full Report costs
     ~1 s and hundreds of windows are judged); the equivalence is checked against full
@@ -318,7 +318,11 @@ def judged_windows(replay: Replay, old: VersionValues, new: VersionValues,
             rows = members[(positions >= since_judged.get(cohort, 0)) & (positions < mark)]
             since_judged[cohort] = mark
             mismatched += len(rows) != result.samples
-            reference = old.members(*cohort)[:reference_events]
+            # The judge's update reference is the previous version's recent traffic, frozen at the
+            # switch: the other methods get that too (its last events of the cohort).
+            reference = old.members(*cohort)[-reference_events:]
+            if len(rows) == 0 or len(reference) == 0:  # the bench cannot rebuild this window: not compared
+                continue
             windows.append(Window(index, round_.events - replay.before, cohort, _cohort_events(new, cohort, mark),
                                   _take(old, reference), _take(new, rows)))
     return windows, mismatched

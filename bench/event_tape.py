@@ -87,7 +87,7 @@ def measure(tape: Tape, served: ServedModel, dimensions: Sequence[CohortDimensio
     """Statistics and cohorts of ``served``'s events on ``tape``, computed as the agent computes them.
 
     Each event's window is the last ``max_len`` history items the version knows; cohorts
-    see the window's length, as in the agent's fold.
+    see the event's own history length, as in the agent's fold.
     """
     positions = np.flatnonzero(np.asarray(tape.versions, dtype=object) == served.version)
     windows = []
@@ -105,7 +105,7 @@ def measure(tape: Tape, served: ServedModel, dimensions: Sequence[CohortDimensio
         averaged[chunk.rows] = compute(*args, averaged_config)
         per_head[chunk.rows] = compute(*args, head_config)
     assigner = CohortAssigner(list(dimensions))
-    lengths = np.fromiter((max(1, len(w)) for w in windows), dtype=np.int64, count=len(windows))
+    lengths = np.fromiter((len(tape.histories[p]) for p in positions.tolist()), dtype=np.int64, count=len(positions))
     codes = assigner.assign([tape.contexts[p] for p in positions.tolist()], lengths)
     labels = assigner.labels()
     cohorts = {dim: np.asarray(labels[dim], dtype=object)[codes[:, column]]

@@ -511,7 +511,8 @@ class AgentMetrics:
 
     def forget_version(self, version: str, previous: str | None = None) -> None:
         """Remove every series labelled with a retired ``version``: its attention histograms,
-        unknown-item and truncation counters, and its update from ``previous`` if it had one.
+        unknown-item and truncation counters, and its update from ``previous`` if it had one
+        (the update timestamp and the paired comparison's event and unknown-item counters).
         (An update *to* a newer version that names it as previous_version stays: that series
         belongs to the newer version.)"""
         self.attention.forget(version)
@@ -520,3 +521,7 @@ class AgentMetrics:
         _remove(self.truncated, version)
         if previous is not None:
             _remove(self.model_update, version, previous)
+            for outcome in ("paired", "previous_unreadable", "previous_unavailable"):
+                _remove(self.paired_events, version, previous, outcome)
+            for side in ("previous", "new"):
+                _remove(self.paired_items_unknown, version, previous, side)

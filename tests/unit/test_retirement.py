@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from monitor.attention.registry import ModelRegistry
-from monitor.drift.baseline import SeriesKey
+from monitor.drift.baseline import CohortKey
 from monitor.drift.cohorts import CohortAssigner, CohortDimension
 from monitor.drift.judge import Judge, JudgeConfig
 from monitor.drift.paired import PairedComparison
@@ -99,12 +99,12 @@ class Agentless:
 
 def judge_versions(judge: Judge) -> set[str]:
     state = judge.to_state()
-    return ({key[0] for key, _ in state["series"]} | {key[0] for key, _ in state["baselines"]["baselines"]}
+    return ({key[0] for key, _ in state["cohorts"]} | {key[0] for key, _ in state["baselines"]["baselines"]}
             | set(judge.updates))
 
 
 def paired_versions(paired: PairedComparison) -> set[str]:
-    return {key[0] for key, *_ in paired.to_state()["pairs"]}
+    return {key[0] for key, *_ in paired.to_state()["cohorts"]}
 
 
 @pytest.fixture()
@@ -241,8 +241,8 @@ def test_a_retired_version_that_comes_back_starts_fresh_as_an_update(versions) -
     update = h.pipeline.judge.updates[v2]
     assert (update.previous_version, update.at) == (v1, back + 5)  # a new update, from the version serving
     assert h.value("attnmon_model_update_timestamp_seconds", model_version=v2, previous_version=v1) == back + 5
-    baseline = h.pipeline.judge.baselines.get(SeriesKey(v2, "all", "all", "entropy", 0))
-    assert baseline is not None and baseline.histogram.total == 10  # its own baseline collects anew
+    baseline = h.pipeline.judge.baselines.get(CohortKey(v2, "all", "all"))
+    assert baseline is not None and baseline.sample.events == 10  # its own baseline collects anew
     assert h.value("attnmon_history_truncated_total", model_version=v2) == 10  # counters restart
 
 

@@ -32,6 +32,7 @@ from model import checkpoint
 from model.data import load_movielens
 from monitor.attention.registry import ServedModel
 from monitor.attention.stats import STATISTICS
+from monitor.drift.baseline import SeriesKey
 from monitor.drift.judge import Judge, JudgeConfig
 from monitor.tools.replay import EventFactory, Scenario, serving_traffic
 
@@ -166,9 +167,14 @@ class _Recorder(Judge):
         super().__init__(config)
         self.values: dict = {}
 
-    def observe(self, key, values, *args, **kwargs):
-        self.values.setdefault(key, []).append(np.asarray(values).copy())
-        return super().observe(key, values, *args, **kwargs)
+    def observe_batch(self, version, dimension, codes, labels, values, *args, **kwargs):
+        statistics = kwargs["statistics"]
+        for code in np.unique(codes).tolist():
+            for i, statistic in enumerate(statistics):
+                for layer in range(values.shape[2]):
+                    key = SeriesKey(version, dimension, labels[code], statistic, layer)
+                    self.values.setdefault(key, []).append(np.asarray(values[codes == code, i, layer]).copy())
+        return super().observe_batch(version, dimension, codes, labels, values, *args, **kwargs)
 
 
 def test_the_bench_measures_the_events_it_sent_as_the_pipeline_does(clean, data):
