@@ -12,26 +12,38 @@ Figures of one (version, cohort, layer) stretch of events (``figures``):
   number of events, so it is shown, not tested;
 - the top items and their shares.
 
-The test (``compare``) asks whether the window's mass is spread over the items as the
-reference's is, on the cells that matter: the union of both sides' ``top_k`` items, and
-everything else as one cell. A chi-square test of homogeneity on those cells
-(``divergence.chi2_homogeneity``) on *effective* counts: one event brings one unit of mass
-(its row sums to 1); a row spreads it over many items, so counting each event as one draw of
-a single item is conservative (the multinomial covariance bounds the covariance of any
-vector on the simplex); and a user's events repeat their history's items, so each side's
-mass is divided by Kish's design effect (events over effective users, the bound reached when
-a user's events repeat exactly). The effect size is the bias-corrected Jensen-Shannon
-distance over the same cells, at the same effective sizes. A window *narrowed* when its own
-top-k share is above the reference's. ``docs/drift.md`` ("Attention concentrated on few
-items") says why.
+The test (``compare``) asks whether the window's attention piles onto a few items more than
+its reference's does, without being fooled by its own noise. A window's own top items are
+partly chosen by chance, and by its heavy users: a session's events attend to the same few
+history items, so a window of few users has a high top-k share with nothing changed. So the
+window is *cross-fitted*: the sample keeps its counters per half of the users (keys
+``item * 2 + half``, the random user groups' parity), each half's top ``top_k`` items are
+measured in the other half, and the window's share on them (``cross_share``) is compared with
+the reference's share on the same items, weighted like the window's halves. A promotion
+every user's attention follows is on top in both halves; one heavy user's items are on top
+in one half only. Two cells (on those items, elsewhere), a 2 x 2 chi-square test with Yates'
+correction on *effective* counts: one event brings one unit of mass (its row sums to 1), a
+row spreads it over many items, so counting each event as one draw is conservative (the
+multinomial covariance bounds that of any vector on the simplex); a user's events repeat, so
+each side is divided by its design effect (the judge passes the largest of the sample's
+statistics' random-groups design effects, within [1, Kish]). The effect size
+is the bias-corrected Jensen-Shannon distance over the two cells at the same effective sizes.
+A window *narrowed* when its cross-fitted share is above the reference's. ``docs/drift.md``
+("Attention concentrated on few items") says why.
 
 >>> from monitor.drift.items import ItemSketch
->>> before, after = ItemSketch(), ItemSketch()
->>> before.add(np.arange(100), np.full(100, 20.0))          # 2,000 events over 100 items
->>> after.add(np.arange(100), np.r_[np.full(3, 150.0), np.full(97, 50.0 / 97)])  # 500, 90 % on 3
->>> out = compare([(after, 0)], [(before, 0)], np.array([1.0]), np.array([1.0]), top_k=3)
->>> bool(out.p_value[0] < 1e-12), round(float(out.top_share[0]), 2), round(float(out.reference_top_share[0]), 2)
-(True, 0.9, 0.03)
+>>> def side(masses):  # the same masses per item 0..99 in both halves of the users
+...     halves = [ItemSketch(), ItemSketch()]
+...     for half in halves:
+...         half.add(np.arange(100), masses)
+...     whole = ItemSketch()
+...     whole.add(np.arange(100), 2 * masses)
+...     return Side(whole, (halves[0], halves[1]), 0)
+>>> before = side(np.full(100, 10.0))                              # 2,000 events over 100 items
+>>> after = side(np.r_[np.full(3, 75.0), np.full(97, 25.0 / 97)])  # 500 events, 90 % on 3 items
+>>> out = compare([after], [before], np.array([1.0]), np.array([1.0]), top_k=3)
+>>> bool(out.p_value[0] < 1e-12), bool(out.narrowed[0]), round(float(out.top_share[0]), 2)
+(True, True, 0.9)
 """
 
 from __future__ import annotations
@@ -43,7 +55,9 @@ from typing import NamedTuple
 import numpy as np
 
 from monitor.drift.baseline import CohortKey
-from monitor.drift.divergence import chi2_homogeneity, js_distance
+from scipy import special
+
+from monitor.drift.divergence import js_distance
 from monitor.drift.items import ItemSketch
 
 
@@ -71,10 +85,10 @@ def figures(sketch: ItemSketch, top_k: int, layer: int = 0) -> Figures:
 class Comparison(NamedTuple):
     """One row per compared (cohort, layer): the test and the figures of both sides."""
 
-    score: np.ndarray  # [K] bias-corrected JS distance over the cells
+    score: np.ndarray  # [K] bias-corrected JS distance over the two cells
     js_raw: np.ndarray  # [K]
-    p_value: np.ndarray  # [K] chi-square on effective counts
-    narrowed: np.ndarray  # [K] bool: the window's top-k share above the reference's
+    p_value: np.ndarray  # [K] 2 x 2 chi-square (Yates) on effective counts
+    narrowed: np.ndarray  # [K] bool: the cross-fitted share above the reference's
     top_share: np.ndarray  # [K] the window's
     reference_top_share: np.ndarray  # [K]
     effective_items: np.ndarray  # [K] the window's
@@ -84,55 +98,91 @@ class Comparison(NamedTuple):
     top: list[list[tuple[int, float, float]]]  # the window's top items: (item id, share, reference share)
 
 
-Layered = tuple[ItemSketch, int]  # a sketch and one of its layers
+def _yates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """p-values of the 2 x 2 chi-square test with Yates' continuity correction, per row of the
+    (effective, real-valued) counts ``a`` [K, 2] and ``b`` [K, 2]. Not the binned statistics'
+    merging rule: two cells cannot be merged, and with few effective users the narrow cell's
+    expected count is small; the correction keeps the test conservative there.
+
+    >>> bool(_yates(np.array([[12.0, 28.0]]), np.array([[3.0, 117.0]]))[0] < 1e-5)  # 30 % vs 2.5 %
+    True
+    >>> _yates(np.array([[1.0, 39.0]]), np.array([[3.0, 117.0]])).round(2).tolist()  # 2.5 % vs 2.5 %
+    [1.0]
+    """
+    n, m = a.sum(axis=1), b.sum(axis=1)
+    total = n + m
+    hit = a[:, 0] + b[:, 0]
+    miss = a[:, 1] + b[:, 1]
+    cross = np.abs(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = total * np.maximum(cross - total / 2.0, 0.0) ** 2 / (n * m * hit * miss)
+    return np.where(np.isfinite(stat) & (hit > 0) & (miss > 0), special.chdtrc(1, np.nan_to_num(stat)), 1.0)
 
 
-def compare(windows: Sequence[Layered], references: Sequence[Layered], window_design: np.ndarray,
+class Side(NamedTuple):
+    """One side of a comparison: a sketch keyed ``item * 2 + half`` read back by ``split_halves``."""
+
+    whole: ItemSketch
+    halves: tuple[ItemSketch, ItemSketch]
+    layer: int
+
+
+def cross_share(side: Side, top_k: int) -> tuple[float, list[np.ndarray]]:
+    """The share of the side's mass on the top items of the *other* half of its users: each
+    half's top ``top_k`` items, measured in the other half (module docstring); and those sets."""
+    a, b = side.halves
+    layer = side.layer
+    sets = [np.array([i for i, _ in h.top(top_k, layer)], dtype=np.int64) for h in (a, b)]
+    held = float(b.estimate(sets[0], layer).sum() + a.estimate(sets[1], layer).sum())
+    total = a.mass_total(layer) + b.mass_total(layer)
+    return (held / total if total > 0 else 0.0), sets
+
+
+def compare(windows: Sequence[Side], references: Sequence[Side], window_design: np.ndarray,
             reference_design: np.ndarray, *, top_k: int, min_expected: float = 5.0) -> Comparison:
     """Test each window's item mass against its reference's (module docstring), vectorised
-    over the rows (each a sketch and a layer); ``*_design`` [K] are the sides' design effects (Kish)."""
+    over the rows; ``*_design`` [K] are the sides' design effects."""
     if len(windows) != len(references):
         raise ValueError(f"{len(windows)} windows against {len(references)} references")
     k = len(windows)
-    cells = 2 * top_k + 1
-    a = np.zeros((k, cells))
-    b = np.zeros((k, cells))
+    a = np.zeros((k, 2))
+    b = np.zeros((k, 2))
+    p_window, p_reference = np.zeros(k), np.zeros(k)
     top, w_fig, r_fig, overlap = [], [], [], np.zeros(k)
-    for row, ((window, w_layer), (reference, r_layer)) in enumerate(zip(windows, references, strict=True)):
-        wf, rf = figures(window, top_k, w_layer), figures(reference, top_k, r_layer)
+    for row, (window, reference) in enumerate(zip(windows, references, strict=True)):
+        wf, rf = figures(window.whole, top_k, window.layer), figures(reference.whole, top_k, reference.layer)
         w_fig.append(wf)
         r_fig.append(rf)
         w_ids = [i for i, _ in wf.top]
         r_ids = [i for i, _ in rf.top]
-        union = np.array(list(dict.fromkeys(r_ids + w_ids)), dtype=np.int64)
-        wa, rb = window.estimate(union, w_layer), reference.estimate(union, r_layer)
-        w_total, r_total = window.mass_total(w_layer), reference.mass_total(r_layer)
-        # Cells by pooled share, largest first ("other" last): the chi-square merges neighbours.
-        order = np.argsort(-(wa / max(w_total, 1e-12) + rb / max(r_total, 1e-12)), kind="stable")
-        a[row, : union.size], b[row, : union.size] = wa[order], rb[order]
-        a[row, -1] = max(0.0, w_total - wa.sum())
-        b[row, -1] = max(0.0, r_total - rb.sum())
         overlap[row] = len(set(w_ids) & set(r_ids)) / max(len(w_ids), 1)
-        reference_share = dict(zip(union.tolist(), (rb / max(r_total, 1e-12)).tolist(), strict=True))
-        top.append([(item, share, reference_share[item]) for item, share in wf.top])
-    n = a.sum(axis=1)
-    m = b.sum(axis=1)
+        r_total = max(reference.whole.mass_total(reference.layer), 1e-12)
+        before = reference.whole.estimate(np.array(w_ids, dtype=np.int64), reference.layer) / r_total
+        top.append([(item, share, float(b_)) for (item, share), b_ in zip(wf.top, before, strict=True)])
+        # The window's cross-fitted share, and the reference's share on the same item sets,
+        # weighted like the window's halves.
+        p_window[row], sets = cross_share(window, top_k)
+        halves_mass = [h.mass_total(window.layer) for h in window.halves]
+        w_total = sum(halves_mass)
+        if w_total > 0:
+            p_reference[row] = sum(reference.whole.estimate(ids, reference.layer).sum() / r_total * halves_mass[1 - h]
+                                   for h, ids in enumerate(sets)) / w_total
+    n = np.array([w.whole.mass_total(w.layer) for w in windows]) if k else np.zeros(0)
+    m = np.array([r.whole.mass_total(r.layer) for r in references]) if k else np.zeros(0)
     n_eff = n / np.maximum(window_design, 1.0)
     m_eff = m / np.maximum(reference_design, 1.0)
     judged = (n > 0) & (m > 0)
+    a[:, 0], a[:, 1] = p_window * n_eff, (1.0 - p_window) * n_eff
+    b[:, 0], b[:, 1] = p_reference * m_eff, (1.0 - p_reference) * m_eff
     a_ = np.where(judged[:, None], a, 1.0)
     b_ = np.where(judged[:, None], b, 1.0)
     raw = js_distance(a_, b_)
     score = js_distance(a_, b_, bias_corrected=True, n=np.where(judged, n_eff, 1.0), m=np.where(judged, m_eff, 1.0))
-    _, _, p = chi2_homogeneity(a_ / np.where(judged, n, 1.0)[:, None] * np.where(judged, n_eff, 1.0)[:, None],
-                               b_ / np.where(judged, m, 1.0)[:, None] * np.where(judged, m_eff, 1.0)[:, None],
-                               min_expected)
-    top_share = np.array([f.top_share for f in w_fig])
-    reference_top_share = np.array([f.top_share for f in r_fig])
+    p = _yates(a_, b_)
     return Comparison(
         score=np.where(judged, score, 0.0), js_raw=np.where(judged, raw, 0.0), p_value=np.where(judged, p, 1.0),
-        narrowed=judged & (top_share > reference_top_share), top_share=top_share,
-        reference_top_share=reference_top_share,
+        narrowed=judged & (p_window > p_reference), top_share=np.array([f.top_share for f in w_fig]),
+        reference_top_share=np.array([f.top_share for f in r_fig]),
         effective_items=np.array([f.effective_items for f in w_fig]),
         reference_effective_items=np.array([f.effective_items for f in r_fig]),
         overlap=overlap, window_events=n, top=top,
@@ -147,7 +197,7 @@ class ItemResult:
     layer: int
     kind: str  # "within_version" or "model_update"
     reference_version: str
-    score: float  # bias-corrected JS distance over the top items' cells
+    score: float  # bias-corrected JS distance over the two cells (cross-fitted top items, elsewhere)
     js_raw: float
     p_value: float  # chi-square on effective counts
     p_adjusted: float  # Benjamini-Hochberg, in the round's one family

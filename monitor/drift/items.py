@@ -89,24 +89,33 @@ class Attended:
         ids, code = np.unique(np.asarray(raw, dtype=np.int64), return_inverse=True)
         return cls(np.asarray(event, dtype=np.int64), code.reshape(-1), np.asarray(mass), ids)
 
-    def by_cohort(self, cohorts: np.ndarray, n_cohorts: int) -> list[ItemMass]:
+    def by_cohort(self, cohorts: np.ndarray, n_cohorts: int, halves: np.ndarray | None = None) -> list[ItemMass]:
         """Each cohort's mass per item (ascending ids), summed over its events: one ``np.bincount``
-        per layer over a dense (cohort, item) index, ``cohorts`` [B] the cohort of each event."""
+        per layer over a dense (cohort, item) index, ``cohorts`` [B] the cohort of each event.
+
+        With ``halves`` [B] (0 or 1: the half of the users each event's user falls in) the
+        keys are ``item * 2 + half``: each half of the users keeps its own counters, which
+        the test needs (``concentration.compare``; ``split_halves`` reads them back)."""
         present: np.ndarray = self._present  # type: ignore[attr-defined]
         local: np.ndarray = self._local  # type: ignore[attr-defined]
         d = present.size
-        key = np.asarray(cohorts, dtype=np.int64)[self.event] * d + local
+        if halves is None:
+            ids, key = present, np.asarray(cohorts, dtype=np.int64)[self.event] * d + local
+        else:
+            d, ids = 2 * d, (present[:, None] * 2 + np.arange(2)).reshape(-1)
+            key = (np.asarray(cohorts, dtype=np.int64)[self.event] * d + local * 2
+                   + np.asarray(halves, dtype=np.int64)[self.event])
         mass = _sum_rows(key, self.mass, n_cohorts * d).reshape(n_cohorts, d, -1)
         held = mass.any(axis=2)  # an item with no mass in any layer adds nothing
         out = []
         for cohort in range(n_cohorts):
             columns = np.flatnonzero(held[cohort])
-            out.append((present[columns], mass[cohort, columns]))
+            out.append((ids[columns], mass[cohort, columns]))
         return out
 
-    def of_events(self, members: np.ndarray) -> ItemMass:
+    def of_events(self, members: np.ndarray, halves: np.ndarray | None = None) -> ItemMass:
         """The mass per item of the events where ``members`` [B] (bool) holds."""
-        return self.by_cohort(np.asarray(members, dtype=np.int64), 2)[1]
+        return self.by_cohort(np.asarray(members, dtype=np.int64), 2, halves)[1]
 
 
 class ItemSketch:
@@ -279,3 +288,22 @@ def _sum_rows(inverse: np.ndarray, mass: np.ndarray, n: int) -> np.ndarray:
     """Rows of ``mass`` [k, layers] summed by ``inverse`` [k] into [n, layers]."""
     return np.stack([np.bincount(inverse, weights=mass[:, layer], minlength=n) for layer in range(mass.shape[1])],
                     axis=1)
+
+
+def split_halves(sketch: ItemSketch, half_totals: tuple[float, float]) -> tuple[ItemSketch, ItemSketch, ItemSketch]:
+    """(whole, half 0, half 1) of a sketch keyed ``item * 2 + half`` (``Attended.by_cohort``
+    with halves), each keyed by item id again, for reading. The whole sums an item's two
+    counters, so its bound is twice the sketch's: it reads as a sketch of half the capacity.
+    ``half_totals``: each half's mass (its events), which the counters alone do not say."""
+    keys, mass = sketch.items, sketch.mass
+    ids, inverse = np.unique(keys >> 1, return_inverse=True)
+    whole = ItemSketch(max(1, (sketch.capacity + 1) // 2 - 1), sketch.layers)
+    whole._items, whole._mass, whole.total = ids, _sum_rows(inverse.reshape(-1), mass, ids.size), sketch.total.copy()
+    parts = []
+    for half, total in enumerate(half_totals):
+        part = ItemSketch(sketch.capacity, sketch.layers)
+        chosen = (keys & 1) == half
+        part._items, part._mass = keys[chosen] >> 1, mass[chosen]
+        part.total = np.maximum(np.full(sketch.layers, float(total)), part._mass.sum(axis=0))
+        parts.append(part)
+    return whole, parts[0], parts[1]

@@ -35,11 +35,12 @@ its series does.
 
 Attention mass per item. Each sample also holds, per layer, a sketch of the attention
 mass per item (``monitor.drift.items``), fed by ``observe_batch(..., attended=...)``; a
-window and its reference are compared on their top items (``monitor.drift.concentration``)
+window and its reference are compared on the window's top items, cross-fitted between two halves of
+its users (``monitor.drift.concentration``)
 in the same round, the same BH family and with the same hysteresis, as one more series
 per (cohort, layer): ``JudgeReport.items``. Such a series is flagged when its adjusted
-p-value is <= ``alpha``, its JS distance over the top items' cells >= ``item_min_effect``,
-and the window's top-``item_top_k`` share is above the reference's (attention narrowed).
+p-value is <= ``alpha``, its JS distance over the two cells >= ``item_min_effect``, and
+its cross-fitted top-``item_top_k`` share is above the reference's (attention narrowed).
 
 Model updates. ``start_update(new, previous, at)`` freezes the previous version's
 *recent* traffic of every cohort (``monitor.drift.recent``: its last one to two
@@ -81,10 +82,10 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from monitor.drift.baseline import BaselineStore, CohortKey, ReferenceRule, SeriesKey
-from monitor.drift.concentration import Comparison, ItemResult, compare
+from monitor.drift.concentration import Comparison, ItemResult, Side, compare
 from monitor.drift.divergence import chi2_homogeneity, js_distance, psi
 from monitor.drift.histogram import Histogram
-from monitor.drift.items import Attended, ItemMass
+from monitor.drift.items import Attended, ItemMass, split_halves
 from monitor.drift.recent import RecentTraffic
 from monitor.drift.sample import SKETCH_DEPTH, SKETCH_WIDTH, USER_GROUPS, Sample, bin_batch
 from monitor.drift.strata import Strata, poststratify
@@ -124,7 +125,7 @@ class JudgeConfig:
     psi_epsilon: float = 1e-4  # floor for empty bins in PSI (reported only)
     min_expected: float = 5.0  # chi-square: merge bins until expected counts reach this
     item_top_k: int = 10  # attention mass per item: the top items compared and their share reported
-    item_min_effect: float = 0.1  # JS distance floor over the top items' cells (both kinds)
+    item_min_effect: float = 0.1  # JS distance floor of a narrowed verdict (both kinds)
 
     def __post_init__(self) -> None:
         Histogram(self.bins)  # validates bins
@@ -296,6 +297,12 @@ class _Pending:
     reference_sample: Sample | None = None
 
 
+def _half_events(sample: Sample) -> tuple[float, float]:
+    """Events of the sample's two halves of users (even and odd random groups)."""
+    per_group = sample.by_group[0].sum(axis=1) if len(sample.by_group) else np.zeros(USER_GROUPS)
+    return float(per_group[0::2].sum()), float(per_group[1::2].sum())
+
+
 class Judge:
     """Windows, references and verdicts for many cohorts; ``observe_batch`` then ``judge(now)``."""
 
@@ -363,7 +370,8 @@ class Judge:
         counters = group_counters(cells, signs, cohorts, len(present), SKETCH_WIDTH)
         series = tuple((s, layer) for s in statistics for layer in range(layers))
         shape = (len(series), len(self.strata), c.bins)
-        items = attended.by_cohort(cohorts, len(present)) if attended is not None else [None] * len(present)
+        halves = groups & 1  # two random halves of the users (the test cross-fits them)
+        items = attended.by_cohort(cohorts, len(present), halves) if attended is not None else [None] * len(present)
         outcomes = {}
         for i, code in enumerate(present.tolist()):
             key = CohortKey(version, dimension, labels[code])
@@ -410,9 +418,10 @@ class Judge:
             # The batch completes the reference part way: its first `taken` events end it.
             rows = np.flatnonzero(members)
             first, rest = rows[:taken], rows[taken:]
-            rest_part = self._part(shape, flat[rest], strata[rest], users[rest], attended, rest, len(members))
+            halves = user_groups(users, USER_GROUPS) & 1
+            rest_part = self._part(shape, flat[rest], strata[rest], users[rest], attended, rest, halves)
             baseline.sample.add(*self._part(shape, flat[first], strata[first], users[first], attended, first,
-                                            len(members)))
+                                            halves))
             if self._store.settle(key, self._clock):
                 self.counts["baseline_events"] += taken
                 cohort.window.reset()  # the window restarts with the first events after the reference
@@ -431,18 +440,20 @@ class Judge:
 
     @staticmethod
     def _part(shape: tuple[int, int, int], flat: np.ndarray, strata: np.ndarray, users: np.ndarray,
-              attended: Attended | None = None, rows: np.ndarray | None = None, batch: int = 0) -> _Part:
+              attended: Attended | None = None, rows: np.ndarray | None = None,
+              halves: np.ndarray | None = None) -> _Part:
         """A few events of one cohort, binned (a batch split where it completes a baseline):
-        ``rows``, their places in the batch of ``batch`` events, select their ``attended`` items."""
+        ``rows``, their places in the batch, select their ``attended`` items; ``halves`` [B]
+        the batch's users' halves."""
         one = np.zeros(len(flat), dtype=np.intp)
         binned = bin_batch(flat, strata, one, 1, shape[1], shape[2], user_groups(users, USER_GROUPS))
         cells, signs = sketch_cells(users, SKETCH_WIDTH, SKETCH_DEPTH)
         counters = group_counters(cells, signs, one, 1, SKETCH_WIDTH)
         items = None
-        if attended is not None and rows is not None:
-            members = np.zeros(batch, dtype=bool)
+        if attended is not None and rows is not None and halves is not None:
+            members = np.zeros(len(halves), dtype=bool)
             members[rows] = True
-            items = attended.of_events(members)
+            items = attended.of_events(members, halves)
         return _Part(binned.counts[0], binned.by_group[0], counters[0], int(binned.events[0]), int(binned.nan[0]),
                      int(binned.clipped[0]), items)
 
@@ -690,17 +701,24 @@ class Judge:
 
     def _compare_items(self, pending: list[_Pending]) -> tuple[list[tuple[_Pending, int]], Comparison]:
         """The attention mass per item of every pending window whose reference has it, per layer."""
-        rows, windows, references = [], [], []
+        rows: list[tuple[_Pending, int]] = []
+        windows: list[Side] = []
+        references: list[Side] = []
+        design: list[float] = []
+        reference_design: list[float] = []
         for p_ in pending:
             window, reference = p_.window_sample, p_.reference_sample
             if window is None or reference is None or window.items is None or reference.items is None:
                 continue
+            w_whole, *w_halves = split_halves(window.items, _half_events(window))
+            r_whole, *r_halves = split_halves(reference.items, _half_events(reference))
             for layer in range(min(window.items.layers, reference.items.layers)):
                 rows.append((p_, layer))
-                windows.append((window.items, layer, window.design_effect()))
-                references.append((reference.items, layer, reference.design_effect()))
-        return rows, compare([(w, layer) for w, layer, _ in windows], [(r, layer) for r, layer, _ in references],
-                             np.array([d for _, _, d in windows]), np.array([d for _, _, d in references]),
+                windows.append(Side(w_whole, (w_halves[0], w_halves[1]), layer))
+                references.append(Side(r_whole, (r_halves[0], r_halves[1]), layer))
+                design.append(float(window.design_effects().max()))
+                reference_design.append(float(reference.design_effects().max()))
+        return rows, compare(windows, references, np.array(design), np.array(reference_design),
                              top_k=self.config.item_top_k, min_expected=self.config.min_expected)
 
     def _item_results(self, rows: list[tuple[_Pending, int]], comparison: Comparison,

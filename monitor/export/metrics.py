@@ -303,7 +303,7 @@ def _item_families(rows: dict[str, list[dict]]) -> Iterable[Metric]:
     """The attention mass per item (rows from ``monitor.export.item_rows``)."""
     per_cohort = {
         "attnmon_items_narrowed": ("1 while the cohort's attention is judged narrowed onto fewer items than its reference's (after hysteresis), else 0.", "narrowed"),
-        "attnmon_items_drift_score": ("Jensen-Shannon distance, bias-corrected, between the window's and the reference's attention mass over their top items (and the rest as one).", "score"),
+        "attnmon_items_drift_score": ("Jensen-Shannon distance, bias-corrected, between the window's and the reference's share of attention on the window's top items (cross-fitted between two halves of its users) and elsewhere.", "score"),
         "attnmon_items_top_overlap_ratio": ("Share of the window's top items that are among the reference's top items.", "overlap"),
     }
     item_rows = rows.get("items", ())

@@ -8,8 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from monitor.drift import concentration
-from monitor.drift import judge as judge_module
 from monitor.drift.concentration import figures
 from monitor.drift.items import Attended
 from monitor.drift.judge import Judge, JudgeConfig
@@ -103,24 +101,16 @@ def test_a_narrowed_stream_is_judged_narrowed_and_names_the_items() -> None:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_a_stationary_heavy_user_stream_is_not_judged_narrowed(seed: int, monkeypatch) -> None:
-    naive = []
-
-    def spy(windows, references, window_design, reference_design, **kwargs):
-        independent = concentration.compare(windows, references, np.ones_like(window_design),
-                                            np.ones_like(reference_design), **kwargs)
-        naive.extend((independent.p_value <= 0.01) & (independent.score >= 0.1) & independent.narrowed)
-        return concentration.compare(windows, references, window_design, reference_design, **kwargs)
-
-    monkeypatch.setattr(judge_module, "compare", spy)
+def test_a_stationary_heavy_user_stream_is_not_judged_narrowed(seed: int) -> None:
     reports = run(seed=100 + seed, rounds=12)
     items = [i for r in reports for i in r.items]
     assert len(items) == 12 * LAYERS
     assert not any(i.drifting for i in items)
     assert sum(i.flagged for i in items) <= 1
-    # Counted as independent events, the heavy users' sessions (a few items each) would look
-    # like narrowed attention in most windows: the design effect is what keeps them quiet.
-    assert np.mean(naive) > 0.5
+    # A window's own top items are its heavy users' session items: its top-10 share sits
+    # above the reference's (more users, more spread) in most windows with nothing changed.
+    # The test measures each half of the users on the other half's top items instead.
+    assert np.mean([i.top_share > i.reference_top_share for i in items]) > 0.5
 
 
 def test_item_sketches_and_verdicts_survive_a_checkpoint() -> None:
