@@ -96,15 +96,9 @@ class Attended:
         With ``halves`` [B] (0 or 1: the half of the users each event's user falls in) the
         keys are ``item * 2 + half``: each half of the users keeps its own counters, which
         the test needs (``concentration.compare``; ``split_halves`` reads them back)."""
-        present: np.ndarray = self._present  # type: ignore[attr-defined]
-        local: np.ndarray = self._local  # type: ignore[attr-defined]
-        d = present.size
-        if halves is None:
-            ids, key = present, np.asarray(cohorts, dtype=np.int64)[self.event] * d + local
-        else:
-            d, ids = 2 * d, (present[:, None] * 2 + np.arange(2)).reshape(-1)
-            key = (np.asarray(cohorts, dtype=np.int64)[self.event] * d + local * 2
-                   + np.asarray(halves, dtype=np.int64)[self.event])
+        ids, local = self._codes(halves)
+        d = ids.size
+        key = np.asarray(cohorts, dtype=np.int64)[self.event] * d + local
         mass = _sum_rows(key, self.mass, n_cohorts * d).reshape(n_cohorts, d, -1)
         held = mass.any(axis=2)  # an item with no mass in any layer adds nothing
         out = []
@@ -112,6 +106,21 @@ class Attended:
             columns = np.flatnonzero(held[cohort])
             out.append((ids[columns], mass[cohort, columns]))
         return out
+
+    def _codes(self, halves: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(keys [d], each entry's code [K]): item ids, or ``item * 2 + half`` with ``halves``;
+        the halves' codes are kept for the next dimension of the batch (the same array)."""
+        present: np.ndarray = self._present  # type: ignore[attr-defined]
+        local: np.ndarray = self._local  # type: ignore[attr-defined]
+        if halves is None:
+            return present, local
+        cached = self.__dict__.get("_halved")
+        if cached is not None and cached[0] is halves:
+            return cached[1], cached[2]
+        ids = (present[:, None] * 2 + np.arange(2)).reshape(-1)
+        codes = local * 2 + np.asarray(halves, dtype=np.int64)[self.event]
+        object.__setattr__(self, "_halved", (halves, ids, codes))
+        return ids, codes
 
     def of_events(self, members: np.ndarray, halves: np.ndarray | None = None) -> ItemMass:
         """The mass per item of the events where ``members`` [B] (bool) holds."""

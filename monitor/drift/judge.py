@@ -316,6 +316,7 @@ class Judge:
         self._clock: float | None = None
         self._round = 0
         self._last_users: tuple[np.ndarray, ...] | None = None  # (users, cells, signs, groups) of the last batch
+        self._last_halves: tuple[np.ndarray, np.ndarray] | None = None  # (groups, their parity) of the last batch
         self.counts: dict[str, int] = {
             "baseline_events": 0,  # events into baselines (per cohort)
             "window_events": 0,  # events into windows (per cohort)
@@ -370,7 +371,7 @@ class Judge:
         counters = group_counters(cells, signs, cohorts, len(present), SKETCH_WIDTH)
         series = tuple((s, layer) for s in statistics for layer in range(layers))
         shape = (len(series), len(self.strata), c.bins)
-        halves = groups & 1  # two random halves of the users (the test cross-fits them)
+        halves = self._halves(groups)  # two random halves of the users (the test cross-fits them)
         items = attended.by_cohort(cohorts, len(present), halves) if attended is not None else [None] * len(present)
         outcomes = {}
         for i, code in enumerate(present.tolist()):
@@ -380,6 +381,13 @@ class Judge:
             outcomes[key.cohort] = self._observe_cohort(key, series, shape, part, cohorts == i, flat, strata, users,
                                                         attended)
         return outcomes
+
+    def _halves(self, groups: np.ndarray) -> np.ndarray:
+        """The parity of each event's user group, one array per batch (every dimension reuses it)."""
+        cached = self._last_halves
+        if cached is None or cached[0] is not groups:
+            cached = self._last_halves = (groups, groups & 1)
+        return cached[1]
 
     def _users(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sketch cells and random groups of a batch's users, reused while the caller passes the
