@@ -7,6 +7,8 @@
 #                   then stop the services
 #   make stop       stop the services
 #   make demo       the agent on an embedded default: no services, in-process events, /metrics on :9108
+#   make prometheusrule  rewrite deploy/k8s/prometheusrule.yaml from alerts/attnmon.rules.yml
+#   make k8s-validate    kubeconform over deploy/k8s (installs it and its schemas on first use)
 #
 # Variables: PYTHON (python3), VENV (.venv), TESTS (tests), PYTEST_ARGS (extra
 # pytest arguments, e.g. PYTEST_ARGS='-x -k kafka').
@@ -23,7 +25,7 @@ STACK := deploy/stack.sh
 TESTS ?= tests
 PYTEST_ARGS ?=
 
-.PHONY: venv install services test stop demo
+.PHONY: venv install services test stop demo prometheusrule k8s-validate
 
 venv: $(VENV)/.installed
 
@@ -63,3 +65,11 @@ stop:
 # Trains a quick model first when checkpoints/ has none (`attnmon train` makes the full one).
 demo: venv
 	$(VENV)/bin/attnmon demo $(DEMO_ARGS)
+
+# The PrometheusRule is generated; tests/unit/test_k8s_deploy.py fails when it is out of date.
+prometheusrule:
+	$(PYTHON) deploy/k8s/build_prometheusrule.py
+
+k8s-validate:
+	deploy/k8s/validate.sh install
+	deploy/k8s/validate.sh check

@@ -53,7 +53,6 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 

@@ -3,7 +3,8 @@
 # broker and controller), Prometheus and Alertmanager, all on loopback, all
 # state under var/ in the repository.
 #
-#   deploy/stack.sh install                  system packages + Kafka jars (idempotent)
+#   deploy/stack.sh install                  system packages + Kafka jars + the Kubernetes
+#                                            manifests' validator (deploy/k8s/validate.sh; idempotent)
 #   deploy/stack.sh start  [SERVICE|all]     start and wait until ready (default: all)
 #   deploy/stack.sh stop   [SERVICE|all]     SIGTERM, wait, SIGKILL after a timeout
 #   deploy/stack.sh status [SERVICE|all]     exit 0 only if every one asked for is ready
@@ -175,6 +176,8 @@ cmd_install() {
   major="$(java_major)"
   [[ -n $major && $major -ge 17 ]] || die "Kafka 4 needs Java 17 or newer; 'java' is version ${major:-unknown}"
   install_kafka_libs
+  # kubeconform and the Kubernetes / prometheus-operator schemas, for the manifests' test.
+  "$ROOT/deploy/k8s/validate.sh" install
 }
 
 install_kafka_libs() {
@@ -463,7 +466,7 @@ services_from_args() {
   done
 }
 
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 main() {
   local cmd=${1:-help} svcs

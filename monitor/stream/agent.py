@@ -43,7 +43,7 @@ from monitor.drift.paired import PairedComparison
 from monitor.stream.pipeline import Pipeline, RecordLike
 from monitor.attention.registry import ModelRegistry, ServedModel
 from monitor.settings import Settings
-from monitor.stream.source import CommitFailed, Partition, Sink, SourceFactory
+from monitor.stream.source import CommitFailed, Partition, Sink, SourceError, SourceFactory
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +167,22 @@ class Agent:
         commit, forget them."""
         self._drain()
         self.pipeline.forget_held(partitions)  # dead-lettered before the checkpoint that commits past them
-        self.checkpoint()
-        self.pipeline.offsets.forget(partitions)
-        for topic, partition in partitions:  # a partition's lag is its new owner's to export
-            try:
-                self.metrics.lag.remove(topic, str(partition))
-            except KeyError:
-                pass
+        try:
+            self.checkpoint()
+        finally:
+            # The state now holds these partitions' events up to ``ours``. When they were lost
+            # rather than revoked (the member evicted: a session timeout, the broker restarting),
+            # the commit is refused and the group's offsets are older; should a partition come
+            # back to this member, it resumes after what the state holds, as after a restart
+            # (``_on_assigned`` takes the newer of this and the group's offset).
+            ours = self.pipeline.offsets.committable()
+            self._restored_offsets.update({tp: ours[tp] for tp in partitions if tp in ours})
+            self.pipeline.offsets.forget(partitions)
+            for topic, partition in partitions:  # a partition's lag is its new owner's to export
+                try:
+                    self.metrics.lag.remove(topic, str(partition))
+                except KeyError:
+                    pass
         log.info("revoked %s", partitions)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -256,12 +265,20 @@ class Agent:
     def _periodic_checkpoint(self) -> None:
         """A checkpoint between polls. A commit refused because the group is rebalancing is
         expected, not fatal: the state is saved, and the next poll runs the rebalance, whose
-        revocation checkpoints and commits again for the partitions that move."""
+        revocation checkpoints and commits again for the partitions that move. So is a commit
+        that fails for a retriable reason (the broker restarting: a timeout, no coordinator):
+        the state holds the offsets, the next checkpoint commits newer ones, and a restart
+        meanwhile resumes from the state's offsets, the newer ones (``_on_assigned``)."""
         try:
             self.checkpoint()
         except CommitFailed as error:
             self.metrics.commit_failures.inc()
             log.warning("commit refused during a rebalance; the revocation will commit: %s", error)
+        except SourceError as error:
+            if not error.retriable:
+                raise
+            self.metrics.commit_failures.inc()
+            log.warning("commit failed (retriable); the next checkpoint commits again: %s", error)
 
     def _export_lag(self) -> None:
         for (topic, partition), lag in self._source.lag().items():
@@ -269,9 +286,13 @@ class Agent:
         self.metrics.ready.set(1.0 if self.ready()[0] else 0.0)
 
     def _preload_newest(self) -> None:
-        versions = self.models.available_versions()
-        if versions:
-            self.pipeline.warm(versions[-1])  # loads it here and in the forward process
+        """Load the newest version that loads, here and in the forward process. A newest one
+        that cannot be loaded (corrupt, tampered) is refused and counted, and the one before it
+        is tried, so /readyz does not wait for traffic naming a good version."""
+        for version in reversed(self.models.available_versions()):
+            if self.models.get(version) is not None:
+                self.pipeline.warm(version)
+                return
 
     def _shutdown(self) -> None:
         log.info("draining: finishing the batches in flight, checkpointing, committing")

@@ -226,6 +226,6 @@ def test_held_events_and_a_static_member_survive_a_kill_between_checkpoints(setu
     assert total == 200, "events after the held offset were folded twice"  # old code: 350
     state, _ = state_store.load(setup["state"])
     assert state["held"] == []
-    late_total = Judge.from_state(state["judge"]).baselines.get(SeriesKey(late, "all", "all", "entropy", 0))
-    assert late_total is not None and late_total.histogram.total == 1  # the held event, folded once
+    late_total = Judge.from_state(state["judge"]).baselines.get(CohortKey(late, "all", "all"))
+    assert late_total is not None and late_total.sample.events == 1  # the held event, folded once
     assert "left group" in setup["log"].read_text()  # SIGTERM: a static member leaves explicitly

@@ -17,7 +17,7 @@ from monitor.stream import state as state_store
 from monitor.stream.agent import Agent
 from monitor.stream.config import PipelineConfig
 from monitor.stream.memory import MemorySink, MemorySource
-from monitor.stream.source import CommitFailed
+from monitor.stream.source import CommitFailed, SourceError
 from monitor.tools.replay import EventFactory, Scenario
 from scaffold import publish_small, small_models
 
@@ -35,13 +35,17 @@ def _settings(models_root: Path, state: Path, **state_options) -> Settings:
 
 
 class _Source(MemorySource):
-    """A memory source whose commits can be refused, as Kafka refuses them mid-rebalance."""
+    """A memory source whose commits can be refused, as Kafka refuses them mid-rebalance, or
+    time out, as they do while the broker restarts."""
 
     refuse_commits = False
+    commit_error: SourceError | None = None
 
     def commit(self, next_offsets):
         if self.refuse_commits:
             raise CommitFailed("the group is rebalancing")
+        if self.commit_error is not None:
+            raise self.commit_error
         super().commit(next_offsets)
 
 
@@ -140,6 +144,39 @@ def test_a_commit_refused_during_a_periodic_checkpoint_is_not_fatal(models, tmp_
     agent.pipeline.close()
 
 
+def test_a_commit_timing_out_while_the_broker_restarts_is_not_fatal(models, tmp_path):
+    """Found by bench/chaos.py: with the broker stopped, a periodic checkpoint's commit timed
+    out (KafkaTimeoutError, retriable), the SourceError left the loop and the daemon exited 1."""
+    root, versions = models
+    agent, source = _agent(_settings(root, tmp_path / "state"), versions[0])
+    source.poll(10, 10)  # assigned
+    source.commit_error = SourceError("commit failed: KafkaTimeoutError", retriable=True)
+    agent._periodic_checkpoint()  # used to raise out of the loop
+    assert _value(agent, "attnmon_kafka_commit_failures_total") == 1
+    assert (tmp_path / "state" / state_store.FILE).exists()  # the state, with its offsets, was saved
+    source.commit_error = SourceError("not authorised", retriable=False)
+    with pytest.raises(SourceError):  # what retrying cannot fix still stops the agent
+        agent._periodic_checkpoint()
+    agent.pipeline.close()
+
+
+def test_partitions_lost_and_assigned_back_resume_after_what_the_state_holds(models, tmp_path):
+    """Found by bench/chaos.py: with the broker stopped past the session timeout the member was
+    evicted, its revocation commit refused; assigned the partitions again, it read on from the
+    group's older committed offsets and folded 6,144 events a second time."""
+    root, versions = models
+    agent, source = _agent(_settings(root, tmp_path / "state"), versions[0])
+    (partition,) = source.poll(10, 10) and source.assignment()  # assigned
+    source.commit({partition: 10})
+    agent.pipeline.offsets.seen(partition, 199)  # folded up to 199 since that commit
+    source.refuse_commits = True  # lost: the member was evicted
+    with pytest.raises(CommitFailed):
+        agent._on_revoked([partition])
+    source.refuse_commits = False
+    assert agent._on_assigned([partition]) == {partition: 200}  # old code: {} (the group's 10)
+    agent.pipeline.close()
+
+
 def test_revoked_partitions_leave_the_lag_gauge(models, tmp_path):
     root, versions = models
     agent, source = _agent(_settings(root, tmp_path / "state"), versions[0])
@@ -160,4 +197,26 @@ def test_an_evicted_version_leaves_model_info(models, tmp_path):
     info = [(s.labels["model_version"], s.value) for m in agent.registry.collect() if m.name == "attnmon_model_info"
             for s in m.samples]
     assert info == [(versions[-1], 1.0)]  # used to list all three, each 1
+    agent.pipeline.close()
+
+
+def test_a_corrupt_newest_version_is_refused_and_the_one_before_is_preloaded(models, tmp_path):
+    """Found by bench/chaos.py: the agent preloaded only the newest published version; when its
+    weights were tampered with, nothing was loaded and /readyz said "no model version loaded"
+    until traffic named an older, good version."""
+    from model import checkpoint
+    from scaffold import publish_small
+
+    root = tmp_path / "models"
+    good = publish_small(root, seed=0, label="good")
+    broken = publish_small(root, seed=1, label="broken")
+    weights = root / broken / checkpoint.WEIGHTS
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    assert [v for v in checkpoint.list_versions(root)][-1].name == broken
+
+    agent, _ = _agent(_settings(root, tmp_path / "state"), good, events=10)
+    assert agent.models.loaded_versions() == [good]
+    assert _value(agent, "attnmon_model_load_failures_total", {"cause": "invalid"}) == 1
     agent.pipeline.close()
