@@ -724,8 +724,8 @@ class Judge:
                 rows.append((p_, layer))
                 windows.append(Side(w_whole, (w_halves[0], w_halves[1]), layer))
                 references.append(Side(r_whole, (r_halves[0], r_halves[1]), layer))
-                design.append(float(window.design_effects().max()))
-                reference_design.append(float(reference.design_effects().max()))
+                design.append(float(p_.window_design.max()))  # computed for the statistics already
+                reference_design.append(float(p_.reference_design.max()))
         return rows, compare(windows, references, np.array(design), np.array(reference_design),
                              top_k=self.config.item_top_k, min_expected=self.config.min_expected)
 
