@@ -159,7 +159,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from monitor.tools.explain import explain
+    from monitor.tools.explain import explain, heavy_hitters_of
 
     lines = (sys.stdin.buffer.read() if str(args.events) == "-" else args.events.read_bytes()).splitlines()
     lines = [line for line in lines if line.strip()]
@@ -167,8 +167,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         lines = [line for line in lines if json.loads(line).get("event_id") == args.event_id]
     if not lines:
         raise SystemExit("no such event")
+    heavy = heavy_hitters_of(args.heavy_hitters, args.cohort) if args.heavy_hitters else set()
     result = explain(lines[0], args.checkpoints, png_path=args.png, max_positions=args.max_positions,
-                     top_k=args.top_k, width=args.width, version=args.version)
+                     top_k=args.top_k, width=args.width, version=args.version, heavy_hitters=heavy)
     print(result.text)
     if result.png is not None:
         print(f"heatmap: {result.png}")
@@ -276,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--top-k", type=int, default=5)
     explain.add_argument("--width", type=int, default=100)
     explain.add_argument("--version", help="explain under another model version (e.g. the previous one)")
+    explain.add_argument("--heavy-hitters", type=Path, metavar="SUMMARY_JSON",
+                         help="mark the cohort's top attended items of an `attnmon report` summary.json")
+    explain.add_argument("--cohort", default="all", help="the cohort of --heavy-hitters (default: all)")
     explain.set_defaults(func=_cmd_explain, extra="tools")
 
     return parser

@@ -65,7 +65,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["STATISTICS", "StatsConfig", "compute", "paired_divergence", "union_rows"]
+__all__ = ["STATISTICS", "StatsConfig", "attended_items", "compute", "paired_divergence", "union_rows"]
 
 STATISTICS: Final[tuple[str, ...]] = (
     "entropy",
@@ -180,6 +180,28 @@ def compute(
     if config.per_head:
         return out.reshape(batch, len(STATISTICS), layers, heads)
     return out
+
+
+def attended_items(
+    rows: npt.NDArray[np.floating], item_index: npt.NDArray[np.integer]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The attention each event's head-averaged row puts on each item of its history.
+
+    Args:
+        rows: [B, layers, L] head-averaged last-query rows, left-padded (each sums to 1).
+        item_index: [B, L] histories in model item-index space, pad 0.
+
+    Returns:
+        (event [K], item index [K], mass [K, layers] float32): one entry per real position
+        (an item repeated in a history gets one entry per position), padding left out.
+    """
+    rows = np.asarray(rows)
+    item_index = np.asarray(item_index)
+    if rows.ndim != 3 or item_index.shape != (rows.shape[0], rows.shape[2]):
+        raise ValueError(f"rows [B, layers, L] and item_index [B, L] disagree: {rows.shape}, {item_index.shape}")
+    real = item_index > 0  # [B, L]
+    event = np.nonzero(real)[0]
+    return event, item_index[real].astype(np.int64), rows.transpose(0, 2, 1)[real].astype(np.float32, copy=False)
 
 
 def paired_divergence(

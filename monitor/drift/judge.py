@@ -33,6 +33,15 @@ Hysteresis turns flags into the ``drifting`` verdict: ``raise_after`` flagged wi
 in a row raise it, ``clear_after`` unflagged ones clear it. A cohort drifts if any of
 its series does.
 
+Attention mass per item. Each sample also holds, per layer, a sketch of the attention
+mass per item (``monitor.drift.items``), fed by ``observe_batch(..., attended=...)``; a
+window and its reference are compared on the window's top items, cross-fitted between two halves of
+its users (``monitor.drift.concentration``)
+in the same round, the same BH family and with the same hysteresis, as one more series
+per (cohort, layer): ``JudgeReport.items``. Such a series is flagged when its adjusted
+p-value is <= ``alpha``, its JS distance over the two cells >= ``item_min_effect``, and
+its cross-fitted top-``item_top_k`` share is above the reference's (attention narrowed).
+
 Model updates. ``start_update(new, previous, at)`` freezes the previous version's
 *recent* traffic of every cohort (``monitor.drift.recent``: its last one to two
 references' worth of judged windows, and its open window) as the update reference,
@@ -73,8 +82,10 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from monitor.drift.baseline import BaselineStore, CohortKey, ReferenceRule, SeriesKey
+from monitor.drift.concentration import Comparison, ItemResult, Side, compare
 from monitor.drift.divergence import chi2_homogeneity, js_distance, psi
 from monitor.drift.histogram import Histogram
+from monitor.drift.items import Attended, ItemMass, split_halves
 from monitor.drift.recent import RecentTraffic
 from monitor.drift.sample import SKETCH_DEPTH, SKETCH_WIDTH, USER_GROUPS, Sample, bin_batch
 from monitor.drift.strata import Strata, poststratify
@@ -113,6 +124,8 @@ class JudgeConfig:
     bias_correction: bool = True  # subtract JS sampling noise before the floor (see divergence.py)
     psi_epsilon: float = 1e-4  # floor for empty bins in PSI (reported only)
     min_expected: float = 5.0  # chi-square: merge bins until expected counts reach this
+    item_top_k: int = 10  # attention mass per item: the top items compared and their share reported
+    item_min_effect: float = 0.1  # JS distance floor of a narrowed verdict (both kinds)
 
     def __post_init__(self) -> None:
         Histogram(self.bins)  # validates bins
@@ -133,6 +146,8 @@ class JudgeConfig:
             (self.max_keys >= 1, "max_keys must be >= 1"),
             (0.0 < self.psi_epsilon < 1.0, "psi_epsilon must be in (0, 1)"),
             (self.min_expected > 0, "min_expected must be > 0"),
+            (1 <= self.item_top_k <= 100, "item_top_k must be in [1, 100]"),
+            (0.0 <= self.item_min_effect <= 1.0, "item_min_effect must be in [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -209,6 +224,7 @@ class JudgeReport:
     collecting: int  # baselines (cohorts) still collecting
     drifting: int  # series drifting now (any kind still active)
     unmatched: int  # window events judged this round that fell in strata their reference lacks
+    items: tuple[ItemResult, ...] = ()  # (cohort, layer) attention mass per item judged this round
 
 
 @dataclass(frozen=True)
@@ -240,7 +256,7 @@ class Update:
 class _Cohort:
     """Per-cohort state: the series, the window, the recent traffic, one hysteresis per series and kind."""
 
-    __slots__ = ("series", "window", "recent", "within", "update")
+    __slots__ = ("series", "window", "recent", "within", "update", "items_within", "items_update")
 
     def __init__(self, series: tuple[tuple[str, int], ...], shape: tuple[int, int, int]) -> None:
         self.series = series
@@ -248,6 +264,8 @@ class _Cohort:
         self.recent = RecentTraffic(shape)
         self.within: list[Hysteresis | None] = [None] * len(series)
         self.update: list[Hysteresis | None] = [None] * len(series)
+        self.items_within: dict[int, Hysteresis] = {}  # layer -> verdict on the attention mass per item
+        self.items_update: dict[int, Hysteresis] = {}
 
 
 class _Part(NamedTuple):
@@ -259,6 +277,7 @@ class _Part(NamedTuple):
     events: int
     nan: int
     clipped: int
+    items: ItemMass | None = None  # mass per item: (ids [d], mass [d, layers])
 
 
 @dataclass
@@ -274,6 +293,14 @@ class _Pending:
     reference_design: np.ndarray  # [rows] and of the reference's
     kind: str
     reference_version: str
+    window_sample: Sample | None = None  # for the attention mass per item
+    reference_sample: Sample | None = None
+
+
+def _half_events(sample: Sample) -> tuple[float, float]:
+    """Events of the sample's two halves of users (even and odd random groups)."""
+    per_group = sample.by_group[0].sum(axis=1) if len(sample.by_group) else np.zeros(USER_GROUPS)
+    return float(per_group[0::2].sum()), float(per_group[1::2].sum())
 
 
 class Judge:
@@ -289,6 +316,7 @@ class Judge:
         self._clock: float | None = None
         self._round = 0
         self._last_users: tuple[np.ndarray, ...] | None = None  # (users, cells, signs, groups) of the last batch
+        self._last_halves: tuple[np.ndarray, np.ndarray] | None = None  # (groups, their parity) of the last batch
         self.counts: dict[str, int] = {
             "baseline_events": 0,  # events into baselines (per cohort)
             "window_events": 0,  # events into windows (per cohort)
@@ -311,13 +339,15 @@ class Judge:
 
     def observe_batch(self, version: str, dimension: str, codes: np.ndarray, labels: Sequence[str],
                       values: np.ndarray, users: np.ndarray, strata: np.ndarray, now: float | None = None, *,
-                      statistics: Sequence[str]) -> dict[str, str]:
+                      statistics: Sequence[str], attended: Attended | None = None) -> dict[str, str]:
         """Fold one cohort dimension of a batch into every cohort it touches.
 
         ``codes`` [B]: each event's cohort, named by ``labels[code]``; ``values`` [B, S, L]
         in [0, 1], axis 1 named by ``statistics``, axis 2 the layers; ``users`` [B] 64-bit
         user hashes (``users.hash_users``); ``strata`` [B] from ``stratum_of``. ``now``
         (seconds) advances the judge's clock; it matters when ``reference_seconds`` > 0.
+        ``attended``: the attention each event put on each item, summed per cohort and
+        item into the samples' item sketches.
 
         Returns where each cohort's events went: "baseline", "window",
         "baseline+window" (a new version under update, or a batch that completed the
@@ -341,13 +371,23 @@ class Judge:
         counters = group_counters(cells, signs, cohorts, len(present), SKETCH_WIDTH)
         series = tuple((s, layer) for s in statistics for layer in range(layers))
         shape = (len(series), len(self.strata), c.bins)
+        halves = self._halves(groups)  # two random halves of the users (the test cross-fits them)
+        items = attended.by_cohort(cohorts, len(present), halves) if attended is not None else [None] * len(present)
         outcomes = {}
         for i, code in enumerate(present.tolist()):
             key = CohortKey(version, dimension, labels[code])
             part = _Part(binned.counts[i], binned.by_group[i], counters[i], int(binned.events[i]),
-                         int(binned.nan[i]), int(binned.clipped[i]))
-            outcomes[key.cohort] = self._observe_cohort(key, series, shape, part, cohorts == i, flat, strata, users)
+                         int(binned.nan[i]), int(binned.clipped[i]), items[i])
+            outcomes[key.cohort] = self._observe_cohort(key, series, shape, part, cohorts == i, flat, strata, users,
+                                                        attended)
         return outcomes
+
+    def _halves(self, groups: np.ndarray) -> np.ndarray:
+        """The parity of each event's user group, one array per batch (every dimension reuses it)."""
+        cached = self._last_halves
+        if cached is None or cached[0] is not groups:
+            cached = self._last_halves = (groups, groups & 1)
+        return cached[1]
 
     def _users(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sketch cells and random groups of a batch's users, reused while the caller passes the
@@ -362,7 +402,7 @@ class Judge:
 
     def _observe_cohort(self, key: CohortKey, series: tuple[tuple[str, int], ...], shape: tuple[int, int, int],
                         part: _Part, members: np.ndarray, flat: np.ndarray, strata: np.ndarray,
-                        users: np.ndarray) -> str:
+                        users: np.ndarray, attended: Attended | None = None) -> str:
         """One cohort's share of a batch: to its window, its baseline, or split between them."""
         events = part.events
         cohort = self._cohorts.get(key)
@@ -386,8 +426,10 @@ class Judge:
             # The batch completes the reference part way: its first `taken` events end it.
             rows = np.flatnonzero(members)
             first, rest = rows[:taken], rows[taken:]
-            rest_part = self._part(shape, flat[rest], strata[rest], users[rest])
-            baseline.sample.add(*self._part(shape, flat[first], strata[first], users[first]))
+            halves = user_groups(users, USER_GROUPS) & 1
+            rest_part = self._part(shape, flat[rest], strata[rest], users[rest], attended, rest, halves)
+            baseline.sample.add(*self._part(shape, flat[first], strata[first], users[first], attended, first,
+                                            halves))
             if self._store.settle(key, self._clock):
                 self.counts["baseline_events"] += taken
                 cohort.window.reset()  # the window restarts with the first events after the reference
@@ -405,14 +447,23 @@ class Judge:
         return "baseline"
 
     @staticmethod
-    def _part(shape: tuple[int, int, int], flat: np.ndarray, strata: np.ndarray, users: np.ndarray) -> _Part:
-        """A few events of one cohort, binned (a batch split where it completes a baseline)."""
+    def _part(shape: tuple[int, int, int], flat: np.ndarray, strata: np.ndarray, users: np.ndarray,
+              attended: Attended | None = None, rows: np.ndarray | None = None,
+              halves: np.ndarray | None = None) -> _Part:
+        """A few events of one cohort, binned (a batch split where it completes a baseline):
+        ``rows``, their places in the batch, select their ``attended`` items; ``halves`` [B]
+        the batch's users' halves."""
         one = np.zeros(len(flat), dtype=np.intp)
         binned = bin_batch(flat, strata, one, 1, shape[1], shape[2], user_groups(users, USER_GROUPS))
         cells, signs = sketch_cells(users, SKETCH_WIDTH, SKETCH_DEPTH)
         counters = group_counters(cells, signs, one, 1, SKETCH_WIDTH)
+        items = None
+        if attended is not None and rows is not None and halves is not None:
+            members = np.zeros(len(halves), dtype=bool)
+            members[rows] = True
+            items = attended.of_events(members, halves)
         return _Part(binned.counts[0], binned.by_group[0], counters[0], int(binned.events[0]), int(binned.nan[0]),
-                     int(binned.clipped[0]))
+                     int(binned.clipped[0]), items)
 
     def _to_window(self, cohort: _Cohort, part: _Part, outcome: str = "window") -> str:
         cohort.window.add(*part)
@@ -539,9 +590,9 @@ class Judge:
             no_reference += len(cohort.series) - len(rows)
             pending.append(_Pending(key, cohort, rows, window.counts[rows], reference.sample.counts[ref_rows],
                                     window.design_effects()[rows], reference.sample.design_effects()[ref_rows],
-                                    kind, reference.version))
+                                    kind, reference.version, window, reference.sample))
 
-        results, unmatched = self._judge_pending(pending)
+        results, items, unmatched = self._judge_pending(pending)
         for p in pending:
             p.cohort.recent.add(p.cohort.window, clock, rule)
             p.cohort.window.reset()
@@ -561,6 +612,7 @@ class Judge:
             collecting=self._store.collecting(),
             drifting=drifting,
             unmatched=unmatched,
+            items=items,
         )
 
     @staticmethod
@@ -574,12 +626,12 @@ class Judge:
         pairs = [(i, where[s]) for i, s in enumerate(series) if s in where]
         return np.array([i for i, _ in pairs], dtype=np.intp), np.array([j for _, j in pairs], dtype=np.intp)
 
-    def _judge_pending(self, pending: list[_Pending]) -> tuple[tuple[KeyResult, ...], int]:
+    def _judge_pending(self, pending: list[_Pending]) -> tuple[tuple[KeyResult, ...], tuple[ItemResult, ...], int]:
         """Every full window of the round at once: post-stratify, test, correct, flag, update verdicts."""
         c = self.config
         pending = [p for p in pending if len(p.rows)]
         if not pending:
-            return (), 0
+            return (), (), 0
         window = np.concatenate([p.window for p in pending])  # [K, strata, bins]
         reference = np.concatenate([p.reference for p in pending])
         sizes = [len(p.rows) for p in pending]
@@ -599,8 +651,12 @@ class Judge:
         _, _, p = chi2_homogeneity(a / window_design[:, None], b * np.where(judged, m_eff, 1.0)[:, None],
                                    c.min_expected)
         p = np.where(judged, p, 1.0)
+        item_rows, comparison = self._compare_items(pending)
         p_adj = np.ones_like(p)
-        p_adj[judged] = bh_adjust(p[judged])
+        # One BH family: the statistics' series and the item-mass series of the round.
+        adjusted = bh_adjust(np.concatenate([p[judged], comparison.p_value]))
+        p_adj[judged] = adjusted[: int(judged.sum())]
+        item_p_adj = adjusted[int(judged.sum()):]
         kinds = np.repeat([p_.kind for p_ in pending], sizes)
         floors = np.array([self._floor(kind) for kind in kinds])
         flags = judged & (p_adj <= c.alpha) & (score >= floors)
@@ -649,7 +705,54 @@ class Judge:
                 ))
                 k += 1
             unmatched_events += cohort_unmatched
-        return tuple(results), unmatched_events
+        return tuple(results), self._item_results(item_rows, comparison, item_p_adj), unmatched_events
+
+    def _compare_items(self, pending: list[_Pending]) -> tuple[list[tuple[_Pending, int]], Comparison]:
+        """The attention mass per item of every pending window whose reference has it, per layer."""
+        rows: list[tuple[_Pending, int]] = []
+        windows: list[Side] = []
+        references: list[Side] = []
+        design: list[float] = []
+        reference_design: list[float] = []
+        for p_ in pending:
+            window, reference = p_.window_sample, p_.reference_sample
+            if window is None or reference is None or window.items is None or reference.items is None:
+                continue
+            w_whole, *w_halves = split_halves(window.items, _half_events(window))
+            r_whole, *r_halves = split_halves(reference.items, _half_events(reference))
+            for layer in range(min(window.items.layers, reference.items.layers)):
+                rows.append((p_, layer))
+                windows.append(Side(w_whole, (w_halves[0], w_halves[1]), layer))
+                references.append(Side(r_whole, (r_halves[0], r_halves[1]), layer))
+                design.append(float(p_.window_design.max()))  # computed for the statistics already
+                reference_design.append(float(p_.reference_design.max()))
+        return rows, compare(windows, references, np.array(design), np.array(reference_design),
+                             top_k=self.config.item_top_k, min_expected=self.config.min_expected)
+
+    def _item_results(self, rows: list[tuple[_Pending, int]], comparison: Comparison,
+                      p_adj: np.ndarray) -> tuple[ItemResult, ...]:
+        """Flags and verdicts of the round's item-mass series (module docstring)."""
+        c = self.config
+        out = []
+        for k, (p_, layer) in enumerate(rows):
+            flagged = bool(p_adj[k] <= c.alpha and comparison.score[k] >= c.item_min_effect
+                           and comparison.narrowed[k])
+            trackers = p_.cohort.items_update if p_.kind == MODEL_UPDATE else p_.cohort.items_within
+            tracker = trackers.setdefault(layer, Hysteresis(c.raise_after, c.clear_after))
+            tracker.update(flagged)
+            out.append(ItemResult(
+                key=p_.key, layer=layer, kind=p_.kind, reference_version=p_.reference_version,
+                score=float(comparison.score[k]), js_raw=float(comparison.js_raw[k]),
+                p_value=float(comparison.p_value[k]), p_adjusted=float(p_adj[k]), threshold=c.item_min_effect,
+                flagged=flagged, drifting=tracker.drifting, top_share=float(comparison.top_share[k]),
+                reference_top_share=float(comparison.reference_top_share[k]),
+                effective_items=float(comparison.effective_items[k]),
+                reference_effective_items=float(comparison.reference_effective_items[k]),
+                overlap=float(comparison.overlap[k]), samples=int(round(comparison.window_events[k])),
+                top=tuple(comparison.top[k]),
+                update_at=self._updates[p_.key.model_version].at if p_.kind == MODEL_UPDATE else None,
+            ))
+        return tuple(out)
 
     def _floor(self, kind: str) -> float:
         """The effect floor of a window of this kind."""
@@ -706,7 +809,9 @@ class Judge:
             "cohorts": [
                 [key.to_state(), {"series": [list(s) for s in cohort.series], "window": cohort.window.to_state(),
                                   "recent": cohort.recent.to_state(), "within": trackers(cohort.within),
-                                  "update": trackers(cohort.update)}]
+                                  "update": trackers(cohort.update),
+                                  "items_within": {str(k): h.to_state() for k, h in cohort.items_within.items()},
+                                  "items_update": {str(k): h.to_state() for k, h in cohort.items_update.items()}}]
                 for key, cohort in self._cohorts.items()
             ],
             "updates": {
@@ -752,6 +857,9 @@ class Judge:
                              for h in s["within"]]
             cohort.update = [None if h is None else Hysteresis.from_state(h, config.raise_after, config.clear_after)
                              for h in s["update"]]
+            for name in ("items_within", "items_update"):  # absent in states from before item mass
+                setattr(cohort, name, {int(k): Hysteresis.from_state(h, config.raise_after, config.clear_after)
+                                       for k, h in s.get(name, {}).items()})
             judge._cohorts[CohortKey.from_state(key_state)] = cohort
             judge._series_count += len(series)
         judge._updates = {

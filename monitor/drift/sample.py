@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import stats
 
+from monitor.drift.items import ItemSketch
 from monitor.drift.users import UserSketch
 
 SKETCH_WIDTH = 256  # users sketch per sample: 256 x 5 counters, ~3 % median error on n_eff (docs/drift.md)
@@ -115,7 +116,7 @@ def unpack(state: dict[str, Any]) -> np.ndarray:
 class Sample:
     """Bin counts ``[series, strata, bins]`` of a run of one cohort's events, and their users."""
 
-    __slots__ = ("counts", "by_group", "users", "nan", "clipped")
+    __slots__ = ("counts", "by_group", "users", "nan", "clipped", "items")
 
     def __init__(self, series: int, strata: int, bins: int) -> None:
         self.counts = np.zeros((series, strata, bins), dtype=np.int64)
@@ -123,6 +124,7 @@ class Sample:
         self.users = UserSketch(SKETCH_WIDTH, SKETCH_DEPTH)
         self.nan = 0
         self.clipped = 0
+        self.items: ItemSketch | None = None  # attention mass per item and layer (once fed)
 
     @property
     def events(self) -> int:
@@ -163,14 +165,19 @@ class Sample:
         return np.clip(estimate, 1.0, max(1.0, self.design_effect()))
 
     def add(self, counts: np.ndarray, by_group: np.ndarray, user_counters: np.ndarray, events: int, nan: int = 0,
-            clipped: int = 0) -> None:
-        """Add one batch's counts ``[series, strata, bins]``, ``[series, groups, bins]`` and its
-        users' sketch counters."""
+            clipped: int = 0, items: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Add one batch's counts ``[series, strata, bins]``, ``[series, groups, bins]``, its
+        users' sketch counters and, when given, its mass per item (ids [d], mass [d, layers])."""
         self.counts += counts
         self.by_group += by_group
         self.users.add_counters(user_counters, events)
         self.nan += int(nan)
         self.clipped += int(clipped)
+        if items is not None:
+            ids, mass = items
+            if self.items is None:
+                self.items = ItemSketch(layers=mass.shape[1])
+            self.items.add(ids, mass)
 
     def merge(self, other: Sample) -> None:
         """Add another sample of the same shape (the events of both)."""
@@ -181,12 +188,18 @@ class Sample:
         self.users.merge(other.users)
         self.nan += other.nan
         self.clipped += other.clipped
+        if other.items is not None:
+            if self.items is None:
+                self.items = ItemSketch(other.items.capacity, other.items.layers)
+            self.items.merge(other.items)
 
     def reset(self) -> None:
         self.counts[:] = 0
         self.by_group[:] = 0
         self.users.reset()
         self.nan = self.clipped = 0
+        if self.items is not None:
+            self.items.reset()
 
     def copy(self) -> Sample:
         twin = Sample(*self.counts.shape)
@@ -196,7 +209,8 @@ class Sample:
     def to_state(self) -> dict[str, Any]:
         """JSON-able state; the arrays packed (``pack``): a checkpoint holds hundreds of samples."""
         return {"counts": pack(self.counts), "by_group": pack(self.by_group), "users": pack(self.users.counters),
-                "events": self.events, "nan": self.nan, "clipped": self.clipped}
+                "events": self.events, "nan": self.nan, "clipped": self.clipped,
+                "items": None if self.items is None else self.items.to_state()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Sample:
@@ -212,6 +226,8 @@ class Sample:
         sample.users = UserSketch.from_counters(unpack(state["users"]), int(state["events"]))
         sample.nan = int(state.get("nan", 0))
         sample.clipped = int(state.get("clipped", 0))
+        items = state.get("items")  # absent before item mass
+        sample.items = ItemSketch.from_state(items) if items else None
         return sample
 
     def __eq__(self, other: object) -> bool:
@@ -219,7 +235,7 @@ class Sample:
             return NotImplemented
         return (np.array_equal(self.counts, other.counts) and np.array_equal(self.by_group, other.by_group)
                 and self.users.to_state() == other.users.to_state()
-                and (self.nan, self.clipped) == (other.nan, other.clipped))
+                and (self.nan, self.clipped) == (other.nan, other.clipped) and self.items == other.items)
 
     def __repr__(self) -> str:
         series, strata, bins = self.counts.shape

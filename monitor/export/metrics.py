@@ -38,6 +38,9 @@ STATISTIC_LABELS = ("model_version", "dimension", "cohort", "layer")
 DRIFT_LABELS = ("kind", "model_version", "reference_version", "dimension", "cohort", "statistic", "layer")
 COHORT_VERDICT_LABELS = ("kind", "model_version", "reference_version", "dimension", "cohort")
 PAIRED_LABELS = ("model_version", "previous_version", "dimension", "cohort", "layer")
+# Attention mass per item (monitor/export/item_rows.py): per (kind, cohort, layer), and per exported item.
+ITEM_LABELS = ("kind", "model_version", "reference_version", "dimension", "cohort", "layer")
+ITEM_SHARE_LABELS = ("kind", "model_version", "dimension", "cohort", "layer", "rank", "item", "side")
 # What became of the events sampled for the paired comparison.
 PAIRED_OUTCOMES = ("paired", "previous_unreadable", "previous_unavailable")
 PAIRED_SIDES = ("new", "previous")  # which version lacks an item the other one knows
@@ -104,6 +107,13 @@ FIXED_METRICS = (
     "attnmon_drift_observations_refused_total",
     "attnmon_model_version_last_seen_timestamp_seconds",
     "attnmon_model_versions_retired_total",
+    "attnmon_items_narrowed",
+    "attnmon_items_drift_score",
+    "attnmon_items_top_share_ratio",
+    "attnmon_items_effective_count",
+    "attnmon_items_top_overlap_ratio",
+    "attnmon_item_attention_share_ratio",
+    "attnmon_item_info",
 )
 
 
@@ -286,6 +296,46 @@ class DriftCollector(Collector):
         for row in rows.get("baselines", ()):
             ready.add_metric([row["model_version"], row["dimension"], row["cohort"]], float(row["ready"]))
         yield ready
+        yield from _item_families(rows)
+
+
+def _item_families(rows: dict[str, list[dict]]) -> Iterable[Metric]:
+    """The attention mass per item (rows from ``monitor.export.item_rows``)."""
+    per_cohort = {
+        "attnmon_items_narrowed": ("1 while the cohort's attention is judged narrowed onto fewer items than its reference's (after hysteresis), else 0.", "narrowed"),
+        "attnmon_items_drift_score": ("Jensen-Shannon distance, bias-corrected, between the window's and the reference's share of attention on the window's top items (cross-fitted between two halves of its users) and elsewhere.", "score"),
+        "attnmon_items_top_overlap_ratio": ("Share of the window's top items that are among the reference's top items.", "overlap"),
+    }
+    item_rows = rows.get("items", ())
+    for name, (help_text, field) in per_cohort.items():
+        family = GaugeMetricFamily(name, help_text, labels=ITEM_LABELS)
+        for row in item_rows:
+            family.add_metric([str(row[label]) for label in ITEM_LABELS], float(row[field]))
+        yield family
+    per_side = {
+        "attnmon_items_top_share_ratio": ("Share of the attention mass held by the top items (judge.item_top_k), in the last judged window and in its reference.", "top_share"),
+        "attnmon_items_effective_count": ("Effective number of attended items, exp of the entropy of the attention mass per item (a lower bound once the sketch drops items), window and reference.", "effective_items"),
+    }
+    for name, (help_text, field) in per_side.items():
+        family = GaugeMetricFamily(name, help_text, labels=(*ITEM_LABELS, "side"))
+        for row in item_rows:
+            labels = [str(row[label]) for label in ITEM_LABELS]
+            family.add_metric([*labels, "window"], float(row[field]))
+            family.add_metric([*labels, "reference"], float(row[f"reference_{field}"]))
+        yield family
+    shares = GaugeMetricFamily(
+        "attnmon_item_attention_share_ratio",
+        "Share of the cohort's attention mass on one of its top items (rank in the window), in the last judged window and in its reference.",
+        labels=ITEM_SHARE_LABELS,
+    )
+    for row in rows.get("item_shares", ()):
+        shares.add_metric([str(row[label]) for label in ITEM_SHARE_LABELS], float(row["share"]))
+    yield shares
+    info = GaugeMetricFamily("attnmon_item_info", "1 for each exported item, with its catalogue title (cleaned, at most 80 characters).",
+                             labels=("item", "title"))
+    for row in rows.get("item_titles", ()):
+        info.add_metric([row["item"], row["title"]], 1.0)
+    yield info
 
 
 class UsageCollector(Collector):

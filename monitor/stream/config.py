@@ -40,6 +40,10 @@ class PipelineConfig:
     # served in a day. At least 5 minutes: alerts already count a version without events for
     # 5 minutes as no longer serving; retiring sooner would forget a version they still watch.
     retire_after_s: float = 86_400.0
+    # Top attended items exported per (kind, cohort, layer), each with its share in the window and
+    # in the reference (attnmon_item_attention_share_ratio) and its title (attnmon_item_info): at
+    # most judge.item_top_k are known, and at most 20 are allowed (docs/drift.md, "Exported").
+    items_exported: int = 5
     stats: StatsConfig = StatsConfig()
     limits: EventLimits = DEFAULT_LIMITS
 
@@ -54,5 +58,7 @@ class PipelineConfig:
             raise ValueError("paired_fraction must be in [0, 1]")
         if self.unknown_version_grace_s < 0:
             raise ValueError("unknown_version_grace_s must be >= 0")
+        if not 0 <= self.items_exported <= 20:
+            raise ValueError("items_exported must be in [0, 20]")
         if not self.retire_after_s >= MIN_RETIRE_AFTER_S:  # also refuses NaN; inf: never retire
             raise ValueError(f"retire_after_s must be >= {MIN_RETIRE_AFTER_S:.0f} (seconds)")

@@ -19,6 +19,7 @@ import numpy as np
 
 from monitor.attention.stats import STATISTICS
 from monitor.drift.cohorts import CohortAssigner
+from monitor.drift.items import Attended
 from monitor.drift.judge import Judge
 from monitor.drift.users import hash_users
 from monitor.export.metrics import AgentMetrics
@@ -36,9 +37,10 @@ class Fold:
         self._processed = metrics.events.labels("processed", "ok")
 
     def __call__(self, batch: Prepared, statistics: np.ndarray, per_head: np.ndarray | None,
-                 assigner: CohortAssigner, judge: Judge) -> tuple[np.ndarray, Labels]:
-        """Fold ``statistics`` [B, stats, layers] (and ``per_head`` [B, stats, layers, heads])
-        of ``batch``'s events; returns their cohort codes [B, dimensions] and the labels."""
+                 attended: Attended | None, assigner: CohortAssigner, judge: Judge) -> tuple[np.ndarray, Labels]:
+        """Fold ``statistics`` [B, stats, layers] (and ``per_head`` [B, stats, layers, heads],
+        and the attention per item, ``attended``) of ``batch``'s events; returns their cohort
+        codes [B, dimensions] and the labels."""
         kept, now = batch.events, batch.now
         version = batch.served.version
         started = time.perf_counter()
@@ -54,7 +56,7 @@ class Fold:
             if per_head is not None:  # within-version detail only: the judge sees head-averaged rows
                 self._metrics.attention_per_head.fold(version, dimension, column_codes, dim_labels, per_head)
             judge.observe_batch(version, dimension, column_codes, dim_labels, statistics, users, strata, now,
-                                statistics=STATISTICS)
+                                statistics=STATISTICS, attended=attended)
         event_seconds = np.fromiter((e.ts for e in kept), dtype=np.float64, count=len(kept)) / 1000.0
         self._metrics.latency.observe_many(np.maximum(0.0, self._clock() - event_seconds))
         self._processed.inc(len(kept))

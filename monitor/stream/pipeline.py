@@ -43,9 +43,11 @@ import numpy as np
 from monitor.attention.recompute import StartedChunk
 from monitor.attention.registry import ModelRegistry, ServedModel
 from monitor.drift.cohorts import CohortAssigner
+from monitor.drift.items import Attended
 from monitor.drift.judge import Judge, JudgeReport
 from monitor.drift.paired import PairedComparison, PairedReport
 from monitor.export.drift_rows import DriftRows
+from monitor.export.item_rows import ItemRows
 from monitor.export.metrics import AgentMetrics
 from monitor.export.usage import SeriesUsage
 from monitor.stream.config import PipelineConfig
@@ -94,6 +96,7 @@ class Pipeline:
         self._updates = ModelUpdates(metrics, config.max_versions_remembered)
         self._pairing = Pairing(registry, self._recompute, config, metrics, seed=seed)
         self._drift_rows = DriftRows()
+        self._item_rows = ItemRows(config.items_exported)
         self._usage = SeriesUsage(judge, paired)
         self._pending: list[Prepared] = []  # a deferred batch, folded by the next call or flush()
         self.last_report: JudgeReport | None = None
@@ -190,16 +193,18 @@ class Pipeline:
 
     def _finish(self, batch: Prepared) -> int:
         """Statistics of a prepared batch, folded into metrics, the judge and pairs."""
-        statistics, per_head = self._statistics(batch.served, batch.passes)
-        codes, labels = self._fold(batch, statistics, per_head, self.assigner, self.judge)
+        statistics, per_head, attended = self._statistics(batch.served, batch.passes)
+        codes, labels = self._fold(batch, statistics, per_head, attended, self.assigner, self.judge)
         if batch.previous is not None:
             self._pairing(batch.served, batch.previous, batch.events, codes, labels,
                           self.assigner.dimensions, self.paired)
         return len(batch.events)
 
-    def _statistics(self, served: ServedModel, passes: list[StartedChunk]) -> tuple[np.ndarray, np.ndarray | None]:
-        """The passes' statistics: [B, stats, layers], and per head [B, stats, layers, heads]
-        or None (see :meth:`Recompute.statistics`; a seam that bench.detection records)."""
+    def _statistics(self, served: ServedModel,
+                    passes: list[StartedChunk]) -> tuple[np.ndarray, np.ndarray | None, Attended]:
+        """The passes' statistics: [B, stats, layers], per head [B, stats, layers, heads] or
+        None, and the attention per item (see :meth:`Recompute.statistics`; a seam that
+        bench.detection records)."""
         return self._recompute.statistics(served, passes)
 
     # -- judgement -----------------------------------------------------------------------
@@ -214,6 +219,7 @@ class Pipeline:
         self.last_report, self.last_paired = report, paired
         self._drift_rows.update(report, paired, previous=self._updates.previous, alive=self._updates.versions_seen,
                                 baselines=self.judge.baselines.cohort_status())
+        self._item_rows.update(report.items, alive=self._updates.versions_seen, titles=self._title)
         self.metrics.judge_runs.inc()
         self.metrics.observe_stage("judge", time.perf_counter() - started)
         for verdict in report.cohorts:
@@ -224,7 +230,17 @@ class Pipeline:
 
     def drift_rows(self) -> dict[str, list[dict]]:
         """Rows for ``metrics.DriftCollector`` (read by the scrape thread; replaced, never mutated)."""
-        return self._drift_rows.rows()
+        return {**self._drift_rows.rows(), **self._item_rows.rows()}
+
+    def _title(self, version: str, item: int) -> str | None:
+        """An item's catalogue title in a loaded version's catalogue (None if it is not loaded or lacks it)."""
+        if version not in self.registry.loaded_versions():
+            return None
+        served = self.registry.get(version)
+        if served is None:
+            return None
+        index = int(served.to_indices(np.array([item]))[0])
+        return served.checkpoint.catalog.titles[index] if index > 0 else None
 
     def usage_rows(self) -> dict[str, list[dict]]:
         """Rows for ``metrics.UsageCollector``: series against their limits, and when each

@@ -20,7 +20,8 @@ import numpy as np
 from monitor.attention.forward import make_forwards
 from monitor.attention.recompute import StartedChunk, collect, start
 from monitor.attention.registry import ModelRegistry, ServedModel
-from monitor.attention.stats import STATISTICS, compute
+from monitor.attention.stats import STATISTICS, attended_items, compute
+from monitor.drift.items import Attended
 from monitor.export.metrics import AgentMetrics
 from monitor.stream.config import PipelineConfig
 from monitor.stream.events import Event, Reason
@@ -116,9 +117,11 @@ class Recompute:
         return start(lambda chunks: self._forwards.submit(served, chunks), histories,
                      max_len=width, max_batch=self._config.max_batch)
 
-    def statistics(self, served: ServedModel, passes: list[StartedChunk]) -> tuple[np.ndarray, np.ndarray | None]:
+    def statistics(self, served: ServedModel,
+                   passes: list[StartedChunk]) -> tuple[np.ndarray, np.ndarray | None, Attended]:
         """Head-averaged [B, stats, layers] for the histories of ``passes``, in their order,
-        and per-head [B, stats, layers, heads] when ``stats.per_head`` is configured (else None)."""
+        per-head [B, stats, layers, heads] when ``stats.per_head`` is configured (else None),
+        and the attention each event put on each of its items (raw item ids)."""
         count = sum(len(chunk.rows) for chunk in passes)
         config = self._config.stats
         averaged_config = dataclasses.replace(config, per_head=False)
@@ -127,18 +130,32 @@ class Recompute:
         per_head = (np.empty((count, len(STATISTICS), config_b.layers, config_b.heads), dtype=np.float32)
                     if config.per_head else None)
         started, stats_seconds = time.perf_counter(), 0.0
+        events, indices, masses = [], [], []
         for chunk in collect(passes):
             t0 = time.perf_counter()
-            out[chunk.rows] = compute(chunk.weights, chunk.lengths, chunk.item_index, served.genre_matrix,
+            averaged = chunk.weights.mean(axis=2, dtype=np.float32)  # [b, layers, w], once for both uses
+            out[chunk.rows] = compute(averaged[:, :, None, :], chunk.lengths, chunk.item_index, served.genre_matrix,
                                       averaged_config)
             if per_head is not None:
                 per_head[chunk.rows] = compute(chunk.weights, chunk.lengths, chunk.item_index,
                                                served.genre_matrix, config)
+            event, index, mass = attended_items(averaged, chunk.item_index)
+            events.append(chunk.rows[event])
+            indices.append(index)
+            masses.append(mass)
             stats_seconds += time.perf_counter() - t0
         # recompute: waiting for (and, inline, running) the forward passes; stats overlap them
         self._metrics.observe_stage("recompute", time.perf_counter() - started - stats_seconds)
         self._metrics.observe_stage("stats", stats_seconds)
-        return out, per_head
+        rank = np.zeros(served.raw_order.size + 1, dtype=np.int64)  # model index -> position in raw_ids
+        rank[served.raw_order] = np.arange(served.raw_order.size)
+        attended = Attended(
+            np.concatenate(events) if events else np.zeros(0, dtype=np.int64),
+            rank[np.concatenate(indices)] if indices else np.zeros(0, dtype=np.int64),
+            np.concatenate(masses) if masses else np.zeros((0, config_b.layers), dtype=np.float32),
+            served.raw_ids,
+        )
+        return out, per_head, attended
 
     def warm(self, served: ServedModel) -> None:
         """Start the forward processes and load ``served`` there ahead of traffic."""

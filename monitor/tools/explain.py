@@ -15,7 +15,9 @@ and the next-item scores. From that:
   the event's served list agrees, then per layer the statistics of the
   head-averaged row (the agent's numbers for this event) and its ``top_k`` most
   attended items with position from the end (-1 = the most recent item, which
-  is also the query position), weight, a bar, title and genres.
+  is also the query position), weight, a bar, title and genres. Items among the
+  cohort's heavy hitters (``heavy_hitters``: raw item ids, e.g. the ``top_items`` of
+  an ``attnmon report`` summary, :func:`heavy_hitters_of`) are marked ``[heavy]``.
 
 Unknown items are dropped (as the agent does) and a history longer than the
 model's ``max_len`` is read from its most recent ``max_len`` items; the text
@@ -27,7 +29,8 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 import unicodedata
-from collections.abc import Sequence
+import json
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -82,6 +85,7 @@ def explain(
     width: int = 100,
     version: str | None = None,
     stats_config: StatsConfig = StatsConfig(),
+    heavy_hitters: Collection[int] = (),
 ) -> Explanation:
     """Recompute one event's attention and render it.
 
@@ -137,7 +141,7 @@ def explain(
         model_version=served.version, items=raw, recommended=recommended, dropped_unknown=dropped,
         truncated=truncated,
     )
-    text = render_text(explanation, served, event, top_k=top_k, width=width)
+    text = render_text(explanation, served, event, top_k=top_k, width=width, heavy_hitters=heavy_hitters)
     png = None
     if png_path is not None:
         png = render_heatmap(explanation, served, Path(png_path), max_positions=max_positions)
@@ -145,9 +149,18 @@ def explain(
 
 
 # -- terminal view ------------------------------------------------------------------------
+def heavy_hitters_of(summary_path: Path, cohort: str = "all") -> set[int]:
+    """The raw ids of a cohort's top attended items (every layer) in an ``attnmon report``
+    summary.json (its ``top_items``); empty when the summary has none for the cohort."""
+    summary = json.loads(Path(summary_path).read_text(encoding="utf-8"))
+    layers = summary.get("top_items", {}).get(cohort, {})
+    return {int(entry["item"]) for layer in layers.values() for entry in layer["items"]}
+
+
 def render_text(explanation: Explanation, served: ServedModel, event: Event, *, top_k: int = 5,
-                width: int = 100) -> str:
+                width: int = 100, heavy_hitters: Collection[int] = ()) -> str:
     """The terminal view; every line is at most ``width`` display columns."""
+    heavy = {int(i) for i in heavy_hitters}
     catalog = served.checkpoint.catalog
     layers, heads, n = explanation.weights.shape
     label = served.checkpoint.label
@@ -183,7 +196,9 @@ def render_text(explanation: Explanation, served: ServedModel, event: Event, *, 
         for position in order:
             index = int(item_index[position])
             prefix = f"{position - n:>6}  {row[position]:.3f}  {_bar(float(row[position]), peak)}  "
-            lines.append(_columns(prefix, catalog.titles[index], "|".join(catalog.item_genres[index]) or "-", width))
+            mark = "[heavy] " if int(catalog.item_ids[index]) in heavy else ""
+            lines.append(_columns(prefix, mark + catalog.titles[index], "|".join(catalog.item_genres[index]) or "-",
+                                  width))
         if heads > 1:
             per_head = explanation.weights[layer]  # [heads, n]
             tops = [f"h{h} {position - n} {_fit(catalog.titles[int(item_index[position])], 24)} "

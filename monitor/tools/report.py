@@ -15,8 +15,12 @@ context key). Then:
   adjusted across every (cohort, column) test of the report, is <= ``alpha``
   **and** D >= ``min_effect``; cohorts with fewer than ``min_events`` events on
   either side get no verdict. This file is the machine-checkable verdict.
+- ``summary.json`` also holds ``top_items``: per cohort and layer the current
+  events' top attended items (catalogue titles) with their share of the attention
+  now and in the reference, and both sides' top-k share and effective number of
+  items (``monitor.tools.top_items``);
 - ``report.html``: one Evidently report: a header (versions, counts, the flagged
-  cohorts and statistics), then a ``DataDriftPreset`` section for all events
+  cohorts and statistics, the top attended items of all events), then a ``DataDriftPreset`` section for all events
   (with a ``DataSummaryPreset``) and one per cohort value. Evidently's own
   per-column drift marks use KS at ``alpha`` on the raw event counts, unadjusted
   and without the effect floor (Jensen-Shannon for the categorical cohort
@@ -74,8 +78,9 @@ from monitor.drift.cohorts import CohortDimension, sanitise
 from monitor.stream.events import DEFAULT_LIMITS, Event, EventLimits, InvalidEvent, Reason, decode
 from monitor.attention.recompute import recompute
 from monitor.attention.registry import ModelRegistry, ServedModel
-from monitor.attention.stats import STATISTICS, StatsConfig, compute
+from monitor.attention.stats import STATISTICS, StatsConfig, attended_items, compute
 from monitor.drift.verdict import bh_adjust
+from monitor.tools.top_items import Attention, markdown, top_items
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +122,7 @@ class ReportConfig:
     summary_preset: bool = True  # add Evidently's DataSummaryPreset to the all-events section
     max_batch: int = 64  # rows per forward pass
     seed: int = 0  # sampling beyond max_events
+    top_items: int = 10  # attended items listed per cohort and layer (summary.json "top_items")
     stats: StatsConfig = StatsConfig()
     limits: EventLimits = DEFAULT_LIMITS
 
@@ -125,7 +131,7 @@ class ReportConfig:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
         if not 0.0 <= self.min_effect <= 1.0:
             raise ValueError(f"min_effect must be in [0, 1], got {self.min_effect!r}")
-        for name in ("min_events", "max_cohorts", "max_events", "max_batch"):
+        for name in ("min_events", "max_cohorts", "max_events", "max_batch", "top_items"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -150,6 +156,7 @@ class StatisticsSet:
     skipped: dict[str, int]  # reason -> events left out (a Reason value, or "nan_statistics")
     read: int  # events read (before sampling)
     sampled: bool  # True when more than max_events were read
+    attention: Attention | None = None  # each event's attention per item (rows of ``frame``)
 
 
 def statistic_columns(layers: int) -> tuple[str, ...]:
@@ -232,6 +239,7 @@ def statistics_frame(
         by_version.setdefault(version or event.model_version, []).append(event)
 
     parts: list[pd.DataFrame] = []
+    attention: list[Attention] = []
     versions: dict[str, int] = {}
     layer_counts: set[int] = set()
     for name, members in sorted(by_version.items()):
@@ -242,7 +250,7 @@ def statistics_frame(
         histories, kept = _model_histories(served, members, skipped)
         if not kept:
             continue
-        values = _statistics(served, histories, config)  # [B, S, layers]
+        values, attended = _statistics(served, histories, config)  # [B, S, layers], per item
         finite = np.isfinite(values).all(axis=(1, 2))
         if not finite.all():
             skipped["nan_statistics"] += int((~finite).sum())
@@ -262,13 +270,20 @@ def statistics_frame(
             for layer in range(layers):
                 columns[f"{stat}_l{layer}"] = values[:, s, layer]
         part = pd.DataFrame(columns)
+        offset = sum(len(p) for p in parts)
         parts.append(part[finite])
+        row_of = offset + np.cumsum(finite) - 1  # event -> its row in the concatenated frame
+        keep = finite[attended.row]
+        attention.append(Attention(row_of[attended.row[keep]], attended.item[keep], attended.mass[keep]))
         versions[name] = int(finite.sum())
     # Versions with different layer counts share the layers they both have.
     stat_cols = statistic_columns(min(layer_counts)) if layer_counts else ()
     frame = pd.concat(parts, ignore_index=True, join="inner") if parts else pd.DataFrame()
+    layers = min(layer_counts) if layer_counts else 1
+    merged = Attention(*(np.concatenate([getattr(a, f) for a in attention]) for f in ("row", "item")),
+                       np.concatenate([a.mass[:, :layers] for a in attention])) if attention else Attention.empty(layers)
     return StatisticsSet(frame=frame, columns=stat_cols, versions=versions, skipped=dict(skipped),
-                         read=read, sampled=read > len(events))
+                         read=read, sampled=read > len(events), attention=merged)
 
 
 def _model_histories(
@@ -288,12 +303,21 @@ def _model_histories(
     return histories, kept
 
 
-def _statistics(served: ServedModel, histories: list[np.ndarray], config: ReportConfig) -> np.ndarray:
-    """[B, S, layers] statistics in the order of ``histories``."""
+def _statistics(served: ServedModel, histories: list[np.ndarray],
+                config: ReportConfig) -> tuple[np.ndarray, Attention]:
+    """[B, S, layers] statistics in the order of ``histories``, and the attention per item
+    (rows: positions in ``histories``; raw item ids)."""
     out = np.empty((len(histories), len(STATISTICS), served.checkpoint.config.layers), dtype=np.float32)
+    rows, items, masses = [], [], []
     for chunk in recompute(served.checkpoint.model, histories, max_len=served.max_len, max_batch=config.max_batch):
         out[chunk.rows] = compute(chunk.weights, chunk.lengths, chunk.item_index, served.genre_matrix, config.stats)
-    return out
+        event, index, mass = attended_items(chunk.weights.mean(axis=2, dtype=np.float32), chunk.item_index)
+        rows.append(chunk.rows[event])
+        items.append(served.checkpoint.catalog.item_ids[index])
+        masses.append(mass)
+    if not rows:
+        return out, Attention.empty(out.shape[2])
+    return out, Attention(np.concatenate(rows), np.concatenate(items).astype(np.int64), np.concatenate(masses))
 
 
 # -- the verdict --------------------------------------------------------------------------
@@ -450,6 +474,7 @@ def write_report(
     columns = tuple(c for c in reference.columns if c in set(current.columns))
     unmatched = sorted(set(reference.columns) ^ set(current.columns))
     summary = summarise(reference.frame, current.frame, columns, dimension=dimension, config=config)
+    summary["top_items"] = _top_items(reference, current, summary["cohort_values"], dimension, registry, config)
     recomputed = time.perf_counter() - started
 
     title = report_title(reference.versions, current.versions)
@@ -474,6 +499,27 @@ def write_report(
     log.info("report: %s (%.1f MB), %s; drifting: %s", paths.html, summary["html_bytes"] / 1e6,
              paths.summary_json, summary["drifting"])
     return paths
+
+
+def _top_items(reference: StatisticsSet, current: StatisticsSet, values: Sequence[str], dimension: str,
+               registry: ModelRegistry, config: ReportConfig) -> dict[str, Any]:
+    """Per cohort (``all`` first) and layer: the top attended items before and now (``top_items``)."""
+    ref_cohort = _cohort_column(reference.frame, dimension, values).to_numpy()
+    cur_cohort = _cohort_column(current.frame, dimension, values).to_numpy()
+    sections = [(ALL, np.ones(len(ref_cohort), dtype=bool), np.ones(len(cur_cohort), dtype=bool))]
+    sections += [(v, ref_cohort == v, cur_cohort == v) for v in values]
+    catalogues = [served.checkpoint.catalog for v in (*current.versions, *reference.versions)
+                  if (served := registry.get(v)) is not None]
+
+    def title(item: int) -> str | None:
+        for catalog in catalogues:
+            at = np.flatnonzero(catalog.item_ids == item)
+            if at.size:
+                return catalog.titles[int(at[0])]
+        return None
+
+    assert reference.attention is not None and current.attention is not None
+    return top_items(sections, reference.attention, current.attention, title, top_n=config.top_items)
 
 
 def report_title(reference: Mapping[str, int], current: Mapping[str, int]) -> str:
@@ -646,6 +692,7 @@ def _header_markdown(summary: Mapping[str, Any]) -> str:
         + (", ".join(f"{d['cohort']}/{d['statistic']}" for d in summary["drifting_series"][:12])
            + (" ..." if len(summary["drifting_series"]) > 12 else "") if summary["drifting"] else "nothing flagged"),
     ]
+    lines += markdown(summary.get("top_items", {}), ALL)
     if summary["unmatched_columns"]:
         lines.append(f"- columns in one set only (layer counts differ), not compared: "
                      f"{', '.join(summary['unmatched_columns'])}")

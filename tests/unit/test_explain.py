@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from model import checkpoint
 from model.data import ItemCatalog, load_movielens
 from model.sasrec import SASRec, SASRecConfig
 from monitor.stream.events import Event, Recommendation, encode
-from monitor.tools.explain import _display_width, _fit, explain, heatmap_size
+from monitor.tools.explain import _display_width, _fit, explain, heatmap_size, heavy_hitters_of
 from monitor.attention.recompute import recompute
 from monitor.attention.registry import ModelRegistry
 from monitor.attention.stats import STATISTICS, compute
@@ -136,3 +137,19 @@ def test_untrusted_ids_neither_break_the_plot_nor_reach_the_terminal(tmp_path, p
     result = explain(event, root, png_path=tmp_path / "odd.png")
     assert result.png.is_file()
     assert "\x1b" not in result.text and "event ev-?[2J$x" in result.text
+
+
+def test_heavy_hitters_of_a_report_summary_are_marked(tmp_path, published, catalog) -> None:
+    root, version = published
+    event = _event(catalog, version, 40, seed=3)
+    plain = explain(event, root, png_path=None, width=120)
+    mean = plain.weights.mean(axis=1)
+    top = int(plain.items[int(np.argmax(mean[0]))])  # the most attended item of layer 0
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"top_items": {"all": {"layer_0": {"items": [{"item": top}]}}}}))
+    heavy = heavy_hitters_of(summary, "all")
+    assert heavy == {top} and heavy_hitters_of(summary, "ios") == set()
+    marked = explain(event, root, png_path=None, width=120, heavy_hitters=heavy)
+    index = int(np.flatnonzero(catalog.item_ids == top)[0])
+    assert any(f"[heavy] {catalog.titles[index]}" in line for line in marked.text.splitlines())
+    assert "[heavy]" not in plain.text

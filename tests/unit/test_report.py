@@ -182,6 +182,12 @@ def test_report_html_and_summary_flag_the_shifted_cohort(tmp_path, registry_root
     entry = android["genre_entropy_l0"]
     assert {"reference_mean", "current_mean", "ks_statistic", "p_adjusted", "wasserstein"} <= set(entry)
     assert summary["drifting_series"][0]["cohort"] in ("android", "all")
+    # The cohorts' top attended items: android's histories are now Horror movies, new on top.
+    android_items = summary["top_items"]["android"]["layer_0"]
+    assert len(android_items["items"]) == 10 and all(i["title"] for i in android_items["items"])
+    assert all(i["share_current"] > i["share_reference"] for i in android_items["items"][:3])
+    assert set(summary["top_items"]) == {"all", *summary["cohort_values"]}
+    assert set(summary["top_items"]["all"]) == {"layer_0", "layer_1"}
 
     html = paths.html.read_text(encoding="utf-8")
     assert f"<title>{summary['title']}</title>" in html
@@ -189,6 +195,7 @@ def test_report_html_and_summary_flag_the_shifted_cohort(tmp_path, registry_root
     assert data is not None, "no embedded Evidently dashboard"
     dashboard = json.loads(data.group(2))
     texts = [w["params"]["text"] for w in dashboard["widgets"] if w["type"] == "text"]
+    assert any("top attended items, all, layer 0" in t for t in texts)
     for value in PLATFORMS:
         assert any(t.startswith(f"## platform = {value}") for t in texts), value
     assert any(t.startswith("## platform = android: DRIFTING") for t in texts)
