@@ -46,6 +46,7 @@ from monitor.drift.cohorts import CohortAssigner
 from monitor.drift.judge import Judge, JudgeReport
 from monitor.drift.paired import PairedComparison, PairedReport
 from monitor.export.drift_rows import DriftRows
+from monitor.export.live import LiveState
 from monitor.export.metrics import AgentMetrics
 from monitor.export.usage import SeriesUsage
 from monitor.stream.config import PipelineConfig
@@ -95,6 +96,7 @@ class Pipeline:
         self._pairing = Pairing(registry, self._recompute, config, metrics, seed=seed)
         self._drift_rows = DriftRows()
         self._usage = SeriesUsage(judge, paired)
+        self.live = LiveState(bins=judge.config.bins, clock=clock)  # what the page at / shows
         self._pending: list[Prepared] = []  # a deferred batch, folded by the next call or flush()
         self.last_report: JudgeReport | None = None
         self.last_paired: PairedReport | None = None
@@ -192,6 +194,8 @@ class Pipeline:
         """Statistics of a prepared batch, folded into metrics, the judge and pairs."""
         statistics, per_head = self._statistics(batch.served, batch.passes)
         codes, labels = self._fold(batch, statistics, per_head, self.assigner, self.judge)
+        self.live.observe(batch.served.version, self.assigner.dimensions, codes, labels, statistics,
+                          batch.events[-1] if batch.events else None)
         if batch.previous is not None:
             self._pairing(batch.served, batch.previous, batch.events, codes, labels,
                           self.assigner.dimensions, self.paired)
@@ -214,6 +218,7 @@ class Pipeline:
         self.last_report, self.last_paired = report, paired
         self._drift_rows.update(report, paired, previous=self._updates.previous, alive=self._updates.versions_seen,
                                 baselines=self.judge.baselines.cohort_status())
+        self.live.record(report, paired, self.judge, self._updates.previous, self.registry)
         self.metrics.judge_runs.inc()
         self.metrics.observe_stage("judge", time.perf_counter() - started)
         for verdict in report.cohorts:
