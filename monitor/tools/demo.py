@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from model import checkpoint
 from model.data import load_movielens
-from monitor.drift.judge import JudgeConfig
+from monitor.drift.judge import MODEL_UPDATE, JudgeConfig
 from monitor.export.http import MetricsServer
 from monitor.stream.agent import Agent
 from monitor.stream.memory import MemorySink, MemorySource
@@ -88,6 +88,7 @@ class Narrator:
         self.labels = {p.version: f"{p.role}" for p in phases}
         self.drifting_by_phase: dict[str, int] = {}  # the most cohorts drifting at once, per phase
         self.paged: list[str] = []  # the alerts that would page, as announced
+        self._update_drifting: set[tuple[str, str, str]] = set()  # (version, dimension, cohort)
 
     def _stamp(self) -> str:
         return f"[{time.monotonic() - self._started:6.1f}s]"
@@ -129,6 +130,10 @@ class Narrator:
             self.drifting_by_phase[title] = max(self.drifting_by_phase.get(title, 0), len(drifting))
             line += (f"  | judge round {report.round}: {report.judged} series judged, {report.collecting} baselines "
                      f"collecting, {len(drifting)} cohort(s) drifting")
+            updated = [c for c in report.cohorts if c.kind == MODEL_UPDATE and c.model_version == self.phase().version]
+            if updated:
+                line += (f"; the update to {self.phase().role}: {sum(c.drifting for c in updated)} of {len(updated)} "
+                         "judged cohort(s) drifted from the previous version")
         self._out.write(line + "\n")
 
     def _change(self, c: dict) -> None:
@@ -143,9 +148,18 @@ class Narrator:
                           f"{layer['cutoff']:.2f} (a benign retrain: <= {layer['benign_fraction']:.0%}); "
                           f"{layer['pairs']} pairs, {layer['effective_users']:.0f} effective users, "
                           f"p adj. {layer['p_adjusted']:.2g}\n")
-            if c["model_caused"]:
-                self._page(PAIRED, cohort, c["model_version"])
+            if not c["model_caused"]:
+                return
+            if (c["model_version"], c["dimension"], c["cohort"]) in self._update_drifting:
+                page = self._catalogue.page_for(MODEL_UPDATE) if self._catalogue is not None else None
+                if page is not None:
+                    out.write(f"           confirms the {page.alert} page above (its value 2: paired confirms)\n")
+                return
+            self._page(PAIRED, cohort, c["model_version"])
             return
+        key = (c["model_version"], c["dimension"], c["cohort"])
+        if c["kind"] == MODEL_UPDATE:
+            (self._update_drifting.add if c["drifting"] else self._update_drifting.discard)(key)
         if not c["drifting"]:
             out.write(f"{self._stamp()} cleared {c['kind']}: {cohort} of {self._name(c['model_version'])}\n")
             return

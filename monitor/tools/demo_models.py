@@ -10,11 +10,10 @@ ordinary checkpoint in the demo's cache (``var/demo/models`` by default):
 - ``context_cut``: the same recipe with max_len 3 -- a **harmful update** (a latency
   cut: the model reads only the three most recent items), seed 0.
 
-Each is trained under a time budget (``DemoRecipe.time_budget_s``) so that a fresh
-clone's first ``make demo`` finishes its set-up within minutes on 2 cores. The budget
-is part of what is cached: a version is reused when one in the cache has the role's
-label and was trained by the same recipe (read back from its metrics.json), and its
-hashes verify; otherwise it is trained again.
+Each trains for one epoch (``DemoRecipe.max_epochs``), so that a fresh clone's first
+``make demo`` finishes its set-up within minutes on 2 cores. A version is reused when
+one in the cache has the role's label and was trained by the same recipe (read back
+from its metrics.json), and its hashes verify; otherwise it is trained again.
 """
 
 from __future__ import annotations
@@ -47,8 +46,14 @@ class DemoRecipe:
     tail: int = 51  # train on each user's most recent `tail` items
     lr: float = 5e-3
     batch_size: int = 32
-    time_budget_s: float = 60.0  # checked after each epoch: one epoch may run past it
-    max_epochs: int = 16
+    # One epoch decides, not a time budget: the models, and so the story's verdicts, do not depend
+    # on how busy the machine is. Re-seeds of one recipe must attend alike at the same epoch count:
+    # the largest JS of a statistic's distribution between seeds 0 and 1 (4,000 events) was .44 at
+    # 1 epoch, .53 at 2, .58 at 3, .70 at 4, .45 at 6, .35 at 8, against the update floor of .65
+    # (docs/architecture.md, "The demo"). Keeping the best validation epoch instead paired an
+    # epoch-1 base with an epoch-2 re-seed (.79): a false page.
+    max_epochs: int = 1
+    time_budget_s: float = 900.0  # a safety cap only
 
     @property
     def label(self) -> str:
@@ -62,13 +67,15 @@ class DemoRecipe:
         return dataclasses.asdict(self)
 
 
-# The story's versions, in serving order. Budgets keep the first set-up near 2.5 minutes of
-# training on 2 idle cores (docs/architecture.md, "The demo"); the context cut reads 3 items,
-# so its epochs are much cheaper.
+# The story's versions, in serving order. The budget is checked after each epoch, so a version
+# trains at least one (docs/architecture.md, "The demo", has the measured set-up times).
 RECIPES: tuple[DemoRecipe, ...] = (
     DemoRecipe("base", seed=0),
     DemoRecipe("reseed", seed=1),
-    DemoRecipe("context_cut", seed=0, max_len=3, time_budget_s=30.0),
+    # Windows of 4 items cut a user's tail into 17 where base cuts 1-2: 16 times the windows
+    # make 16 times the steps at batch 32. Batch 512 keeps the positions per step, and so an
+    # epoch's cost, near base's.
+    DemoRecipe("context_cut", seed=0, max_len=3, batch_size=512),
 )
 
 
@@ -107,14 +114,13 @@ def ensure_demo_models(cache: Path = DEFAULT_CACHE, *, out: TextIO, data: Intera
     from model.train import TrainConfig
 
     train = train or train_sasrec
-    total = sum(r.time_budget_s for r in missing)
-    out.write(f"set-up: training {len(missing)} demo model(s) into {cache} once (about {total:.0f}s of training "
-              "budget on 2 cores; later runs reuse them)\n")
+    started = time.monotonic()
+    out.write(f"set-up: training {len(missing)} demo model(s) into {cache} once (1 epoch each on MovieLens; "
+              "a few minutes on 2 cores; later runs reuse them)\n")
     out.flush()
     data = data or load_movielens()
-    started = time.monotonic()
     for n, recipe in enumerate(missing, 1):
-        out.write(f"  [{n}/{len(missing)}] {recipe.label}: max_len {recipe.max_len}, {recipe.time_budget_s:.0f}s budget\n")
+        out.write(f"  [{n}/{len(missing)}] {recipe.label}: max_len {recipe.max_len}, {recipe.max_epochs} epoch(s)\n")
         out.flush()
 
         def on_epoch(epoch: int, loss: float, ndcg: float | None, recipe: DemoRecipe = recipe) -> None:
