@@ -154,10 +154,14 @@ def _sparkline(points: Sequence[dict], statistic: str) -> str:
         f'y2="{_SPARK_H}" stroke="#c80" stroke-width="1"/>'
         for i in range(1, len(points)) if points[i]["version"] != points[i - 1]["version"])
     last = values[-1]
+    dot = ""
+    if last is not None:  # the latest value, also when there is one point only
+        cx, cy = xy(len(points) - 1, last).split(",")
+        dot = f'<circle cx="{cx}" cy="{cy}" r="2" fill="#17c"/>'
     return (f'<svg width="{_SPARK_W}" height="{_SPARK_H}" role="img" aria-label="{_e(statistic)}">'
             f'<rect width="100%" height="100%" fill="#fff"/>{switches}'
             f'<path d="{path(refs)}" fill="none" stroke="#999" stroke-dasharray="3,2"/>'
-            f'<path d="{path(values)}" fill="none" stroke="#17c" stroke-width="1.5"/>'
+            f'<path d="{path(values)}" fill="none" stroke="#17c" stroke-width="1.5"/>{dot}'
             f"<title>{_e(statistic)}: now {_num(last)}, reference {_num(refs[-1])}</title></svg>")
 
 

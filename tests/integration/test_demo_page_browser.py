@@ -27,7 +27,7 @@ from model import checkpoint
 from model.data import load_movielens
 from model.sasrec import SASRec, SASRecConfig
 from monitor.tools.demo import run_demo
-from tests.conftest import REPO, require_service
+from conftest import REPO, require_service
 
 ARTIFACTS = REPO / "var" / "artifacts"
 SCREENSHOT = ARTIFACTS / "demo-page.png"
@@ -80,12 +80,14 @@ def test_the_live_page_renders_cohorts_verdicts_and_heatmap_in_chromium(tmp_path
     demo.start()
     url = f"http://127.0.0.1:{PORT}"
     try:
-        wait_for_state(url, lambda s: s.get("verdicts") and s.get("heatmap") and s.get("series"))
+        # verdicts, a heatmap, and a few rounds of statistics to draw
+        wait_for_state(url, lambda s: s.get("verdicts") and s.get("heatmap") and s.get("update")
+                       and max((len(c["points"]) for c in s.get("series", [])), default=0) >= 6)
         dom = browse(binary, tmp_path / "profile", "--dump-dom", url + "/")
         assert dom.returncode == 0, dom.stderr[-2000:]
         html = dom.stdout
         assert '<table id="verdicts">' in html and "data-cohort=\"platform=" in html  # cohorts with verdicts
-        assert '<table id="series">' in html and "<path" in html  # statistics over time
+        assert '<table id="series">' in html and "<path" in html and "<circle" in html  # statistics over time
         assert '<svg id="heatmap"' in html and html.count("<rect") > 10  # the heatmap's cells
         assert 'id="top-items-placeholder"' in html
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
