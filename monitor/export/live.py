@@ -12,8 +12,10 @@ The snapshot holds:
   and the mean of the reference the judge compares that version with (its own frozen
   baseline, or the previous version's recent traffic during an update). Both means are
   over the judge's bins (bin centres), so a stable cohort sits on its reference;
-- ``verdicts``: every cohort verdict still in force, with the judged series' score,
-  effect floor (threshold), p-value and BH-adjusted p-value;
+- ``verdicts``: every cohort verdict of a remembered version, drifting ones first, with the
+  judged series' score, effect floor (threshold), p-value and BH-adjusted p-value (a
+  model_update verdict is ``final`` once the new version's own baseline froze: its alert
+  stays while the version serves);
 - ``update``: the latest model update and its paired comparison, per cohort and layer;
 - ``heatmap``: a recent event's attention, as ``attnmon explain`` computes it;
 - ``log``: verdict changes (raised or cleared), newest last, each with a sequence
@@ -159,19 +161,18 @@ class LiveState:
 
     def _verdicts(self, report: JudgeReport) -> list[dict]:
         out = []
-        for verdict in report.cohorts:
-            if not verdict.active:
-                continue
+        for verdict in report.cohorts:  # a final model_update verdict stays: its alert does while the version serves
             series = [dict(r) for (kind, key), r in self._latest.items()
                       if kind == verdict.kind and key.model_version == verdict.model_version
                       and key.dimension == verdict.dimension and key.cohort == verdict.cohort]
             series.sort(key=lambda r: (not r["drifting"], -r["score"] / max(r["threshold"], 1e-9)))
             out.append({"kind": verdict.kind, "model_version": verdict.model_version,
                         "reference_version": verdict.reference_version, "dimension": verdict.dimension,
-                        "cohort": verdict.cohort, "drifting": verdict.drifting,
+                        "cohort": verdict.cohort, "drifting": verdict.drifting, "final": not verdict.active,
                         "drifting_series": [list(s) for s in verdict.drifting_series], "series": series,
-                        "paired": self._paired_status(verdict.model_version, verdict.dimension, verdict.cohort)})
-        out.sort(key=lambda v: (not v["drifting"], v["kind"], v["dimension"], v["cohort"]))
+                        "paired": (self._paired_status(verdict.model_version, verdict.dimension, verdict.cohort)
+                                   if verdict.kind == "model_update" else None)})
+        out.sort(key=lambda v: (not v["drifting"], v["kind"] != "model_update", v["dimension"], v["cohort"]))
         return out
 
     def _paired_status(self, version: str, dimension: str, cohort: str) -> dict | None:

@@ -5,7 +5,7 @@ No script, no external resource: inline SVG for the charts and the heatmap, a
 snapshot as JSON. Every string that can come from events (cohort labels, user and event
 ids, model versions, item titles) goes through :func:`html.escape`.
 
-Sections: the verdicts in force (score, threshold, p-values), the latest model update's
+Sections: the judge's verdicts (score, threshold, p-values), the latest model update's
 paired comparison, the statistics of every cohort over time against the reference the
 judge holds, a recent event's attention heatmap (as ``attnmon explain`` computes it),
 and a placeholder for the top attended items, which are not tracked yet.
@@ -87,7 +87,7 @@ def _verdicts(verdicts: Sequence[dict]) -> str:
         paired = v.get("paired")
         paired_text = "-" if paired is None else paired["status"]
         cls = " class=drift" if v["drifting"] else ""
-        state = "DRIFTING" if v["drifting"] else "stable"
+        state = ("DRIFTING" if v["drifting"] else "stable") + (" (final)" if v.get("final") else "")
         drifting = ", ".join(f"{s} L{layer}" for s, layer in v.get("drifting_series", [])) or "-"
         rows.append(
             f"<tr{cls} data-cohort=\"{_e(v['dimension'])}={_e(v['cohort'])}\"><td>{_e(v['dimension'])}="
@@ -103,7 +103,7 @@ def _verdicts(verdicts: Sequence[dict]) -> str:
         body = ("<table id=verdicts><tr><th>cohort</th><th>kind</th><th>version</th><th>reference</th>"
                 "<th>verdict</th><th>drifting series</th><th>top series</th><th>score (JS)</th><th>threshold</th>"
                 "<th>p-value</th><th>p adj. (BH)</th><th>paired</th></tr>" + "".join(rows) + "</table>")
-    return "<h2>Verdicts in force</h2>" + body
+    return "<h2>Verdicts</h2>" + body
 
 
 def _update(update: dict | None) -> str:
