@@ -88,7 +88,8 @@ def _verdicts(verdicts: Sequence[dict]) -> str:
         paired_text = "-" if paired is None else paired["status"]
         cls = " class=drift" if v["drifting"] else ""
         state = ("DRIFTING" if v["drifting"] else "stable") + (" (final)" if v.get("final") else "")
-        drifting = ", ".join(f"{s} L{layer}" for s, layer in v.get("drifting_series", [])) or "-"
+        named = [f"{s} L{layer}" for s, layer in v.get("drifting_series", [])]
+        drifting = (f"{len(named)}: " + ", ".join(named[:3]) + (", …" if len(named) > 3 else "")) if named else "-"
         rows.append(
             f"<tr{cls} data-cohort=\"{_e(v['dimension'])}={_e(v['cohort'])}\"><td>{_e(v['dimension'])}="
             f"{_e(v['cohort'])}</td><td>{_e(v['kind'])}</td><td>{_e(v['model_version'])}</td>"

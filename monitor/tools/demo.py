@@ -65,7 +65,8 @@ def story_phases(versions: Mapping[str, str], phase_events: int = PHASE_EVENTS) 
         Phase(0, "base", versions["base"], "stable traffic",
               "the base model serves; baselines collect and freeze; nothing should drift"),
         Phase(phase_events, "reseed", versions["reseed"], "benign update",
-              "the same recipe retrained at another seed replaces it: attention moves a little, no page"),
+              "the same recipe retrained at another seed replaces it: attention moves a little; the paired "
+              "comparison should not confirm a model-caused change"),
         Phase(2 * phase_events, "context_cut", versions["context_cut"], "harmful update",
               "a context cut to the 3 most recent items replaces it: attention collapses onto the last items, "
               "the judge and the paired comparison should page"),
