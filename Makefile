@@ -6,7 +6,8 @@
 #   make test       venv + services + scenario models (trained once into var/models), pytest over tests/,
 #                   then stop the services
 #   make stop       stop the services
-#   make demo       the agent on an embedded default: no services, in-process events, /metrics on :9108
+#   make demo       the agent on an embedded default tells a release story (no services): verdicts in the
+#                   terminal, the live page on http://127.0.0.1:9108/ ; Ctrl-C stops it
 #   make prometheusrule  rewrite deploy/k8s/prometheusrule.yaml from alerts/attnmon.rules.yml
 #   make k8s-validate    kubeconform over deploy/k8s (installs it and its schemas on first use)
 #
@@ -61,8 +62,9 @@ test: install venv
 stop:
 	$(STACK) stop all
 
-# No external services: events are replayed in-process through the same agent code.
-# Trains a quick model first when checkpoints/ has none (`attnmon train` makes the full one).
+# No external services: events are replayed in-process through the same agent code. The first
+# run trains the story's three quick models into var/demo/models (minutes, with progress);
+# later runs reuse them. DEMO_ARGS, e.g. DEMO_ARGS='--events 60000 --port 9200'.
 demo: venv
 	$(VENV)/bin/attnmon demo $(DEMO_ARGS)
 

@@ -165,12 +165,14 @@ cmd_install() {
   python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs+=(python3-venv)
   # A producer that is not kafka-python (librdkafka, every codec): the integration tests use it.
   command -v kcat >/dev/null || pkgs+=(kcat)
+  # Headless Chromium: the browser test renders the demo's live page and screenshots it.
+  command -v chromium >/dev/null || pkgs+=(chromium)
   if ((${#pkgs[@]})); then
     # On a host with systemd the packages also enable their own system
     # services (ports 9090/9093); ours use other ports and data dirs.
     apt_install "${pkgs[@]}"
   else
-    log "system packages present (java, mvn, prometheus, promtool, prometheus-alertmanager, kcat)"
+    log "system packages present (java, mvn, prometheus, promtool, prometheus-alertmanager, kcat, chromium)"
   fi
   local major
   major="$(java_major)"

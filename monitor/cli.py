@@ -126,10 +126,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monitor.tools.demo import run_demo
+    from monitor.tools.demo_models import ensure_demo_models
 
-    scenario = _scenario(args, args.checkpoints) if args.versions else None
-    return run_demo(events=args.events, rate=args.rate, checkpoints=args.checkpoints, port=args.port,
-                    state_dir=args.state_dir, scenario=scenario)
+    versions = ensure_demo_models(args.models, out=sys.stdout)  # trained once, then cached
+    return run_demo(versions=versions, models_root=args.models, events=args.events, rate=args.rate, port=args.port,
+                    host=args.host, state_dir=args.state_dir, phase_events=args.phase_events)
 
 
 def _cmd_dashboards_push(args: argparse.Namespace) -> int:
@@ -234,14 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
     scenario_args(replay)
     replay.set_defaults(func=_cmd_replay, extra="train")
 
-    demo = sub.add_parser("demo", help="the agent on an embedded default: in-process events, /metrics served")
-    demo.add_argument("--events", type=int, default=20_000)
-    demo.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
-    demo.add_argument("--port", type=int, default=9108)
+    demo = sub.add_parser("demo", help="the agent on an embedded default tells a release story; live page at /")
+    demo.add_argument("--events", type=int, default=None,
+                      help="stop after this many events (default: serve until Ctrl-C)")
+    demo.add_argument("--rate", type=float, help="events per second during the story (default: as fast as possible)")
+    demo.add_argument("--port", type=int, default=9108, help="port of the live page and /metrics")
+    demo.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    demo.add_argument("--models", type=Path, default=Path("var/demo/models"),
+                      help="the demo's model cache: trained there on the first run, reused after")
+    demo.add_argument("--phase-events", type=int, default=20_000, help="events per phase of the story")
     demo.add_argument("--state-dir", type=Path, default=None,
                       help="keep the agent's state here, and resume from it on the next run "
                            "(default: fresh state every run)")
-    scenario_args(demo)
     demo.set_defaults(func=_cmd_demo, extra="train")
 
     dashboards = sub.add_parser("dashboards", help="Grafana dashboards")

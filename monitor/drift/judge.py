@@ -544,6 +544,10 @@ class Judge:
         self._store.forget(version)
         self._updates.pop(version, None)
 
+    def reference_of(self, version: str, dimension: str, cohort: str) -> tuple[Reference | None, str]:
+        """(the reference the cohort's window is judged against now, or None; its kind)."""
+        return self._reference(CohortKey(version, dimension, cohort))
+
     def _reference(self, key: CohortKey) -> tuple[Reference | None, str]:
         """(the reference a cohort's window is judged against now, or None; its kind)."""
         if self._store.status(key) in ("frozen", "pinned"):

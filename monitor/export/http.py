@@ -1,4 +1,5 @@
-"""HTTP endpoints: ``/metrics`` (Prometheus exposition), ``/healthz``, ``/readyz``.
+"""HTTP endpoints: ``/metrics`` (Prometheus exposition), ``/healthz``, ``/readyz``, and the
+live page: ``/`` (HTML, ``monitor.export.page``) and ``/api/state`` (the same snapshot as JSON).
 
 ``/metrics`` is prometheus_client's own WSGI exposition
 (``prometheus_client.make_wsgi_app``), so it negotiates what a scraper asks
@@ -11,7 +12,10 @@ ticked recently; ``/readyz`` answers 200 only when the agent can do its job
 (partitions assigned and a model loaded), so an orchestrator routes no work, and
 Prometheus' ``up`` stays distinct from readiness. Both take a callable returning
 ``(ok, text)``: 200 or 503 with the text as the body (a callable that raises
-counts as not ok). Any other path is 404.
+counts as not ok). ``/`` and ``/api/state`` render the snapshot a ``live`` callable returns
+(``LiveState.snapshot``); they are read-only (any method but GET/HEAD is 405) and every
+string from events in them is escaped. Any other path is 404. The server binds to
+loopback by default (``http.host``, monitor.settings).
 
 The app is served by ``wsgiref`` with a thread per request from a daemon thread,
 as prometheus_client's ``start_wsgi_server`` does.
@@ -20,6 +24,7 @@ as prometheus_client's ``start_wsgi_server`` does.
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -34,11 +39,14 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 _TEXT = [("Content-Type", "text/plain; charset=utf-8")]
-_NOT_FOUND = b"not found: try /metrics, /healthz or /readyz\n"
+_NOT_FOUND = b"not found: try /, /api/state, /metrics, /healthz or /readyz\n"
+Live = Callable[[], dict[str, Any]]
 
 
-def make_app(registry: CollectorRegistry, healthy: Probe, ready: Probe) -> WSGIApp:
-    """The WSGI app behind :class:`MetricsServer`: /metrics, /healthz, /readyz, else 404."""
+def make_app(registry: CollectorRegistry, healthy: Probe, ready: Probe, live: Live | None = None,
+             title: str = "attnmon") -> WSGIApp:
+    """The WSGI app behind :class:`MetricsServer`: /metrics, /healthz, /readyz, / and
+    /api/state (with ``live``), else 404."""
     metrics = make_wsgi_app(registry)
     probes = {"/healthz": healthy, "/readyz": ready}
 
@@ -46,6 +54,8 @@ def make_app(registry: CollectorRegistry, healthy: Probe, ready: Probe) -> WSGIA
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             return metrics(environ, start_response)
+        if live is not None and path in ("/", "/api/state"):
+            return _live(environ, start_response, path, live, title)
         probe = probes.get(path)
         if probe is None:
             start_response("404 Not Found", _TEXT + [("Content-Length", str(len(_NOT_FOUND)))])
@@ -59,6 +69,37 @@ def make_app(registry: CollectorRegistry, healthy: Probe, ready: Probe) -> WSGIA
         return [body]
 
     return app
+
+
+def _live(environ: dict[str, Any], start_response: StartResponse, path: str, live: Live,
+          title: str) -> Iterable[bytes]:
+    """The page or its JSON: read-only, never cached."""
+    if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+        body = b"read-only: GET or HEAD\n"
+        start_response("405 Method Not Allowed", _TEXT + [("Allow", "GET, HEAD"), ("Content-Length", str(len(body)))])
+        return [body]
+    from monitor.export.page import render  # the page's code loads at its first request
+
+    state = live()
+    if path == "/":
+        body, kind = render(state, title=title).encode(), "text/html; charset=utf-8"
+    else:
+        body, kind = json.dumps(_finite(state), allow_nan=False).encode(), "application/json"
+    start_response("200 OK", [("Content-Type", kind), ("Content-Length", str(len(body))),
+                              ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
+                              ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")])
+    return [body] if environ.get("REQUEST_METHOD", "GET") == "GET" else [b""]
+
+
+def _finite(value: Any) -> Any:
+    """The snapshot with NaN and infinities as null: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -84,9 +125,9 @@ class MetricsServer:
     """Serves the endpoints from a background thread; ``port`` is the bound port (0 picks one); ``close`` stops it."""
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 healthy: Probe, ready: Probe) -> None:
+                 healthy: Probe, ready: Probe, live: Live | None = None, title: str = "attnmon") -> None:
         server_class = type("_Server", (_Server,), {"address_family": _family(host)})
-        self._server = make_server(host, port, make_app(registry, healthy, ready),
+        self._server = make_server(host, port, make_app(registry, healthy, ready, live, title),
                                    server_class=server_class, handler_class=_SilentHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="attnmon-http", daemon=True)
         self._thread.start()

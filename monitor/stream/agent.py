@@ -13,7 +13,8 @@ Threads and why:
   ``monitor.attention.forward``). While another batch waits behind the one on the worker, the worker
   starts that batch's passes before it folds this one's statistics (a deferred batch), so
   the child never waits for the worker's serial Python;
-- the HTTP thread serves /metrics, /healthz and /readyz.
+- the HTTP thread serves /metrics, /healthz, /readyz and the live page (/, /api/state),
+  which reads the snapshot the worker replaces after each judgement round.
 
 Delivery: offsets are committed only after the state that includes them is
 checkpointed, and on restart the agent seeks to the checkpoint's offsets, so a crash
@@ -324,8 +325,8 @@ class Agent:
 
 def run_forever(agent: Agent, host: str, port: int) -> None:
     """Serve HTTP, run the loop, stop on SIGTERM/SIGINT with a drain and final commit."""
-    server = MetricsServer(host, port, agent.registry, agent.healthy, agent.ready)
-    log.info("serving /metrics, /healthz, /readyz on %s:%d", host, server.port)
+    server = MetricsServer(host, port, agent.registry, agent.healthy, agent.ready, live=agent.pipeline.live.snapshot)
+    log.info("serving /metrics, /healthz, /readyz and the live page / on %s:%d", host, server.port)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("received %s", signal.Signals(signum).name)

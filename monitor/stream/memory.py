@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ class MemorySource:
     def __init__(
         self,
         batches: Iterator[list[bytes]],
-        total: int,
+        total: int | None,
         on_assigned: Callable[[list[Partition]], dict[Partition, int]],
         on_revoked: Callable[[list[Partition]], None],
         *,
@@ -41,7 +42,8 @@ class MemorySource:
         rate_per_s: float | None = None,
     ) -> None:
         self._batches = batches
-        self._total = total
+        self._total = sys.maxsize if total is None else total  # None: endless (until the generator ends)
+        self._endless = total is None
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
         self._partition = (topic, 0)
@@ -83,7 +85,7 @@ class MemorySource:
 
     def _skip_to(self, offset: int) -> None:
         """Seek forward to ``offset``; past the end of the stream, stop at the end and say so."""
-        if offset > self._total:
+        if offset > self._total and not self._endless:
             log.warning("asked to resume at offset %d, past the end of this %d-event stream: nothing to replay",
                         offset, self._total)
         while self._position < min(offset, self._total):
@@ -99,6 +101,17 @@ class MemorySource:
     @property
     def exhausted(self) -> bool:
         return self._position >= self._total
+
+    @property
+    def position(self) -> int:
+        """The next offset this source hands out (records handed out so far, seeks included)."""
+        return self._position
+
+    def set_rate(self, rate_per_s: float | None) -> None:
+        """Pace from now on at ``rate_per_s`` (None: as fast as the agent polls)."""
+        self._rate = rate_per_s
+        if rate_per_s is not None:
+            self._started = time.monotonic() - self._position / rate_per_s
 
     def commit(self, next_offsets: dict[Partition, int]) -> None:
         self.commits.update(next_offsets)
@@ -116,7 +129,9 @@ class MemorySource:
         return [self._partition] if self._assigned else []
 
     def lag(self) -> dict[Partition, int]:
-        return {self._partition: self._total - self._position} if self._assigned else {}
+        if not self._assigned:
+            return {}
+        return {self._partition: len(self._buffer) if self._endless else self._total - self._position}
 
     def close(self) -> None:
         if self._assigned:

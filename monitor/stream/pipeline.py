@@ -48,6 +48,7 @@ from monitor.drift.judge import Judge, JudgeReport
 from monitor.drift.paired import PairedComparison, PairedReport
 from monitor.export.drift_rows import DriftRows
 from monitor.export.item_rows import ItemRows
+from monitor.export.live import LiveState
 from monitor.export.metrics import AgentMetrics
 from monitor.export.usage import SeriesUsage
 from monitor.stream.config import PipelineConfig
@@ -98,6 +99,7 @@ class Pipeline:
         self._drift_rows = DriftRows()
         self._item_rows = ItemRows(config.items_exported)
         self._usage = SeriesUsage(judge, paired)
+        self.live = LiveState(bins=judge.config.bins, clock=clock)  # what the page at / shows
         self._pending: list[Prepared] = []  # a deferred batch, folded by the next call or flush()
         self.last_report: JudgeReport | None = None
         self.last_paired: PairedReport | None = None
@@ -195,6 +197,8 @@ class Pipeline:
         """Statistics of a prepared batch, folded into metrics, the judge and pairs."""
         statistics, per_head, attended = self._statistics(batch.served, batch.passes)
         codes, labels = self._fold(batch, statistics, per_head, attended, self.assigner, self.judge)
+        self.live.observe(batch.served.version, self.assigner.dimensions, codes, labels, statistics,
+                          batch.events[-1] if batch.events else None)
         if batch.previous is not None:
             self._pairing(batch.served, batch.previous, batch.events, codes, labels,
                           self.assigner.dimensions, self.paired)
@@ -220,6 +224,7 @@ class Pipeline:
         self._drift_rows.update(report, paired, previous=self._updates.previous, alive=self._updates.versions_seen,
                                 baselines=self.judge.baselines.cohort_status())
         self._item_rows.update(report.items, alive=self._updates.versions_seen, titles=self._title)
+        self.live.record(report, paired, self.judge, self._updates.previous, self.registry, titles=self._title)
         self.metrics.judge_runs.inc()
         self.metrics.observe_stage("judge", time.perf_counter() - started)
         for verdict in report.cohorts:

@@ -1,17 +1,34 @@
-"""``attnmon demo``: the whole agent on an embedded default, no external services.
+"""``attnmon demo``: the whole agent on an embedded default, telling a release story.
 
-Events are made in-process from MovieLens timelines (``replay.EventFactory``), fed
-through ``MemorySource`` to the very same ``Agent`` the daemon runs, with /metrics
-served, and a live summary printed every few seconds.
+No external services: events are made in-process from MovieLens timelines
+(``replay.EventFactory``) and fed through ``MemorySource`` to the very same ``Agent`` the
+daemon runs, which serves /metrics and the live page at / (``monitor.export.page``).
+
+The story (``story_phases``), each phase ``phase_events`` events of stationary traffic:
+
+1. stable traffic on a base model: baselines collect and freeze, nothing drifts;
+2. a benign update: the same recipe retrained at another seed;
+3. a harmful update: the recipe with a context cut to the 3 most recent items.
+
+(A fourth phase, a model captured by a narrow set of items, joins the story once the
+agent tracks which items its models attend to: see ``story_phases``.)
+
+The terminal shows each verdict as the judge reaches it: the cohort, the statistics
+that moved with their score, threshold and p-value, the paired comparison, and the
+alert that would fire with its Alertmanager route (``monitor.tools.alerting``, read from
+the shipped files). Without ``events`` it keeps serving, at ``idle_rate`` once the story
+is told, until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -19,113 +36,225 @@ from prometheus_client import CollectorRegistry
 
 from model import checkpoint
 from model.data import load_movielens
-from monitor.drift.judge import JudgeConfig
-from monitor.stream.agent import Agent
+from monitor.drift.judge import MODEL_UPDATE, JudgeConfig
 from monitor.export.http import MetricsServer
+from monitor.stream.agent import Agent
 from monitor.stream.memory import MemorySink, MemorySource
-from monitor.export.metrics import statistic_metric
-from monitor.tools.replay import EventFactory, Scenario, serving_traffic
 from monitor.settings import HttpSettings, IntervalSettings, ModelSettings, Settings, StateSettings
+from monitor.tools.alerting import ALERTS_DIR, PAIRED, AlertCatalogue
+from monitor.tools.replay import EventFactory, Scenario, serving_traffic
 
 log = logging.getLogger(__name__)
 
-DEMO_TRAIN_BUDGET_S = 90.0
+PHASE_EVENTS = 20_000  # long enough for most cohorts' references (2,000 events, 30 users) to freeze
+IDLE_RATE = 200.0  # events per second once the story is told (the page stays live, the CPU rests)
 
 
-def ensure_model(root: Path, out: TextIO) -> str:
-    """The newest published version under root; trains a quick one when there is none."""
-    versions = checkpoint.list_versions(root)
-    if versions:
-        return versions[-1].name
-    from model.recipe import train_sasrec
-    from model.train import TrainConfig
-
-    out.write(f"no model under {root}: training a quick demo model ({DEMO_TRAIN_BUDGET_S:.0f}s budget; "
-              "`attnmon train` makes the full one)\n")
-    published = train_sasrec(root, train_config=TrainConfig(time_budget_s=DEMO_TRAIN_BUDGET_S),
-                             label="demo-quick",
-                             on_epoch=lambda e, loss, ndcg: out.write(f"  epoch {e} loss {loss:.3f}\n"))
-    out.write(f"published {published.version}: test NDCG@10 {published.test.ndcg10:.4f}\n")
-    return published.version
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    start: int  # first event of the phase
+    role: str  # demo_models role of the version serving it
+    version: str
+    title: str
+    description: str
 
 
-def _summary(agent: Agent, sink: MemorySink, source: MemorySource, started: float, out: TextIO) -> None:
-    reg = agent.registry
-    processed = reg.get_sample_value("attnmon_events_total", {"outcome": "processed", "reason": "ok"}) or 0
-    elapsed = time.monotonic() - started
-    lag = sum(source.lag().values())
-    dead = ", ".join(f"{r}={n}" for r, n in sorted(sink.by_reason.items())) or "none"
-    out.write(f"[{elapsed:6.1f}s] processed {processed:,.0f} ({processed / max(elapsed, 1e-9):,.0f}/s)  "
-              f"lag {lag:,}  dead-lettered: {dead}\n")
-    labels = agent.pipeline.assigner.labels().get("platform", ())
-    versions = agent.models.loaded_versions()
-    # One collection for every cell: the agent folds meanwhile, and a _sum and a _count read
-    # in two collections could come from different batches (or one be missing).
-    shown = {statistic_metric(stat) for stat in ("entropy", "max_weight", "recent_mass")}
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for m in reg.collect() if m.name in shown for s in m.samples}
-    for version in versions[-1:]:
-        for cohort in labels:
-            cells = []
-            for stat in ("entropy", "max_weight", "recent_mass"):
-                name = statistic_metric(stat)
-                key = tuple(sorted({"model_version": version, "dimension": "platform", "cohort": cohort,
-                                    "layer": "1"}.items()))
-                total, count = samples.get((name + "_sum", key)), samples.get((name + "_count", key))
-                if total is not None and count:
-                    cells.append(f"{stat} {total / count:.3f}")
-            if cells:
-                out.write(f"    {version} platform={cohort:<8} " + "  ".join(cells) + "\n")
-    report = agent.pipeline.last_report
-    if report is not None:
-        drifting = [c for c in report.cohorts if c.drifting]
-        out.write(f"    judge round {report.round}: {report.judged} series judged, {report.collecting} baselines "
-                  f"collecting, {len(drifting)} cohort(s) drifting"
-                  + "".join(f"\n      DRIFT {c.kind} {c.model_version} {c.dimension}={c.cohort}" for c in drifting)
-                  + "\n")
-    out.flush()
+def story_phases(versions: Mapping[str, str], phase_events: int = PHASE_EVENTS) -> tuple[Phase, ...]:
+    """The story's phases over role -> version (``demo_models.ensure_demo_models``)."""
+    phases = (
+        Phase(0, "base", versions["base"], "stable traffic",
+              "the base model serves; baselines collect and freeze; nothing should drift"),
+        Phase(phase_events, "reseed", versions["reseed"], "benign update",
+              "the same recipe retrained at another seed replaces it: attention moves a little; the paired "
+              "comparison should not confirm a model-caused change"),
+        Phase(2 * phase_events, "context_cut", versions["context_cut"], "harmful update",
+              "a context cut to the 3 most recent items replaces it: attention collapses onto the last items, "
+              "the judge and the paired comparison should page"),
+    )
+    # Hook: the narrow-item capture (a model whose attention a narrow set of items captures)
+    # is the fourth phase. The agent tracks the top attended items (the page shows them), but
+    # their judgement does not yet fire on a trained capture; add its Phase here when it does.
+    return phases
 
 
-def run_demo(*, events: int, rate: float | None, checkpoints: Path, port: int, state_dir: Path | None = None,
-             scenario: Scenario | None = None, out: TextIO = sys.stdout, summary_every_s: float = 3.0) -> int:
-    """Replay ``events`` through the agent; 0 when it ran to the end, 1 when the agent failed.
+class Narrator:
+    """Prints the story: phase changes, verdict changes with their alert and route, status."""
 
+    def __init__(self, agent: Agent, source: MemorySource, sink: MemorySink, phases: tuple[Phase, ...],
+                 catalogue: AlertCatalogue | None, out: TextIO, started: float) -> None:
+        self._agent, self._source, self._sink, self._phases = agent, source, sink, phases
+        self._catalogue, self._out, self._started = catalogue, out, started
+        self._announced = -1
+        self._seen = 0
+        self.labels = {p.version: f"{p.role}" for p in phases}
+        self.drifting_by_phase: dict[str, int] = {}  # the most cohorts drifting at once, per phase
+        self.paged: list[str] = []  # the alerts that would page, as announced
+        self._update_drifting: set[tuple[str, str, str]] = set()  # (version, dimension, cohort)
+
+    def _stamp(self) -> str:
+        return f"[{time.monotonic() - self._started:6.1f}s]"
+
+    def _name(self, version: str) -> str:
+        role = self.labels.get(version)
+        return f"{version} ({role})" if role else version
+
+    def phase(self) -> Phase:
+        position = self._source.position
+        return [p for p in self._phases if p.start <= position][-1]
+
+    def tell(self, *, status: bool = True) -> None:
+        out = self._out
+        current = self._phases.index(self.phase())
+        while self._announced < current:
+            self._announced += 1
+            p = self._phases[self._announced]
+            out.write(f"{self._stamp()} == phase {self._announced + 1}/{len(self._phases)}: {p.title} from event "
+                      f"{p.start:,}: {self._name(p.version)} serves. {p.description}\n")
+        for change in self._agent.pipeline.live.changes(self._seen):
+            self._seen = change["seq"]
+            self._change(change)
+        if status:
+            self._status()
+        out.flush()
+
+    def _status(self) -> None:
+        reg = self._agent.registry
+        processed = reg.get_sample_value("attnmon_events_total", {"outcome": "processed", "reason": "ok"}) or 0
+        elapsed = time.monotonic() - self._started
+        dead = ", ".join(f"{r}={n}" for r, n in sorted(self._sink.by_reason.items())) or "none"
+        report = self._agent.pipeline.last_report
+        line = (f"{self._stamp()} processed {processed:,.0f} ({processed / max(elapsed, 1e-9):,.0f}/s)  "
+                f"dead-lettered: {dead}")
+        if report is not None:
+            drifting = [c for c in report.cohorts if c.drifting and c.active]
+            title = self.phase().title
+            self.drifting_by_phase[title] = max(self.drifting_by_phase.get(title, 0), len(drifting))
+            line += (f"  | judge round {report.round}: {report.judged} series judged, {report.collecting} baselines "
+                     f"collecting, {len(drifting)} cohort(s) drifting")
+            updated = [c for c in report.cohorts if c.kind == MODEL_UPDATE and c.model_version == self.phase().version]
+            if updated:
+                line += (f"; the update to {self.phase().role}: {sum(c.drifting for c in updated)} of {len(updated)} "
+                         "judged cohort(s) drifted from the previous version")
+        self._out.write(line + "\n")
+
+    def _change(self, c: dict) -> None:
+        out = self._out
+        cohort = f"{c['dimension']}={c['cohort']}"
+        if c["what"] == "paired":
+            verb = "CONFIRMS a model-caused change" if c["model_caused"] else "no longer confirms a change"
+            out.write(f"{self._stamp()} PAIRED {verb}: {cohort}, {self._name(c['model_version'])} vs "
+                      f"{self._name(c['previous_version'])} on the same events\n")
+            for layer in c["layers"]:
+                out.write(f"           layer {layer['layer']}: {layer['share_above']:.0%} of rows moved past JS "
+                          f"{layer['cutoff']:.2f} (a benign retrain: <= {layer['benign_fraction']:.0%}); "
+                          f"{layer['pairs']} pairs, {layer['effective_users']:.0f} effective users, "
+                          f"p adj. {layer['p_adjusted']:.2g}\n")
+            if not c["model_caused"]:
+                return
+            if (c["model_version"], c["dimension"], c["cohort"]) in self._update_drifting:
+                page = self._catalogue.page_for(MODEL_UPDATE) if self._catalogue is not None else None
+                if page is not None:
+                    out.write(f"           confirms the {page.alert} page above (its value 2: paired confirms)\n")
+                return
+            self._page(PAIRED, cohort, c["model_version"])
+            return
+        key = (c["model_version"], c["dimension"], c["cohort"])
+        if c["kind"] == MODEL_UPDATE:
+            (self._update_drifting.add if c["drifting"] else self._update_drifting.discard)(key)
+        if not c["drifting"]:
+            out.write(f"{self._stamp()} cleared {c['kind']}: {cohort} of {self._name(c['model_version'])}\n")
+            return
+        out.write(f"{self._stamp()} DRIFT {c['kind']}: {cohort}, {self._name(c['model_version'])} against "
+                  f"{self._name(c['reference_version'])}\n")
+        for s in [s for s in c["series"] if s["drifting"]][:4]:
+            out.write(f"           {s['statistic']} layer {s['layer']}: score (JS) {s['score']:.3f} >= threshold "
+                      f"{s['threshold']:.2f}, p {s['p_value']:.2g}, BH-adjusted p {s['p_adjusted']:.2g}\n")
+        paired = c.get("paired")
+        if paired is None:
+            out.write("           paired comparison: no verdict yet\n")
+        else:
+            shares = ", ".join(f"layer {r['layer']} {r['share_above']:.0%}" for r in paired["layers"])
+            out.write(f"           paired comparison {paired['status']} a model-caused change "
+                      f"(rows past the cutoff: {shares})\n")
+        self._page(c["kind"], cohort, c["model_version"])
+
+    def _page(self, kind: str, cohort: str, version: str) -> None:
+        if self._catalogue is None:
+            return
+        page = self._catalogue.page_for(kind)
+        if page is None:
+            self._out.write(f"           no shipped alert fires on a {kind} verdict\n")
+            return
+        self._out.write(f"           would fire: {page.describe()}\n")
+        if page.severity == "critical":
+            self.paged.append(f"{page.alert} {cohort} {version}")
+
+
+def _settings(models_root: Path, state_dir: Path, port: int, host: str) -> Settings:
+    intervals = IntervalSettings(judge_s=2.0, checkpoint_s=10.0, lag_s=1.0)
+    return Settings(
+        models=ModelSettings(root=models_root),
+        state=StateSettings(directory=state_dir),
+        http=HttpSettings(host=host, port=port),
+        intervals=intervals,
+        # A demo lasts minutes, not the day a production reference spans: references collect
+        # for three judge intervals (the least a model update needs is raise_after = 2).
+        judge=JudgeConfig(reference_seconds=3 * intervals.judge_s),
+    )
+
+
+def run_demo(*, versions: Mapping[str, str], models_root: Path, events: int | None, rate: float | None = None,
+             port: int = 9108, host: str = "127.0.0.1", state_dir: Path | None = None,
+             phase_events: int = PHASE_EVENTS, idle_rate: float = IDLE_RATE, alerts_dir: Path | None = ALERTS_DIR,
+             out: TextIO = sys.stdout, summary_every_s: float = 3.0, stop: threading.Event | None = None) -> int:
+    """Tell the story through the agent; 0 when it ran to the end (or Ctrl-C), 1 when the agent failed.
+
+    ``versions``: role -> version under ``models_root``; ``events`` None serves until Ctrl-C
+    (or until ``stop`` is set: a caller running the demo in a thread).
     ``state_dir`` None (the default) runs on fresh state in a temporary directory, so every
     run replays its events; a directory keeps the state, and a later run resumes from it.
     """
     if state_dir is None:
         with tempfile.TemporaryDirectory(prefix="attnmon-demo-state-") as fresh:
-            return run_demo(events=events, rate=rate, checkpoints=checkpoints, port=port, state_dir=Path(fresh),
-                            scenario=scenario, out=out, summary_every_s=summary_every_s)
-    version = ensure_model(checkpoints, out)
-    data = load_movielens()
-    scenario = scenario or Scenario(versions=((0, version),))
-    models = {v: checkpoint.load(checkpoints / v).model for _, v in scenario.versions}
+            return run_demo(versions=versions, models_root=models_root, events=events, rate=rate, port=port,
+                            host=host, state_dir=Path(fresh), phase_events=phase_events, idle_rate=idle_rate,
+                            alerts_dir=alerts_dir, out=out, summary_every_s=summary_every_s, stop=stop)
+    phases = story_phases(versions, phase_events)
+    scenario = Scenario(versions=tuple((p.start, p.version) for p in phases))
+    models = {p.version: checkpoint.load(models_root / p.version).model for p in phases}
     # Stationary, interleaved traffic: MovieLens in its own time order is bursty (a 2,000-event
     # slice holds ~40 users, and histories lengthen through the replay), so a stable model's
     # attention would drift against a baseline taken from the first events.
-    factory = EventFactory(serving_traffic(data), models, scenario, seed=0)
-    intervals = IntervalSettings(judge_s=2.0, checkpoint_s=10.0, lag_s=1.0)
-    settings = Settings(
-        models=ModelSettings(root=checkpoints),
-        state=StateSettings(directory=state_dir),
-        http=HttpSettings(port=port),
-        intervals=intervals,
-        # A demo lasts seconds, not the day a production reference spans: references collect
-        # for three judge intervals (the least a model update needs is raise_after = 2).
-        judge=JudgeConfig(reference_seconds=3 * intervals.judge_s),
-    )
+    factory = EventFactory(serving_traffic(load_movielens()), models, scenario, seed=0)
+    settings = _settings(models_root, state_dir, port, host)
     sink = MemorySink()
     holder: dict[str, MemorySource] = {}
 
     def make_source(on_assigned, on_revoked) -> MemorySource:
-        holder["source"] = MemorySource(factory.events(events), events, on_assigned, on_revoked, rate_per_s=rate)
+        stream = factory.events(events if events is not None else sys.maxsize)
+        holder["source"] = MemorySource(stream, events, on_assigned, on_revoked, rate_per_s=rate)
         return holder["source"]
 
     agent = Agent(settings, make_source, sink, CollectorRegistry())
-    server = MetricsServer(settings.http.host, settings.http.port, agent.registry, agent.healthy, agent.ready)
-    out.write(f"serving http://{settings.http.host}:{server.port}/metrics ; replaying {events:,} events "
-              f"({'as fast as possible' if rate is None else f'{rate:,.0f}/s'})\n")
+    source = holder["source"]
+    catalogue = AlertCatalogue(alerts_dir) if alerts_dir is not None else None
+    story = {"phases": [{"title": p.title, "description": f"from event {p.start:,}: {p.version} ({p.role}) serves; "
+                         + p.description, "start": p.start} for p in phases]}
+
+    def live() -> dict:
+        position = source.position
+        current = [p for p in phases if p.start <= position][-1].start
+        state = dict(agent.pipeline.live.snapshot())
+        state["story"] = {"phases": [{**p, "current": p["start"] == current} for p in story["phases"]]}
+        return state
+
+    server = MetricsServer(settings.http.host, settings.http.port, agent.registry, agent.healthy, agent.ready,
+                           live=live, title="attnmon demo")
+    url = f"http://{settings.http.host}:{server.port}"
+    out.write(f"live page: {url}/  (metrics: {url}/metrics) ; "
+              + (f"replaying {events:,} events" if events is not None else "serving until Ctrl-C")
+              + f" ({'as fast as possible' if rate is None else f'{rate:,.0f}/s'})\n")
+    out.flush()
     failure: list[BaseException] = []
 
     def run_agent() -> None:
@@ -136,17 +265,25 @@ def run_demo(*, events: int, rate: float | None, checkpoints: Path, port: int, s
 
     worker = threading.Thread(target=run_agent, name="attnmon-agent")
     started = time.monotonic()
+    narrator = Narrator(agent, source, sink, phases, catalogue, out, started)
+    story_end = phases[-1].start + phase_events
+    told = False
     worker.start()
-    source = holder["source"]
     try:
         while worker.is_alive():
             worker.join(timeout=summary_every_s)
             if not worker.is_alive():
                 break
-            _summary(agent, sink, source, started, out)
-            if source.exhausted:
+            narrator.tell()
+            if events is None and not told and source.position >= story_end:
+                told = True
+                source.set_rate(idle_rate)
+                out.write(f"{narrator._stamp()} the story is told; still serving {idle_rate:.0f} events/s. "
+                          f"Look at {url}/ ; Ctrl-C stops.\n")
+            if source.exhausted or (stop is not None and stop.is_set()):
                 agent.stop()  # the agent drains the batch in flight before it stops
     except KeyboardInterrupt:
+        out.write("stopping (Ctrl-C)\n")
         agent.stop()
     worker.join()
     server.close()
@@ -155,6 +292,10 @@ def run_demo(*, events: int, rate: float | None, checkpoints: Path, port: int, s
         out.write(f"the agent stopped on an error: {type(error).__name__}: {error}\n")
         log.error("the agent stopped on an error", exc_info=error)
         return 1
-    _summary(agent, sink, source, started, out)
+    narrator.tell()
+    drifts = ", ".join(f"{title}: {n}" for title, n in narrator.drifting_by_phase.items())
+    out.write(f"most cohorts drifting at once, per phase: {drifts or 'no judgement yet'}\n"
+              f"would have paged: {len(narrator.paged)} alert(s)"
+              + (f", first {narrator.paged[0]}" if narrator.paged else "") + "\n")
+    out.flush()
     return 0
-

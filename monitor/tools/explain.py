@@ -41,7 +41,7 @@ from monitor.stream.events import Event, decode
 from monitor.attention.registry import ModelRegistry, ServedModel
 from monitor.attention.stats import STATISTICS, StatsConfig, compute
 
-__all__ = ["Explanation", "Recommended", "explain", "heatmap_size", "render_heatmap", "render_text"]
+__all__ = ["Explanation", "Recommended", "explain", "heatmap_rows", "heatmap_size", "render_heatmap", "render_text"]
 
 DPI: Final = 100
 _BARS: Final = " ▏▎▍▌▋▊▉█"  # eighths of a cell
@@ -293,7 +293,7 @@ def render_heatmap(explanation: Explanation, served: ServedModel, path: Path, *,
     layers, heads, n = explanation.weights.shape
     shown = min(n, max_positions)
     hidden = n - shown
-    matrix, labels = _heatmap_rows(explanation.weights[..., n - shown :])
+    matrix, labels = heatmap_rows(explanation.weights[..., n - shown :])
     width_in, height_in, left, right, top, bottom = _layout(shown, len(labels))
 
     fig = Figure(figsize=(width_in, height_in), dpi=DPI)
@@ -335,7 +335,7 @@ def _plain(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def _heatmap_rows(weights: np.ndarray) -> tuple[np.ndarray, list[str]]:
+def heatmap_rows(weights: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """[rows, shown] matrix and row labels: per layer its heads, then the head average."""
     layers, heads, _ = weights.shape
     rows, labels = [], []

@@ -1,0 +1,91 @@
+"""Which shipped alert a verdict would fire, and where Alertmanager would route it.
+
+Read from the files the project ships (``alerts/attnmon.rules.yml`` and
+``alerts/alertmanager.yml``), not restated here, so the demo names what production
+would do. A verdict is matched to the alert whose expression *fires on* that verdict:
+the first line of its ``expr`` (the term the rest joins, adds to or excludes from)
+selects ``attnmon_drift_cohort_verdict`` of the verdict's kind, or, for the paired
+comparison alone, tests ``attnmon_update_paired_verdict``.
+The route is Alertmanager's: the first child route whose matchers all match the alert's
+labels (``continue`` is not used by the shipped file), else the root's receiver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import yaml
+
+ALERTS_DIR = Path(__file__).resolve().parents[2] / "alerts"
+RULES_FILE = "attnmon.rules.yml"
+ALERTMANAGER_FILE = "alertmanager.yml"
+PAIRED = "paired"  # the kind of a paired-comparison-only verdict
+
+_MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"(.*)"\s*$')
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """The alert a verdict would fire and the Alertmanager route it would take."""
+
+    alert: str
+    severity: str
+    for_: str  # how long the condition must hold before the alert fires
+    route: str  # the matchers of the route taken ("default" for the root)
+    receiver: str
+
+    def describe(self) -> str:
+        pages = "pages on-call" if self.severity == "critical" else "does not page (ticket / chat)"
+        return (f"alert {self.alert} (severity {self.severity}, after {self.for_}) -> Alertmanager route "
+                f"{self.route} -> receiver {self.receiver}: {pages}")
+
+
+class AlertCatalogue:
+    """The shipped rules and route tree, for looking verdicts up."""
+
+    def __init__(self, directory: Path = ALERTS_DIR) -> None:
+        rules = yaml.safe_load((directory / RULES_FILE).read_text())
+        self._alerts = [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+        self._route = yaml.safe_load((directory / ALERTMANAGER_FILE).read_text())["route"]
+
+    def alert_for(self, kind: str) -> dict | None:
+        """The rule that fires on a cohort verdict of ``kind`` (``within_version``, ``model_update``, ``paired``)."""
+        selector = ("attnmon_update_paired_verdict" if kind == PAIRED
+                    else f'attnmon_drift_cohort_verdict{{kind="{kind}"}} == 1')
+        for rule in self._alerts:
+            fires_on = next((line for line in str(rule["expr"]).splitlines() if line.strip()), "")
+            if selector in fires_on:
+                return rule
+        return None
+
+    def route_for(self, labels: dict[str, str]) -> tuple[str, str]:
+        """(the matchers of the route taken, its receiver) for an alert's labels."""
+        for child in self._route.get("routes", []):
+            matchers = child.get("matchers", [])
+            if all(_matches(m, labels) for m in matchers):
+                return ", ".join(matchers), child.get("receiver", self._route["receiver"])
+        return "default", self._route["receiver"]
+
+    def page_for(self, kind: str) -> Page | None:
+        rule = self.alert_for(kind)
+        if rule is None:
+            return None
+        labels = {"alertname": rule["alert"], **{k: str(v) for k, v in rule.get("labels", {}).items()}}
+        route, receiver = self.route_for(labels)
+        return Page(rule["alert"], labels.get("severity", "none"), str(rule.get("for", "0s")), route, receiver)
+
+
+def _matches(matcher: str, labels: dict[str, str]) -> bool:
+    found = _MATCHER.match(matcher)
+    if found is None:
+        raise ValueError(f"unsupported Alertmanager matcher {matcher!r}")
+    name, op, value = found.groups()
+    actual = labels.get(name, "")
+    if op == "=":
+        return actual == value
+    if op == "!=":
+        return actual != value
+    full = re.fullmatch(value, actual) is not None
+    return full if op == "=~" else not full
