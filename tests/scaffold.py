@@ -6,6 +6,7 @@ tests of drift verdicts use trained scenario models instead.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -15,6 +16,18 @@ from model.data import ItemCatalog, load_movielens
 from model.sasrec import SASRec, SASRecConfig
 
 _CATALOG: ItemCatalog | None = None
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Rec:
+    """A polled record as the pipeline reads it (``monitor.stream.pipeline.RecordLike``)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp_ms: int = 0
 
 
 def catalog() -> ItemCatalog:

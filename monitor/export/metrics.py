@@ -384,6 +384,10 @@ class UsageCollector(Collector):
         yield last_seen
 
 
+PAIRED_OUTCOMES = ("paired", "previous_unreadable", "previous_unavailable")  # attnmon_update_paired_events_total
+PAIRED_SIDES = ("previous", "new")  # attnmon_update_paired_items_unknown_total: the version lacking the item
+
+
 def _remove(metric: Counter | Gauge, *labels: str) -> None:
     """Remove one labelled series if present (older prometheus-client raises KeyError when absent)."""
     try:
@@ -521,7 +525,16 @@ class AgentMetrics:
         _remove(self.truncated, version)
         if previous is not None:
             _remove(self.model_update, version, previous)
-            for outcome in ("paired", "previous_unreadable", "previous_unavailable"):
+            for outcome in PAIRED_OUTCOMES:
                 _remove(self.paired_events, version, previous, outcome)
-            for side in ("previous", "new"):
+            for side in PAIRED_SIDES:
                 _remove(self.paired_items_unknown, version, previous, side)
+
+    def start_update(self, version: str, previous: str, at: float) -> None:
+        """A model update began: its timestamp, and its paired counters created at 0 (every
+        outcome and side), so the dashboards and alerts read 0, not a missing series."""
+        self.model_update.labels(version, previous).set(at)
+        for outcome in PAIRED_OUTCOMES:
+            self.paired_events.labels(version, previous, outcome)
+        for side in PAIRED_SIDES:
+            self.paired_items_unknown.labels(version, previous, side)

@@ -64,7 +64,7 @@ class ModelUpdates:
             # previous one's baselines, which therefore stay at least retire_after_s.
             self._seen(previous, now)
             judge.start_update(version, previous, now)
-            self._metrics.model_update.labels(version, previous).set(now)
+            self._metrics.start_update(version, previous, now)
             log.warning("model update: %s replaces %s in the stream", version, previous)
         self.versions_seen.append(version)
         del self.versions_seen[: -self._max_remembered]

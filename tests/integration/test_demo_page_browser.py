@@ -20,7 +20,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 import torch
 
 from model import checkpoint

@@ -67,7 +67,7 @@ def test_the_demo_tells_its_phases_and_serves_the_page_and_metrics(tiny_versions
         assert re.search(rf"== phase {n}/3: .*{versions[role]} \({role}\) serves", text), role
     assert "most cohorts drifting at once, per phase: " in text
     assert not re.search(r"stable traffic: [1-9]", text)  # when a round fell in the stable phase: 0
-    assert out.page is not None and "<h1>attnmon demo" in out.page and 'id=top-items-placeholder' in out.page
+    assert out.page is not None and "<h1>attnmon demo" in out.page and 'id=top-items' in out.page
     assert out.state is not None and [p["current"] for p in out.state["story"]["phases"]].count(True) == 1
     folded = re.search(r'attnmon_events_total\{outcome="processed",reason="ok"\} (\d+)', out.metrics or "")
     assert folded and 0 < float(folded.group(1)) <= 1_500

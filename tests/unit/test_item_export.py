@@ -24,14 +24,7 @@ from monitor.drift.paired import PairedComparison
 from monitor.export.item_rows import ItemRows
 from monitor.export.metrics import AgentMetrics, DriftCollector
 from monitor.stream.pipeline import Pipeline, PipelineConfig
-
-
-class Rec(msgspec.Struct, frozen=True):
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
-    timestamp_ms: int = 0
+from scaffold import Rec
 
 
 @pytest.fixture(scope="module")

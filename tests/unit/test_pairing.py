@@ -23,16 +23,9 @@ from monitor.drift.judge import Judge, JudgeConfig
 from monitor.drift.paired import PairCohort, PairedComparison, PairedConfig
 from monitor.export.metrics import AgentMetrics
 from monitor.stream.pipeline import Pipeline, PipelineConfig
+from scaffold import Rec
 
 FAKE_RAW_ID = 900_000_000  # a raw id no event names: an item a catalogue "lacks" maps here
-
-
-@dataclasses.dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,15 +23,7 @@ from monitor.drift.paired import PairedComparison
 from monitor.stream.pipeline import Pipeline, PipelineConfig
 from monitor.stream.windows import window_histories
 from monitor.attention.registry import ModelRegistry
-
-
-@dataclasses.dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
-    timestamp_ms: int = 0
+from scaffold import Rec
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ its last-seen time survives a checkpoint; a version that comes back starts fresh
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -23,20 +22,11 @@ from monitor.settings import load_settings
 from monitor.stream.config import PipelineConfig
 from monitor.stream.pipeline import Pipeline
 from monitor.stream.updates import ModelUpdates
-from scaffold import catalog, publish_small
+from scaffold import Rec, catalog, publish_small
 
 RETIRE_AFTER_S = 3_600.0
 COHORTS = [CohortDimension(name="platform", max_values=3),
            CohortDimension(name="history_length", kind="history_length", edges=(5, 10))]
-
-
-@dataclasses.dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
-    timestamp_ms: int = 0
 
 
 T0 = 1_764_000_000.0  # when the canary story starts (processing time)
@@ -291,3 +281,17 @@ def test_retire_after_s_defaults_to_a_day_and_is_validated() -> None:
         with pytest.raises(ValueError, match="retire_after_s"):
             PipelineConfig(retire_after_s=bad)
     assert load_settings(environ={"ATTNMON__PIPELINE__RETIRE_AFTER_S": "7200"}).pipeline.retire_after_s == 7200.0
+
+
+def test_an_update_exports_its_paired_counters_at_zero_from_the_start(versions) -> None:
+    """Dashboards plot the paired outcomes other than "paired" and the unknown items per side:
+    before, those series did not exist until the first such event, so the panels showed no data."""
+    root, v1, v2 = versions
+    h = Agentless(root, Clock())
+    h.feed(v1, T0)
+    h.feed(v2, T0 + 10)
+    labels = {"model_version": v2, "previous_version": v1}
+    for outcome in ("previous_unreadable", "previous_unavailable"):
+        assert h.value("attnmon_update_paired_events_total", outcome=outcome, **labels) == 0.0
+    for side in ("previous", "new"):
+        assert h.value("attnmon_update_paired_items_unknown_total", side=side, **labels) == 0.0

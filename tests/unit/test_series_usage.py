@@ -4,7 +4,6 @@ wiring of it (and of attnmon_model_info, which lists only versions in memory).""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -21,19 +20,10 @@ from monitor.settings import ModelSettings, Settings, StateSettings
 from monitor.stream.config import PipelineConfig
 from monitor.stream.memory import MemorySink, MemorySource
 from monitor.stream.pipeline import Pipeline
-from scaffold import catalog, publish_small
+from scaffold import Rec, catalog, publish_small
 
 COHORTS = [CohortDimension(name="platform", max_values=3)]
 SERIES_PER_COHORT = 7 * 2  # statistics x layers
-
-
-@dataclasses.dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
-    timestamp_ms: int = 0
 
 
 def records(version: str, first: int, count: int = 30) -> list[Rec]:
