@@ -160,6 +160,13 @@ def test_daemon_ready_scrape_sigterm_and_sigkill_recovery(setup, promtool, tmp_p
     assert total == 500  # nothing lost, nothing counted twice
 
 
+ASSIGNED = "INFO monitor.stream.agent: assigned ["
+
+
+def _assigned_since(log: Path, since_line: int) -> bool:
+    return any(ASSIGNED in line for line in log.read_text().splitlines()[since_line:])
+
+
 def _seconds_to_assignment(log: Path, since_line: int) -> float:
     """From the daemon's 'joining the consumer group' to its first 'assigned' line, by the
     log's own timestamps (start-up, torch import and model loading are not rejoin time)."""
@@ -170,7 +177,7 @@ def _seconds_to_assignment(log: Path, since_line: int) -> float:
 
     lines = log.read_text().splitlines()[since_line:]
     joined = next(stamp(line) for line in lines if "joining the consumer group" in line)
-    assigned = next(stamp(line) for line in lines if "INFO monitor.stream.agent: assigned [" in line)
+    assigned = next(stamp(line) for line in lines if ASSIGNED in line)
     return (assigned - joined).total_seconds()
 
 
@@ -216,6 +223,8 @@ def test_held_events_and_a_static_member_survive_a_kill_between_checkpoints(setu
     lines_before = len(setup["log"].read_text().splitlines())
     second = Daemon(setup["config"], setup["port"], setup["log"])
     second.wait(lambda: second.get("/readyz")[0] == 200, timeout_s=240)
+    # Ready means a model is loaded, not that the group has assigned the partition yet.
+    second.wait(lambda: _assigned_since(setup["log"], lines_before), timeout_s=60)
     rejoin_s = _seconds_to_assignment(setup["log"], lines_before)
     assert rejoin_s < 10.0, f"static member took {rejoin_s:.1f}s to get its partition back"
     (staged / late).rename(models / late)  # the held event's version is published
