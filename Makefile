@@ -40,7 +40,10 @@ $(VENV)/.installed: pyproject.toml
 	    echo "'$(PYTHON) -m venv' failed; on Debian run deploy/stack.sh install (it adds python3-venv)" >&2; \
 	    exit 1; }; \
 	fi
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@echo "installing the project and its dependencies into $(VENV) (pip's own progress below; the first time"
+	@echo "it downloads PyPI's torch with its CUDA libraries, about 3 GB: most of the set-up)"
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on -e '.[dev]' \
+	  | grep --line-buffered -E '^(Collecting|Downloading|Installing|Successfully)' || test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
 install:

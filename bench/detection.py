@@ -430,6 +430,7 @@ def judge_update(family: UpdateFamily, replay: Replay, served: dict[str, ServedM
     max_score: dict[str, float] = {}
     within_raised: set = set()
     paired_share: list[float] = []
+    agreements: list[float] = []
     for round_ in replay.rounds:
         for r in round_.report.results:
             if r.kind == MODEL_UPDATE and r.key.model_version == replay.new:
@@ -437,12 +438,15 @@ def judge_update(family: UpdateFamily, replay: Replay, served: dict[str, ServedM
         within_raised |= {(v.model_version[-6:], v.dimension, v.cohort) for v in round_.report.cohorts
                           if v.kind == WITHIN_VERSION and v.drifting}
         paired_share += [r.fraction_above for r in round_.paired.results if r.key.dimension == "all"]
+        agreements += [r.agreement for r in round_.paired.results if r.agreement is not None]
     detail = {
         "windows": len(windows),
         "windows_count_mismatch": mismatched,
         "max_score": max_score,
         "within_raised": sorted(within_raised),
         "paired_share_all_max": max(paired_share, default=float("nan")),
+        # lowest per-event agreement any cohort showed (monitor.drift.agreement; NaN: never judged)
+        "paired_agreement_min": min(agreements, default=float("nan")),
         "evidently_columns_max": evidently_columns,
         "windows_sample": windows[:1] + [w for w in windows if w.cohort == ("platform", "android")][:1],
     }
@@ -558,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
                   + " ".join(f"{s[:6]}={v:.2f}" for s, v in sorted(d["max_score"].items()))
                   + f", within-version raised {len(d['within_raised'])}"
                   + f", paired share>cut (all) max {d['paired_share_all_max']:.2f}"
+                  + f", agreement min {d['paired_agreement_min']:.2f}"
                   + f" [{time.perf_counter() - t0:.0f}s]", flush=True)
     replay_s = time.perf_counter() - started
 

@@ -67,11 +67,12 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 from scipy import special
 
+from monitor.drift.agreement import AgreementSample, agreement, below_cutoff_p, effective_users
 from monitor.drift.histogram import Histogram
 from monitor.drift.users import UserSketch
 from monitor.drift.verdict import Hysteresis, bh_adjust
 
-STATE_FORMAT = 2  # 1: one series per cohort, layers averaged, no users (restored as empty)
+STATE_FORMAT = 3  # 1: one series per cohort, layers averaged, no users (restored as empty); 2: no agreement
 USER_SKETCH_WIDTH = 256  # counters per row: about 6 % error on n_eff, 10 KiB per cohort window
 
 
@@ -111,9 +112,20 @@ class PairedConfig:
     clear_after: int = 3  # consecutive unflagged windows to clear it
     bins: int = 20  # histogram bins for per-event JS and top-k overlap
     max_keys: int = 5_000  # paired cohorts cap (each judged per layer); beyond it: refused, counted
+    # Per-event agreement (monitor.drift.agreement): the agreement layer also shows a model-caused change
+    # when the rank correlation of the two versions' per-event statistics is credibly below this. Every
+    # benign retrain measured agrees at >= 0.31 on the last layer (docs/drift.md, "Per-event agreement").
+    agreement_cutoff: float = 0.2
+    # The layer judged for agreement (-1: the last, which the prediction reads). A first layer's
+    # per-event attention is not reproducible across benign retrains (agreement -0.09 to 0.35, measured).
+    agreement_layer: int = -1
+    agreement_capacity: int = 1024  # pairs kept per cohort (a uniform reservoir over the whole update)
+    agreement_min_pairs: int = 200  # ... before agreement is judged
+    agreement_strata_edges: tuple[int, ...] = (10, 50, 200)  # history-length strata; shorter ones left out
 
     def __post_init__(self) -> None:
         Histogram(self.bins)
+        object.__setattr__(self, "agreement_strata_edges", tuple(int(e) for e in self.agreement_strata_edges))
         checks = [
             (0.0 < self.event_js_cutoff < 1.0, "event_js_cutoff must be in (0, 1)"),
             (0.0 < self.benign_fraction < 1.0, "benign_fraction must be in (0, 1)"),
@@ -123,6 +135,13 @@ class PairedConfig:
             (self.raise_after >= 1, "raise_after must be >= 1"),
             (self.clear_after >= 1, "clear_after must be >= 1"),
             (self.max_keys >= 1, "max_keys must be >= 1"),
+            (0.0 < self.agreement_cutoff < 1.0, "agreement_cutoff must be in (0, 1)"),
+            (self.agreement_capacity >= 1, "agreement_capacity must be >= 1"),
+            (1 <= self.agreement_min_pairs <= self.agreement_capacity,
+             "agreement_min_pairs must be in [1, agreement_capacity]"),
+            (len(self.agreement_strata_edges) >= 1 and self.agreement_strata_edges[0] >= 1
+             and list(self.agreement_strata_edges) == sorted(set(self.agreement_strata_edges)),
+             "agreement_strata_edges must be ascending positive lengths"),
         ]
         for ok, message in checks:
             if not ok:
@@ -190,12 +209,20 @@ class PairedResult:
     mean_overlap: float
     p_value: float  # one-sided binomial on effective users, H0: share <= benign_fraction
     p_adjusted: float
-    flagged: bool
+    flagged: bool  # the rows test or the agreement test flagged the window
     model_caused: bool  # hysteresis verdict after this window
     consecutive_flagged: int
     consecutive_clear: int
     total_pairs: int  # since the series started
     total_above: int
+    # Per-event agreement of the layer's statistics (None until judged: agreement_min_pairs pairs
+    # from min_users effective users since the update, in strata where it is defined)
+    agreement: float | None = None
+    agreement_se: float | None = None
+    agreement_pairs: int = 0  # pairs in the cohort's reservoir
+    agreement_p_adjusted: float = 1.0  # H0: agreement >= agreement_cutoff, BH with the rows tests
+    agreement_flagged: bool = False
+    rows_flagged: bool = False  # the share of rows past the cutoff is credibly above the tolerance
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,13 +288,15 @@ class _Window:
 class _Cohort:
     """A cohort's window and, per layer, its verdict and totals."""
 
-    __slots__ = ("window", "verdicts", "total_pairs", "total_above")
+    __slots__ = ("window", "verdicts", "total_pairs", "total_above", "agreement")
 
     def __init__(self, config: PairedConfig, layers: int) -> None:
         self.window = _Window(config.bins, layers)
         self.verdicts = [Hysteresis(config.raise_after, config.clear_after) for _ in range(layers)]
         self.total_pairs = 0
         self.total_above = [0] * layers
+        # paired per-event statistics [pairs, statistics x layers], layer-major within a statistic
+        self.agreement: AgreementSample | None = None
 
     @property
     def layers(self) -> int:
@@ -332,6 +361,40 @@ class PairedComparison:
         self.counts["pairs"] += int(js.shape[0])
         return "window"
 
+    def observe_statistics(self, cohort: PairCohort, old: np.ndarray, new: np.ndarray, lengths: np.ndarray,
+                           users: np.ndarray) -> None:
+        """Fold a cohort's paired per-event statistics in for the agreement test: ``old``, ``new``
+        [P, statistics, layers] (each version on its own window), ``lengths`` [P] the events'
+        history lengths, ``users`` uint64 [P]. Call after ``observe`` for the same pairs (a
+        cohort refused at the cap is skipped); rows with a NaN on either side are left out."""
+        state = self._cohorts.get(cohort)
+        if state is None:
+            return
+        old, new = np.asarray(old, dtype=np.float64), np.asarray(new, dtype=np.float64)
+        if old.shape != new.shape or old.ndim != 3 or old.shape[2] != state.layers:
+            raise ValueError(f"old and new must both be [pairs, statistics, {state.layers}], "
+                             f"got {old.shape} and {new.shape}")
+        flat_old, flat_new = old.reshape(len(old), -1), new.reshape(len(new), -1)
+        ok = np.isfinite(flat_old).all(axis=1) & np.isfinite(flat_new).all(axis=1)
+        if state.agreement is None:
+            state.agreement = AgreementSample(self.config.agreement_capacity, flat_old.shape[1],
+                                              seed=len(self._cohorts))
+        state.agreement.add(flat_old[ok], flat_new[ok], np.asarray(lengths)[ok], np.asarray(users)[ok])
+
+    def _agreement_of(self, state: _Cohort, layer: int) -> tuple[float | None, float | None, int, float]:
+        """(agreement, standard error, reservoir pairs, p-value of H0: agreement >= cutoff) of a layer."""
+        c, sample = self.config, state.agreement
+        if layer != c.agreement_layer % state.layers:
+            return None, None, 0, 1.0
+        if sample is None or len(sample) < c.agreement_min_pairs or effective_users(sample.users) < c.min_users:
+            return None, None, 0 if sample is None else len(sample), 1.0
+        columns = np.arange(layer, sample.series, state.layers)  # every statistic of this layer
+        result = agreement(sample, c.agreement_strata_edges, columns=columns)
+        if not (np.isfinite(result.value) and np.isfinite(result.standard_error)):
+            return None, None, result.pairs, 1.0
+        return result.value, result.standard_error, result.pairs, below_cutoff_p(
+            result.value, result.standard_error, c.agreement_cutoff)
+
     def _ready(self, state: _Cohort) -> bool:
         w = state.window
         return w.pairs >= self.config.min_pairs and w.effective_users() >= self.config.min_users
@@ -351,10 +414,15 @@ class PairedComparison:
             n_eff = np.array([w.effective_users() for w in windows])
             # The share above the cutoff comes from the events; the evidence for it from the users.
             p = binomial_tail(above / n * n_eff, n_eff, c.benign_fraction)
-            p_adj = bh_adjust(p)
+            agreements = [self._agreement_of(self._cohorts[k], layer) for k, layer in series]
+            # Both tests of every series in one Benjamini-Hochberg family.
+            adjusted = bh_adjust(np.concatenate([p, [a[3] for a in agreements]]))
+            p_adj, agreement_adj = adjusted[:len(series)], adjusted[len(series):]
             for i, (cohort, layer) in enumerate(series):
                 state, w = self._cohorts[cohort], windows[i]
-                flagged = bool(p_adj[i] <= c.alpha)
+                rows_flagged = bool(p_adj[i] <= c.alpha)
+                agreement_flagged = bool(agreement_adj[i] <= c.alpha)
+                flagged = rows_flagged or agreement_flagged
                 verdict = state.verdicts[layer]
                 verdict.update(flagged)
                 pairs, hits = w.pairs, int(w.above[layer])
@@ -380,6 +448,12 @@ class PairedComparison:
                         consecutive_clear=verdict.consecutive_clear,
                         total_pairs=state.total_pairs + pairs,
                         total_above=state.total_above[layer],
+                        agreement=agreements[i][0],
+                        agreement_se=agreements[i][1],
+                        agreement_pairs=agreements[i][2],
+                        agreement_p_adjusted=float(agreement_adj[i]),
+                        agreement_flagged=agreement_flagged,
+                        rows_flagged=rows_flagged,
                     )
                 )
             for cohort in ready:
@@ -406,7 +480,8 @@ class PairedComparison:
             "round": self._round,
             "counts": dict(self.counts),
             "cohorts": [
-                [list(k), s.window.to_state(), [v.to_state() for v in s.verdicts], s.total_pairs, list(s.total_above)]
+                [list(k), s.window.to_state(), [v.to_state() for v in s.verdicts], s.total_pairs, list(s.total_above),
+                 None if s.agreement is None else s.agreement.to_state()]
                 for k, s in self._cohorts.items()
             ],
         }
@@ -416,10 +491,11 @@ class PairedComparison:
         """Resume from ``to_state()``; a given ``config`` wins over the saved one (bins must match).
 
         A format-1 state (layers averaged, no users) keeps its round and counts; its series
-        cannot be split into layers, so they restart empty (pairing goes on).
+        cannot be split into layers, so they restart empty (pairing goes on). A format-2 state
+        (before the agreement test) resumes with empty agreement samples.
         """
         fmt = state.get("format")
-        if fmt not in (1, STATE_FORMAT):
+        if fmt not in (1, 2, STATE_FORMAT):
             raise ValueError(f"unknown paired state format {fmt!r}")
         saved = PairedConfig.from_mapping(state["config"])
         config = config or saved
@@ -430,8 +506,10 @@ class PairedComparison:
         pc.counts.update({k: int(v) for k, v in state["counts"].items()})
         if fmt == 1:
             return pc
-        for key, window, verdicts, total_pairs, total_above in state["cohorts"]:
+        for key, window, verdicts, total_pairs, total_above, *rest in state["cohorts"]:
             restored = _Cohort(config, len(verdicts))
+            if rest and rest[0] is not None:
+                restored.agreement = AgreementSample.from_state(rest[0], seed=len(pc._cohorts))
             restored.window = _Window.from_state(window)
             restored.verdicts = [Hysteresis.from_state(v, config.raise_after, config.clear_after) for v in verdicts]
             restored.total_pairs = int(total_pairs)

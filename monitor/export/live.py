@@ -115,6 +115,8 @@ class LiveState:
                 "share_above": result.fraction_above, "cutoff": result.cutoff,
                 "benign_fraction": result.benign_fraction, "mean_js": result.mean_js,
                 "p_value": result.p_value, "p_adjusted": result.p_adjusted, "model_caused": result.model_caused,
+                "agreement": result.agreement, "agreement_se": result.agreement_se,
+                "agreement_pairs": result.agreement_pairs, "agreement_p_adjusted": result.agreement_p_adjusted,
             }
         versions = {v.model_version for v in report.cohorts}
         self._latest = {k: r for k, r in self._latest.items() if k[1].model_version in versions}

@@ -95,6 +95,7 @@ FIXED_METRICS = (
     "attnmon_update_paired_effective_users",
     "attnmon_update_paired_share_above",
     "attnmon_update_paired_verdict",
+    "attnmon_update_paired_agreement",
     "attnmon_update_paired_events_total",
     "attnmon_update_paired_items_unknown_total",
     "attnmon_baseline_ready",
@@ -273,12 +274,14 @@ class DriftCollector(Collector):
             "attnmon_update_paired_pairs": ("Events compared pairwise between the new and the previous version since the update.", "pairs"),
             "attnmon_update_paired_effective_users": ("Effective number of users (Kish) behind the last judged window's pairs: the sample size the paired test uses.", "effective_users"),
             "attnmon_update_paired_share_above": ("Share of the last judged window's pairs whose per-event JS exceeds the paired cutoff (a benign retrain may reach the tolerated share).", "share_above"),
-            "attnmon_update_paired_verdict": ("1 while the paired comparison says the model changed the layer's attention, else 0.", "changed"),
+            "attnmon_update_paired_verdict": ("1 while the paired comparison says the model changed the layer's attention (rows moved past the tolerance, or per-event agreement below its cutoff), else 0.", "changed"),
+            "attnmon_update_paired_agreement": ("Per-event agreement of the layer: rank correlation, within history-length strata, of the previous and the new version's attention statistics on the same events (median over statistics; every benign retrain measured >= 0.31). Judged on the last layer only; absent until judged.", "agreement"),
         }
         for name, (help_text, field) in paired.items():
             family = GaugeMetricFamily(name, help_text, labels=PAIRED_LABELS)
             for row in rows.get("paired", ()):
-                family.add_metric([str(row[label]) for label in PAIRED_LABELS], float(row[field]))
+                if row.get(field) is not None:
+                    family.add_metric([str(row[label]) for label in PAIRED_LABELS], float(row[field]))
             yield family
         explained = GaugeMetricFamily(
             "attnmon_drift_cohort_explained",

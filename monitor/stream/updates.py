@@ -11,6 +11,7 @@ traffic shift.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ import numpy as np
 
 from monitor.attention.recompute import collect
 from monitor.attention.registry import ModelRegistry, ServedModel
-from monitor.attention.stats import paired_divergence, union_rows
+from monitor.attention.stats import STATISTICS, compute, paired_divergence, union_rows
 from monitor.drift.judge import Judge
 from monitor.drift.paired import PairCohort, PairedComparison
 from monitor.drift.users import hash_users
@@ -184,20 +185,27 @@ class Pairing:
         self._count_catalogue_differences(served, old, [events[row] for row in rows.tolist()],
                                           old_w.positions, new_positions, previous)
         layers = min(served.checkpoint.config.layers, old.checkpoint.config.layers)
-        old_rows, new_rows, lengths = union_rows(old_w.positions, self._mean_rows(old, old_w.histories)[:, :layers],
-                                                 new_positions, self._mean_rows(served, new_histories)[:, :layers])
+        old_mean, old_stats = self._mean_rows(old, old_w.histories)
+        new_mean, new_stats = self._mean_rows(served, new_histories)
+        old_rows, new_rows, lengths = union_rows(old_w.positions, old_mean[:, :layers],
+                                                 new_positions, new_mean[:, :layers])
         js = np.empty((rows.size, layers), dtype=np.float32)  # [P, layers]
         overlap = np.empty_like(js)
         for layer in range(layers):
             js[:, layer], overlap[:, layer] = paired_divergence(old_rows[:, layer], new_rows[:, layer], lengths,
                                                                 self._config.stats.top_k)
         users = hash_users(events[row].user_id for row in rows.tolist())  # [P]
+        history_lengths = np.fromiter((len(events[row].history) for row in rows.tolist()), dtype=np.int64,
+                                      count=rows.size)  # [P] the event's own length (strata of the agreement)
+        old_stats, new_stats = old_stats[:, :, :layers], new_stats[:, :, :layers]  # [P, statistics, layers]
         kept_codes = codes[rows]  # [P, dimensions]
         for column, dimension in enumerate(dimensions):
             for code in np.unique(kept_codes[:, column]):
                 members = kept_codes[:, column] == code
-                paired.observe(PairCohort(served.version, dimension, labels[dimension][code]),
-                               js[members], overlap[members], users[members])
+                cohort = PairCohort(served.version, dimension, labels[dimension][code])
+                paired.observe(cohort, js[members], overlap[members], users[members])
+                paired.observe_statistics(cohort, old_stats[members], new_stats[members], history_lengths[members],
+                                          users[members])
 
     def _count_catalogue_differences(self, served: ServedModel, old: ServedModel, events: list[Event],
                                      old_positions: list[np.ndarray], new_positions: list[np.ndarray],
@@ -212,15 +220,22 @@ class Pairing:
             if (missing := int(lacking.sum())):
                 self._metrics.paired_items_unknown.labels(served.version, previous, side).inc(missing)
 
-    def _mean_rows(self, served: ServedModel, histories: list[np.ndarray]) -> np.ndarray:
+    def _mean_rows(self, served: ServedModel, histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Head-averaged rows [B, layers, width], left-padded (head averaging: invariant to
-        head permutations); width = the longest history."""
+        head permutations; width = the longest history), and their statistics [B, statistics,
+        layers], computed as the main path computes them (for the agreement test)."""
         width = max(map(len, histories))
-        out = np.zeros((len(histories), served.checkpoint.config.layers, width), dtype=np.float32)
+        layers = served.checkpoint.config.layers
+        out = np.zeros((len(histories), layers, width), dtype=np.float32)
+        statistics = np.empty((len(histories), len(STATISTICS), layers), dtype=np.float32)
+        averaged_config = dataclasses.replace(self._config.stats, per_head=False)
         for chunk in collect(self._recompute.start(served, histories, width)):
             w = chunk.weights.shape[-1]
-            out[chunk.rows, :, width - w:] = chunk.weights.mean(axis=2)
-        return out
+            averaged = chunk.weights.mean(axis=2, dtype=np.float32)  # [b, layers, w]
+            out[chunk.rows, :, width - w:] = averaged
+            statistics[chunk.rows] = compute(averaged[:, :, None, :], chunk.lengths, chunk.item_index,
+                                             served.genre_matrix, averaged_config)
+        return out, statistics
 
 
 def _served_reads_every_event(record: RecordLike, reason: Reason, detail: str) -> None:

@@ -148,7 +148,7 @@ class Narrator:
                 out.write(f"           layer {layer['layer']}: {layer['share_above']:.0%} of rows moved past JS "
                           f"{layer['cutoff']:.2f} (a benign retrain: <= {layer['benign_fraction']:.0%}); "
                           f"{layer['pairs']} pairs, {layer['effective_users']:.0f} effective users, "
-                          f"p adj. {layer['p_adjusted']:.2g}\n")
+                          f"p adj. {layer['p_adjusted']:.2g}{_agreement_note(layer)}\n")
             if not c["model_caused"]:
                 return
             if (c["model_version"], c["dimension"], c["cohort"]) in self._update_drifting:
@@ -174,8 +174,11 @@ class Narrator:
             out.write("           paired comparison: no verdict yet\n")
         else:
             shares = ", ".join(f"layer {r['layer']} {r['share_above']:.0%}" for r in paired["layers"])
+            agreements = ", ".join(f"layer {r['layer']} {r['agreement']:.2f}" for r in paired["layers"]
+                                   if r.get("agreement") is not None)
             out.write(f"           paired comparison {paired['status']} a model-caused change "
-                      f"(rows past the cutoff: {shares})\n")
+                      f"(rows past the cutoff: {shares}"
+                      f"{f'; per-event agreement: {agreements}' if agreements else ''})\n")
         self._page(c["kind"], cohort, c["model_version"])
 
     def _page(self, kind: str, cohort: str, version: str) -> None:
@@ -299,3 +302,11 @@ def run_demo(*, versions: Mapping[str, str], models_root: Path, events: int | No
               + (f", first {narrator.paged[0]}" if narrator.paged else "") + "\n")
     out.flush()
     return 0
+
+
+def _agreement_note(layer: dict) -> str:
+    """The layer's per-event agreement, once judged (monitor.drift.agreement)."""
+    if layer.get("agreement") is None:
+        return ""
+    return (f"; per-event agreement {layer['agreement']:.2f} +- {layer['agreement_se']:.2f} "
+            f"(a benign retrain: >= 0.31), p adj. {layer['agreement_p_adjusted']:.2g}")

@@ -56,11 +56,17 @@ class RecordingPaired(PairedComparison):
     def __init__(self) -> None:
         super().__init__(PairedConfig(min_pairs=10, min_users=1))
         self.js: list[np.ndarray] = []
+        self.statistics: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (old, new, lengths) of `all`
 
     def observe(self, cohort: PairCohort, js, overlap, users=None) -> str:
         if cohort.dimension == "all":
             self.js.append(np.asarray(js))
         return super().observe(cohort, js, overlap, users)
+
+    def observe_statistics(self, cohort: PairCohort, old, new, lengths, users) -> None:
+        if cohort.dimension == "all":
+            self.statistics.append((np.asarray(old), np.asarray(new), np.asarray(lengths)))
+        super().observe_statistics(cohort, old, new, lengths, users)
 
 
 class Harness:
@@ -194,3 +200,24 @@ def test_paired_series_are_exported_per_layer_with_their_users_and_share():
         assert registry.get_sample_value("attnmon_update_paired_share_above", at) == share
         assert registry.get_sample_value("attnmon_update_paired_effective_users", at) == pytest.approx(40, rel=0.1)
         assert registry.get_sample_value("attnmon_update_paired_pairs", at) == 120
+
+
+def test_each_versions_statistics_are_paired_for_the_agreement_test(tmp_path, catalog):
+    """The agreement test gets both versions' per-event statistics on the same events, each from
+    its own window and computed as the main path computes them: the same weights under two
+    version ids give identical statistics; another seed gives others."""
+    twin_a = _publish(tmp_path, catalog, 0, "twin-a")
+    twin_b = _publish(tmp_path, catalog, 0, "twin-b")
+    other = _publish(tmp_path, catalog, 5, "other")
+    rng = np.random.default_rng(3)
+    histories = [[int(i) for i in rng.choice(catalog.item_ids[1:], int(n), replace=False)]
+                 for n in rng.integers(12, 20, 30)]
+    same, different = Harness(tmp_path), Harness(tmp_path)
+    same.update(twin_a, twin_b, histories)
+    different.update(twin_a, other, histories)
+    old, new, lengths = (np.concatenate(parts) for parts in zip(*same.paired.statistics))
+    assert old.shape == (30, 7, 2) and sorted(lengths.tolist()) == sorted(map(len, histories))
+    np.testing.assert_allclose(old, new, atol=1e-6)
+    old_d, new_d, _ = (np.concatenate(parts) for parts in zip(*different.paired.statistics))
+    np.testing.assert_allclose(old_d, old, atol=1e-6)  # the previous version's side is the same model
+    assert np.abs(new_d - old_d).max() > 0.05
