@@ -23,6 +23,16 @@ would let an unchanged layer dilute a changed one), with Benjamini-Hochberg
 across every (cohort, layer) judged in a round and the same hysteresis as the
 drift judge; a cohort's verdict is on while any of its layers' is.
 
+A second test per layer asks what a retrain keeps: the *per-event agreement*
+(``monitor.drift.agreement``) of the two versions' attention statistics on the
+same events, the rank correlation within history-length strata. A benign
+retrain is sharper or flatter but sharp on the same events; a model that reads
+its inputs differently (a misaligned item vocabulary, a job stopped after one
+epoch) is not, although its rows move no further than a retrain's. It is judged
+on the last layer (``agreement_layer``) from a reservoir of every pair since the
+update, credibly below ``agreement_cutoff``, in the same BH family and through
+the same hysteresis as the rows test: a layer is flagged when either test is.
+
 Events of one user are not independent evidence (consecutive events share
 nearly the whole history, so their pairs nearly repeat). Each window keeps a
 :class:`~monitor.drift.users.UserSketch` of who its pairs came from, and the
@@ -295,7 +305,7 @@ class _Cohort:
         self.verdicts = [Hysteresis(config.raise_after, config.clear_after) for _ in range(layers)]
         self.total_pairs = 0
         self.total_above = [0] * layers
-        # paired per-event statistics [pairs, statistics x layers], layer-major within a statistic
+        # paired per-event statistics [pairs, statistics x layers]: column statistic * layers + layer
         self.agreement: AgreementSample | None = None
 
     @property
@@ -415,9 +425,12 @@ class PairedComparison:
             # The share above the cutoff comes from the events; the evidence for it from the users.
             p = binomial_tail(above / n * n_eff, n_eff, c.benign_fraction)
             agreements = [self._agreement_of(self._cohorts[k], layer) for k, layer in series]
-            # Both tests of every series in one Benjamini-Hochberg family.
-            adjusted = bh_adjust(np.concatenate([p, [a[3] for a in agreements]]))
-            p_adj, agreement_adj = adjusted[:len(series)], adjusted[len(series):]
+            # Both tests of every series in one Benjamini-Hochberg family (only agreements judged).
+            judged = [i for i, a in enumerate(agreements) if a[0] is not None]
+            adjusted = bh_adjust(np.concatenate([p, [agreements[i][3] for i in judged]]))
+            p_adj = adjusted[:len(series)]
+            agreement_adj = np.ones(len(series))
+            agreement_adj[judged] = adjusted[len(series):]
             for i, (cohort, layer) in enumerate(series):
                 state, w = self._cohorts[cohort], windows[i]
                 rows_flagged = bool(p_adj[i] <= c.alpha)
