@@ -648,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
                   + " ".join(f"{m}={outcome.detections[m].events if outcome.detections[m] else '-'}" for m in METHODS)
                   + f"; windows {d['windows']} (count mismatches {d['windows_count_mismatch']}), max update score "
                   + " ".join(f"{s[:6]}={v:.2f}" for s, v in sorted(d["max_score"].items()))
-                  + f", within-version raised {len(d['within_raised'])}"
+                  + f", within-version raised {len(d['within_raised'])}, item verdicts {d['items_raised']}"
                   + f", paired share>cut (all) max {d['paired_share_all_max']:.2f}"
                   + f" [{time.perf_counter() - t0:.0f}s]", flush=True)
     replay_s = time.perf_counter() - started

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from bench import scenarios
-from e2e.test_alert_path import (  # noqa: F401 -- fixtures used by name
+from e2e.test_alert_path import (
     REPO,
     _events,
     _query,
@@ -28,6 +28,7 @@ from e2e.test_alert_path import (  # noqa: F401 -- fixtures used by name
 )
 
 pytestmark = pytest.mark.timeout(900)
+FIXTURES = (agent_for, models, traffic, webhook)  # test_alert_path's, requested by name below
 
 ARTIFACT = REPO / "var" / "artifacts" / "item-narrowing-notification.json"
 
