@@ -43,6 +43,9 @@ model does. Serving traffic interleaves many concurrent users. ``serving_traffic
 re-times the timelines so that events interleave users and the stream is stationary
 (each user starts at a random phase of their own timeline and wraps once), which is
 the traffic the scenarios replay; the drift they contain is then the drift they inject.
+Scenarios: a benign or harmful update, a cohort shift towards a genre, and an item burst
+(``item_burst``: one cohort's users all watch ``VIRAL_ITEMS``; ``item_burst_during_update``:
+the same while a re-seed update is in flight).
 """
 
 from __future__ import annotations
