@@ -41,6 +41,17 @@ Prints figures, asserts nothing; the last line is one JSON object of the headlin
     python -m bench.detection                 # full run (trains missing models into --root first)
     python -m bench.detection --quick         # 2 updates per family, shorter streams
     python -m bench.detection --traffic time_order
+    python -m bench.detection --families reseed item_burst item_burst_reseed   # the item rows
+
+Traffic families (``TRAFFIC_FAMILIES``, kind "traffic"): no harmful model, the traffic narrows.
+From the switch point one cohort's users all watch the same three titles
+(``bench.scenarios.item_burst``), on one base model (``item_burst``) or while a re-seed
+update is in flight (``item_burst_reseed``). Their rows: ``cohort`` = the burst cohort's
+attention-mass-per-item verdict (narrowed; ``AttentionNarrowedToFewItems``), ``paired`` =
+the paired comparison confirming a model-caused change (must not: the model did not cause
+it), ``either`` = ``cohort``; Evidently and the naive test are not run ("-"). Every row also
+counts ``items_flagged``: runs in which any item verdict of the judged version was raised
+(a benign update must not raise one).
 """
 
 from __future__ import annotations
@@ -68,6 +79,7 @@ sys.path.insert(0, str(_BENCH.parent))
 from bench.event_tape import Tape, TapedFactory, VersionValues, measure_versions  # noqa: E402
 from bench.scenarios import (  # noqa: E402
     BENIGN,
+    DEFAULT_BURST,
     DEFAULT_ROOT,
     EVENT_PACED_JUDGE,
     HARMFUL,
@@ -76,6 +88,7 @@ from bench.scenarios import (  # noqa: E402
     ScenarioModel,
     ScenarioRun,
     UpdateFamily,
+    VIRAL_ITEMS,
     scenario_cohorts,
     train_family_model,
 )
@@ -87,13 +100,31 @@ from monitor.attention.stats import STATISTICS  # noqa: E402
 from monitor.drift.judge import MODEL_UPDATE, WITHIN_VERSION, Judge, JudgeConfig  # noqa: E402
 from monitor.drift.paired import PairedComparison, PairedConfig  # noqa: E402
 from monitor.stream.config import PipelineConfig  # noqa: E402
-from monitor.tools.replay import EventFactory, Scenario, serving_traffic, timeline_steps  # noqa: E402
+from monitor.tools.replay import EventFactory, ItemBurst, Scenario, serving_traffic, timeline_steps  # noqa: E402
 
 log = logging.getLogger("bench.detection")
 
 EVENTS_PER_SECOND = 1_000  # the rate delays are converted at
 TRAFFIC_SEED_BASE = 1000  # update i of every family replays traffic seed TRAFFIC_SEED_BASE + i
 TRAFFICS = ("serving", "time_order")
+TRAFFIC = "traffic"  # the kind of a traffic family's row
+
+
+@dataclasses.dataclass(frozen=True)
+class TrafficFamily:
+    """A traffic change on a base model (``reseed``: while a re-seed update is in flight)."""
+
+    name: str
+    reseed: bool
+    simulates: str
+    kind: str = TRAFFIC
+    recipe: str = "base"
+
+
+TRAFFIC_FAMILIES: tuple[TrafficFamily, ...] = (
+    TrafficFamily("item_burst", False, "one cohort's users all watch the same 3 titles (traffic, one model)"),
+    TrafficFamily("item_burst_reseed", True, "the same burst from the moment a re-seed update starts"),
+)
 
 
 # -- twin judges (used by bench/calibration.py): a second config fed the very same values ------------
@@ -429,6 +460,7 @@ def judge_update(family: UpdateFamily, replay: Replay, served: dict[str, ServedM
     detections.update(others)
     max_score: dict[str, float] = {}
     within_raised: set = set()
+    items_raised: set = set()
     paired_share: list[float] = []
     agreements: list[float] = []
     for round_ in replay.rounds:
@@ -437,6 +469,8 @@ def judge_update(family: UpdateFamily, replay: Replay, served: dict[str, ServedM
                 max_score[r.key.statistic] = max(max_score.get(r.key.statistic, 0.0), r.score)
         within_raised |= {(v.model_version[-6:], v.dimension, v.cohort) for v in round_.report.cohorts
                           if v.kind == WITHIN_VERSION and v.drifting}
+        items_raised |= {(i.kind, i.key.dimension, i.key.cohort, i.layer) for i in round_.report.items
+                         if i.drifting and i.key.model_version == replay.new}
         paired_share += [r.fraction_above for r in round_.paired.results if r.key.dimension == "all"]
         agreements += [r.agreement for r in round_.paired.results if r.agreement is not None]
     detail = {
@@ -444,6 +478,7 @@ def judge_update(family: UpdateFamily, replay: Replay, served: dict[str, ServedM
         "windows_count_mismatch": mismatched,
         "max_score": max_score,
         "within_raised": sorted(within_raised),
+        "items_raised": sorted(items_raised),
         "paired_share_all_max": max(paired_share, default=float("nan")),
         # lowest per-event agreement any cohort showed (monitor.drift.agreement; NaN: never judged)
         "paired_agreement_min": min(agreements, default=float("nan")),
@@ -453,6 +488,44 @@ def judge_update(family: UpdateFamily, replay: Replay, served: dict[str, ServedM
     return Outcome(family.name, family.kind, replay.previous, replay.new, seed, detections, detail)
 
 
+# -- a traffic change ----------------------------------------------------------------------------------
+
+
+def replay_traffic(root: Path, data: Interactions, served: dict[str, ServedModel], family: TrafficFamily,
+                   previous: str, new: str, *, before: int, after: int, judge_every: int, seed: int) -> Outcome:
+    """One item burst from event ``before`` on (and the re-seed update there, for a reseed family):
+    attnmon's first item verdict for the burst cohort and first paired model-caused verdict."""
+    burst = ItemBurst(DEFAULT_BURST["field"], DEFAULT_BURST["value"], VIRAL_ITEMS, before, DEFAULT_BURST["share"])
+    versions = ((0, previous), (before, new)) if family.reseed else ((0, previous),)
+    models = {v: served[v].checkpoint.model for _, v in versions}
+    factory = EventFactory(serving_traffic(data, seed), models, Scenario(versions, burst=burst), seed=seed,
+                           batch=250, recommend=False)
+    run = ScenarioRun(root, seed=seed)
+    judged = new if family.reseed else previous
+    cohort = paired = None
+    cohort_events = 0  # the burst cohort's events judged since the burst
+    items_raised: set = set()
+    kinds: set = set()
+    for round_ in run.run(factory, before + after, judge_every=judge_every):
+        since = round_.events - before
+        mine = [i for i in round_.report.items if (i.key.dimension, i.key.cohort) == (burst.field, burst.value)
+                and i.key.model_version == judged]
+        cohort_events += sum(i.samples for i in mine if i.layer == 0) if since > 0 else 0
+        items_raised |= {(i.kind, i.key.dimension, i.key.cohort, i.layer) for i in round_.report.items
+                         if i.drifting and i.key.model_version == judged}
+        if since > 0 and cohort is None and any(i.drifting for i in mine):
+            cohort = Detection(since, cohort_events)
+            kinds |= {i.kind for i in mine if i.drifting}
+        if family.reseed and paired is None and any(k.new_version == new for k in round_.paired.model_caused):
+            paired = Detection(max(since, 0), cohort_events)
+    run.pipeline.close()
+    detail = {"items_raised": sorted(items_raised), "verdict_kinds": sorted(kinds), "within_raised": [],
+              "windows": 0, "windows_count_mismatch": 0, "max_score": {}, "paired_share_all_max": float("nan"),
+              "evidently_columns_max": 0, "windows_sample": []}
+    return Outcome(family.name, family.kind, previous, new, seed, {"cohort": cohort, "paired": paired,
+                                                                    "either": cohort}, detail)
+
+
 # -- the report -------------------------------------------------------------------------------------
 
 
@@ -460,12 +533,16 @@ def _median(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
-def family_figures(family: UpdateFamily, outcomes: list[Outcome], models: FamilyModels) -> dict:
+def family_figures(family: UpdateFamily | TrafficFamily, outcomes: list[Outcome], models: FamilyModels) -> dict:
     """The headline figures of one family (the JSON line's entry)."""
     n = len(outcomes)
     figures: dict = {"kind": family.kind, "updates": n, "models": len(models.models), "recipe": family.recipe,
-                     "simulates": family.simulates}
+                     "simulates": family.simulates,
+                     "items_flagged": sum(bool(o.detail["items_raised"]) for o in outcomes)}
     for method in METHODS:
+        if any(method not in o.detections for o in outcomes):  # not run for this family
+            figures[f"{method}_flagged"] = figures[f"{method}_rate"] = figures[f"{method}_median_delay_events"] = None
+            continue
         hits = [o.detections[method] for o in outcomes if o.detections[method] is not None]
         figures[f"{method}_flagged"] = len(hits)
         figures[f"{method}_rate"] = round(len(hits) / n, 3) if n else None
@@ -485,26 +562,30 @@ def family_figures(family: UpdateFamily, outcomes: list[Outcome], models: Family
 def table(figures: dict[str, dict]) -> str:
     """One row per family: flagged share per method (TPR for harmful, FPR for benign) and the delay."""
     head = (f"{'family':<17} {'kind':<8} {'upd':>3}  " + "  ".join(f"{m:>11}" for m in METHODS)
-            + f"  {'delay events':>12} {'s@1k/s':>7} {'cohort ev':>9}")
+            + f"  {'delay events':>12} {'s@1k/s':>7} {'cohort ev':>9}  {'items':>6}")
     lines = [head, "-" * len(head)]
     for name, f in figures.items():
-        cells = "  ".join(f"{f[f'{m}_flagged']:>3}/{f['updates']:<2} {100 * (f[f'{m}_rate'] or 0):>4.0f}%"
+        cells = "  ".join(f"{'-':>11}" if f[f"{m}_flagged"] is None else
+                          f"{f[f'{m}_flagged']:>3}/{f['updates']:<2} {100 * (f[f'{m}_rate'] or 0):>4.0f}%"
                           for m in METHODS)
         delay = "-" if f["median_delay_events"] is None else f"{f['median_delay_events']:.0f}"
         seconds = "-" if f["median_delay_s"] is None else f"{f['median_delay_s']:.1f}"
         cohort = "-" if f["median_delay_cohort_events"] is None else f"{f['median_delay_cohort_events']:.0f}"
-        lines.append(f"{name:<17} {f['kind']:<8} {f['updates']:>3}  {cells}  {delay:>12} {seconds:>7} {cohort:>9}")
+        lines.append(f"{name:<17} {f['kind']:<8} {f['updates']:>3}  {cells}  {delay:>12} {seconds:>7} {cohort:>9}"
+                     f"  {f['items_flagged']:>3}/{f['updates']:<2}")
     return "\n".join(lines)
 
 
 def totals(figures: dict[str, dict]) -> dict[str, dict]:
-    """Pooled rates per kind: TPR over the harmful families, FPR over the benign ones."""
+    """Pooled rates per kind: TPR over the harmful families, FPR over the benign ones, and the
+    traffic families' item verdict (TPR) and paired confirmation (which must stay 0)."""
     out = {}
-    for kind in (HARMFUL, BENIGN):
+    for kind in (HARMFUL, BENIGN, TRAFFIC):
         rows = [f for f in figures.values() if f["kind"] == kind]
         updates = sum(f["updates"] for f in rows)
         out[kind] = {"updates": updates, **{
-            m: round(sum(f[f"{m}_flagged"] for f in rows) / updates, 3) if updates else None for m in METHODS}}
+            m: round(sum(f[f"{m}_flagged"] for f in rows) / updates, 3)
+            if updates and all(f[f"{m}_flagged"] is not None for f in rows) else None for m in METHODS}}
     return out
 
 
@@ -514,8 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-models", type=int, default=3, help="base models (seeds 0..n-1), the previous versions")
     parser.add_argument("--models", type=int, default=3, help="trained models per update family (seeds 0..n-1)")
     parser.add_argument("--updates", type=int, default=10, help="updates per family")
-    parser.add_argument("--families", nargs="+", default=[f.name for f in UPDATE_FAMILIES],
-                        choices=[f.name for f in UPDATE_FAMILIES])
+    parser.add_argument("--families", nargs="+", default=[f.name for f in UPDATE_FAMILIES + TRAFFIC_FAMILIES],
+                        choices=[f.name for f in UPDATE_FAMILIES + TRAFFIC_FAMILIES])
     parser.add_argument("--traffic", choices=TRAFFICS, default="serving")
     parser.add_argument("--before", type=int, default=12_000, help="events of the previous version")
     parser.add_argument("--after", type=int, default=6_000, help="events of the new version")
@@ -529,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
         args.check_evidently = min(args.check_evidently, 4)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore")
-    families = [f for f in UPDATE_FAMILIES if f.name in args.families]
+    families: list[UpdateFamily | TrafficFamily] = [f for f in UPDATE_FAMILIES + TRAFFIC_FAMILIES
+                                                    if f.name in args.families]
 
     data = load_movielens()
     started = time.perf_counter()
@@ -551,6 +633,16 @@ def main(argv: list[str] | None = None) -> int:
         for index, (previous, new) in enumerate(updates):
             seed = TRAFFIC_SEED_BASE + index
             t0 = time.perf_counter()
+            if isinstance(family, TrafficFamily):
+                outcome = replay_traffic(args.root, data, served, family, previous, new, before=args.before,
+                                         after=args.after, judge_every=args.judge_every, seed=seed)
+                outcomes[family.name].append(outcome)
+                print(f"  {family.name:<16} {previous[-6:]}" + (f" -> {new[-6:]}" if family.reseed else "")
+                      + f" seed {seed}: " + " ".join(
+                          f"{m}={d.events if d else '-'}" for m, d in outcome.detections.items())
+                      + f"; item verdicts {outcome.detail['items_raised']} [{time.perf_counter() - t0:.0f}s]",
+                      flush=True)
+                continue
             replay = replay_update(args.root, data, served, previous, new, before=args.before, after=args.after,
                                    judge_every=args.judge_every, seed=seed, traffic=args.traffic)
             outcome = judge_update(family, replay, served, seed, reference_events)
@@ -560,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
                   + " ".join(f"{m}={outcome.detections[m].events if outcome.detections[m] else '-'}" for m in METHODS)
                   + f"; windows {d['windows']} (count mismatches {d['windows_count_mismatch']}), max update score "
                   + " ".join(f"{s[:6]}={v:.2f}" for s, v in sorted(d["max_score"].items()))
-                  + f", within-version raised {len(d['within_raised'])}"
+                  + f", within-version raised {len(d['within_raised'])}, item verdicts {d['items_raised']}"
                   + f", paired share>cut (all) max {d['paired_share_all_max']:.2f}"
                   + f", agreement min {d['paired_agreement_min']:.2f}"
                   + f" [{time.perf_counter() - t0:.0f}s]", flush=True)

@@ -80,6 +80,10 @@ class RunOutcome:
     raw_significant: int = 0  # series windows with an unadjusted p-value <= alpha (calibration: ~alpha of them)
     drifting: set = dataclasses.field(default_factory=set)  # (kind, dimension, cohort) ever drifting
     max_score: float = 0.0  # largest score of any flagged window (0: none)
+    item_judged: int = 0  # (cohort, layer) attention-mass-per-item windows judged
+    item_flagged: int = 0  # ... flagged (narrowed: significant, large enough, share up)
+    item_drifting: set = dataclasses.field(default_factory=set)  # (kind, dimension, cohort, layer) ever narrowed
+    item_min_p: float = 1.0  # smallest adjusted p-value of any item window
 
 
 def replay(root: Path, factory: EventFactory, events: int, judge_every: int, config: JudgeConfig,
@@ -96,6 +100,10 @@ def replay(root: Path, factory: EventFactory, events: int, judge_every: int, con
         out.flagged_rounds += report.flagged > 0
         out.max_score = max([out.max_score] + [r.score for r in report.results if r.flagged])
         out.drifting |= {(v.kind, v.dimension, v.cohort) for v in report.cohorts if v.drifting}
+        out.item_judged += len(report.items)
+        out.item_flagged += sum(i.flagged for i in report.items)
+        out.item_drifting |= {(i.kind, i.key.dimension, i.key.cohort, i.layer) for i in report.items if i.drifting}
+        out.item_min_p = min([out.item_min_p] + [i.p_adjusted for i in report.items])
     run.pipeline.close()
     return out
 
@@ -157,6 +165,10 @@ def summarise(outcomes: list[RunOutcome], events: int, judge_every: int) -> dict
         "raw_p_below_alpha": round(sum(o.raw_significant for o in outcomes) / max(1, sum(o.judged for o in outcomes)), 5),
         "drifting_cohorts": sorted({f"{d}={c}" for o in outcomes for _, d, c in o.drifting}),
         "max_flagged_score": round(max((o.max_score for o in outcomes), default=0.0), 3),
+        "item_windows": sum(o.item_judged for o in outcomes),
+        "item_flagged_windows": sum(o.item_flagged for o in outcomes),
+        "runs_with_items_narrowed": sum(bool(o.item_drifting) for o in outcomes),
+        "item_min_p_adjusted": min((o.item_min_p for o in outcomes), default=1.0),
         "events_per_run": events,
         "judge_every": judge_every,
     }
@@ -219,28 +231,34 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             outcome = replay(args.root, factory, events, judge_every, config, seed)
             outcomes.append(outcome)
-            if outcome.drifting or outcome.flagged:
+            if outcome.drifting or outcome.flagged or outcome.item_flagged:
                 print(f"  {shape} run {index}: {outcome.flagged} flagged windows in {outcome.flagged_rounds} rounds, "
-                      f"drifting {sorted(outcome.drifting)}", flush=True)
+                      f"drifting {sorted(outcome.drifting)}; item windows flagged {outcome.item_flagged}, "
+                      f"narrowed {sorted(outcome.item_drifting)}", flush=True)
         shapes[shape] = with_targets(summarise(outcomes, events, judge_every), config.alpha)
         print(f"  {shape}: {len(outcomes)} runs in {time.perf_counter() - t0:.0f}s", flush=True)
 
     print()
     header = (f"{'shape':<12} {'runs':>5} {'events/run':>10} {'every':>6} {'rounds':>7} {'judged':>7} "
-              f"{'windows':>8} {'flagged':>8} {'rate':>7} {'drifting runs':>14}")
+              f"{'windows':>8} {'flagged':>8} {'rate':>7} {'drifting runs':>14} {'item win':>8} {'flagged':>7} "
+              f"{'narrowed runs':>13}")
     print(header)
     for shape, s in shapes.items():
         print(f"{shape:<12} {s['runs']:>5} {s['events_per_run']:>10} {s['judge_every']:>6} {s['rounds']:>7} "
               f"{s['judged_rounds']:>7} {s['judged_windows']:>8} {s['flagged_rounds']:>8} "
-              f"{s['flagged_round_rate']:>7.4f} {s['runs_with_drift']:>8}/{s['runs']:<5}")
+              f"{s['flagged_round_rate']:>7.4f} {s['runs_with_drift']:>8}/{s['runs']:<5} {s['item_windows']:>8} "
+              f"{s['item_flagged_windows']:>7} {s['runs_with_items_narrowed']:>7}/{s['runs']:<5}")
     print("(rounds: judge calls; judged: rounds that judged any window; windows: series windows judged; "
-          "flagged: rounds with any flag; rate: flagged / judged rounds)")
+          "flagged: rounds with any flag; rate: flagged / judged rounds; item win / flagged: attention mass per "
+          "item windows judged / flagged; narrowed runs: runs with an item verdict raised)")
     total = {
         "runs": sum(s["runs"] for s in shapes.values()),
         "runs_with_drift": sum(s["runs_with_drift"] for s in shapes.values()),
         "rounds": sum(s["rounds"] for s in shapes.values()),
         "judged_rounds": sum(s["judged_rounds"] for s in shapes.values()),
         "flagged_rounds": sum(s["flagged_rounds"] for s in shapes.values()),
+        "item_flagged_windows": sum(s["item_flagged_windows"] for s in shapes.values()),
+        "runs_with_items_narrowed": sum(s["runs_with_items_narrowed"] for s in shapes.values()),
         "alpha": config.alpha,
         "config": {k: v for k, v in dataclasses.asdict(config).items()
                    if k in ("reference_events", "reference_users", "reference_seconds", "min_samples", "min_users",

@@ -43,6 +43,9 @@ model does. Serving traffic interleaves many concurrent users. ``serving_traffic
 re-times the timelines so that events interleave users and the stream is stationary
 (each user starts at a random phase of their own timeline and wraps once), which is
 the traffic the scenarios replay; the drift they contain is then the drift they inject.
+Scenarios: a benign or harmful update, a cohort shift towards a genre, and an item burst
+(``item_burst``: one cohort's users all watch ``VIRAL_ITEMS``; ``item_burst_during_update``:
+the same while a re-seed update is in flight).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ from monitor.export.metrics import AgentMetrics
 from monitor.drift.paired import PairedComparison, PairedConfig, PairedReport
 from monitor.stream.pipeline import Pipeline, PipelineConfig
 from monitor.attention.registry import ModelRegistry
-from monitor.tools.replay import PLATFORMS, REGIONS, CohortShift, EventFactory, Scenario, serving_traffic
+from monitor.tools.replay import PLATFORMS, REGIONS, CohortShift, EventFactory, ItemBurst, Scenario, serving_traffic
 
 log = logging.getLogger(__name__)
 
@@ -378,10 +381,43 @@ def cohort_shift(
                     shift=CohortShift(field=field, value=value, genre=genre, start=start, strength=strength))
 
 
+# A viral trio of 2014-15 releases, each in well under 1 % of the timelines' events (25-31 ratings
+# of 100,836): what one cohort's users suddenly all watch in ``item_burst``.
+VIRAL_ITEMS = (134130, 122882, 115617)  # The Martian, Mad Max: Fury Road, Big Hero 6
+DEFAULT_BURST = {"field": "platform", "value": "android", "share": 1.0}
+
+
+def item_burst(
+    versions: Mapping[str, str],
+    *,
+    start: int = DEFAULT_UPDATE_AT,
+    field: str = DEFAULT_BURST["field"],
+    value: str = DEFAULT_BURST["value"],
+    items: Sequence[int] = VIRAL_ITEMS,
+    share: float = DEFAULT_BURST["share"],
+) -> Scenario:
+    """One version throughout; from event ``start`` the (field=value) cohort's users all watch
+    ``items``: a ``share`` of its events end their history with them (traffic, not the model)."""
+    return Scenario(versions=((0, versions["base"]),),
+                    burst=ItemBurst(field=field, value=value, items=tuple(items), start=start, share=share))
+
+
+def item_burst_during_update(versions: Mapping[str, str], *, at: int = DEFAULT_UPDATE_AT,
+                             share: float = DEFAULT_BURST["share"]) -> Scenario:
+    """A benign update (a re-seed) at event ``at``, and from the same event the item burst of
+    ``item_burst``: the traffic narrows while the new version's own baselines still collect, so
+    it is judged against the previous version's recent traffic (kind model_update) and only the
+    paired comparison, both versions on the same events, can say the model did not cause it."""
+    burst = item_burst(versions, start=at, share=share).burst
+    return dataclasses.replace(benign_update(versions, at=at), burst=burst)
+
+
 _BUILDERS: dict[str, Callable[..., Scenario]] = {
     "benign_update": benign_update,
     "harmful_update": harmful_update,
     "cohort_shift": cohort_shift,
+    "item_burst": item_burst,
+    "item_burst_during_update": item_burst_during_update,
 }
 
 
@@ -394,8 +430,8 @@ def build_scenario(name: str, versions: Mapping[str, str], *, at: int = DEFAULT_
     """The named scenario over role -> version (``train_scenario_models``); ``at``: update / shift start."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown scenario {name!r}; known: {', '.join(scenario_names())}")
-    if name == "cohort_shift":
-        return cohort_shift(versions, start=at)
+    if name in ("cohort_shift", "item_burst"):
+        return _BUILDERS[name](versions, start=at)
     return _BUILDERS[name](versions, at=at)
 
 

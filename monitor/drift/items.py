@@ -122,6 +122,29 @@ class Attended:
         object.__setattr__(self, "_halved", (halves, ids, codes))
         return ids, codes
 
+    def on_watched(self, rows: np.ndarray, watched: list[list[np.ndarray]], events: int) -> np.ndarray:
+        """Each event's mass on the items it watches ``[B, layers]``: ``rows`` [B] the entry of
+        ``watched`` (per layer, raw item ids) an event's cohort and half watch, -1 for none.
+        One lookup table over the batch's own items, one gather and a ``bincount`` per layer
+        (``concentration.watched`` tests the sums per group of users)."""
+        present: np.ndarray = self._present  # type: ignore[attr-defined]
+        local: np.ndarray = self._local  # type: ignore[attr-defined]
+        layers = self.mass.shape[1]
+        table = np.zeros((len(watched), layers, present.size), dtype=bool)
+        for row, per_layer in enumerate(watched):
+            for layer, ids in enumerate(per_layer):
+                at = np.searchsorted(present, ids)
+                at = at[at < present.size]
+                table[row, layer, at[np.isin(present[at], ids)]] = True
+        entry_row = np.asarray(rows, dtype=np.intp)[self.event]
+        on = entry_row >= 0
+        event, row, code, mass = self.event[on], entry_row[on], local[on], self.mass[on]
+        out = np.zeros((events, layers))
+        for layer in range(layers):
+            hit = table[row, layer, code]
+            out[:, layer] = np.bincount(event[hit], weights=mass[hit, layer], minlength=events)
+        return out
+
     def of_events(self, members: np.ndarray, halves: np.ndarray | None = None) -> ItemMass:
         """The mass per item of the events where ``members`` [B] (bool) holds."""
         return self.by_cohort(np.asarray(members, dtype=np.int64), 2, halves)[1]

@@ -41,6 +41,9 @@ in the same round, the same BH family and with the same hysteresis, as one more 
 per (cohort, layer): ``JudgeReport.items``. Such a series is flagged when its adjusted
 p-value is <= ``alpha``, its JS distance over the two cells >= ``item_min_effect``, and
 its cross-fitted top-``item_top_k`` share is above the reference's (attention narrowed).
+A judged window also leaves each half of its users' top items to the cohort, which the next
+window's events of the *other* half watch as they are folded, summed per random group of
+users: the second, more powerful test of ``concentration.watched``.
 
 Model updates. ``start_update(new, previous, at)`` freezes the previous version's
 *recent* traffic of every cohort (``monitor.drift.recent``: its last one to two
@@ -82,7 +85,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from monitor.drift.baseline import BaselineStore, CohortKey, ReferenceRule, SeriesKey
-from monitor.drift.concentration import Comparison, ItemResult, Side, compare
+from monitor.drift.concentration import Comparison, ItemResult, Side, combine, compare, watched
 from monitor.drift.divergence import chi2_homogeneity, js_distance, psi
 from monitor.drift.histogram import Histogram
 from monitor.drift.items import Attended, ItemMass, split_halves
@@ -256,7 +259,8 @@ class Update:
 class _Cohort:
     """Per-cohort state: the series, the window, the recent traffic, one hysteresis per series and kind."""
 
-    __slots__ = ("series", "window", "recent", "within", "update", "items_within", "items_update")
+    __slots__ = ("series", "window", "recent", "within", "update", "items_within", "items_update", "watch",
+                 "watch_mass")
 
     def __init__(self, series: tuple[tuple[str, int], ...], shape: tuple[int, int, int]) -> None:
         self.series = series
@@ -266,6 +270,14 @@ class _Cohort:
         self.update: list[Hysteresis | None] = [None] * len(series)
         self.items_within: dict[int, Hysteresis] = {}  # layer -> verdict on the attention mass per item
         self.items_update: dict[int, Hysteresis] = {}
+        # layer -> (ids half 0's events watch, half 1's): the other half's top items of the last
+        # judged window; and the window's mass on them per user group [groups, layers + 1 (events)]
+        self.watch: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.watch_mass: np.ndarray | None = None
+
+    def reset_window(self) -> None:
+        self.window.reset()
+        self.watch_mass = None
 
 
 class _Part(NamedTuple):
@@ -278,6 +290,7 @@ class _Part(NamedTuple):
     nan: int
     clipped: int
     items: ItemMass | None = None  # mass per item: (ids [d], mass [d, layers])
+    watch: np.ndarray | None = None  # [user groups, layers + 1]: mass on the watched items, then events
 
 
 @dataclass
@@ -295,6 +308,14 @@ class _Pending:
     reference_version: str
     window_sample: Sample | None = None  # for the attention mass per item
     reference_sample: Sample | None = None
+
+
+def _group_sums(x: np.ndarray, groups: np.ndarray, cohorts: np.ndarray, n: int) -> np.ndarray:
+    """Per cohort and user group, the events' watched mass and their count ``[n, groups, layers + 1]``."""
+    key = np.asarray(cohorts, dtype=np.intp) * USER_GROUPS + groups
+    columns = [np.bincount(key, weights=x[:, layer], minlength=n * USER_GROUPS) for layer in range(x.shape[1])]
+    columns.append(np.bincount(key, minlength=n * USER_GROUPS).astype(np.float64))
+    return np.stack(columns, axis=1).reshape(n, USER_GROUPS, -1)
 
 
 def _half_events(sample: Sample) -> tuple[float, float]:
@@ -373,14 +394,37 @@ class Judge:
         shape = (len(series), len(self.strata), c.bins)
         halves = self._halves(groups)  # two random halves of the users (the test cross-fits them)
         items = attended.by_cohort(cohorts, len(present), halves) if attended is not None else [None] * len(present)
+        keys = [CohortKey(version, dimension, labels[code]) for code in present.tolist()]
+        watch_x, watch = self._watched(keys, cohorts, groups, halves, attended, batch)
         outcomes = {}
-        for i, code in enumerate(present.tolist()):
-            key = CohortKey(version, dimension, labels[code])
+        for i, key in enumerate(keys):
             part = _Part(binned.counts[i], binned.by_group[i], counters[i], int(binned.events[i]),
-                         int(binned.nan[i]), int(binned.clipped[i]), items[i])
+                         int(binned.nan[i]), int(binned.clipped[i]), items[i], watch[i])
             outcomes[key.cohort] = self._observe_cohort(key, series, shape, part, cohorts == i, flat, strata, users,
-                                                        attended)
+                                                        attended, watch_x, groups)
         return outcomes
+
+    def _watched(self, keys: list[CohortKey], cohorts: np.ndarray, groups: np.ndarray, halves: np.ndarray,
+                 attended: Attended | None, batch: int) -> tuple[np.ndarray | None, list[np.ndarray | None]]:
+        """Each event's mass on the items its cohort's other half put on top in the last judged
+        window ``[B, layers]`` (None when no cohort of the batch watches any), and each cohort's
+        sums per user group ``[groups, layers + 1]`` (the last column: events)."""
+        rows = np.full((len(keys), 2), -1, dtype=np.intp)
+        sets: list[list[np.ndarray]] = []
+        for i, key in enumerate(keys):
+            cohort = self._cohorts.get(key)
+            if attended is None or cohort is None or not cohort.watch:
+                continue
+            layers = range(attended.mass.shape[1])
+            empty = np.zeros(0, dtype=np.int64)
+            for half in (0, 1):
+                rows[i, half] = len(sets)
+                sets.append([cohort.watch[layer][half] if layer in cohort.watch else empty for layer in layers])
+        if not sets or attended is None:
+            return None, [None] * len(keys)
+        x = attended.on_watched(rows[cohorts, halves], sets, batch)
+        sums = _group_sums(x, groups, cohorts, len(keys))
+        return x, [sums[i] if rows[i, 0] >= 0 else None for i in range(len(keys))]
 
     def _halves(self, groups: np.ndarray) -> np.ndarray:
         """The parity of each event's user group, one array per batch (every dimension reuses it)."""
@@ -402,7 +446,8 @@ class Judge:
 
     def _observe_cohort(self, key: CohortKey, series: tuple[tuple[str, int], ...], shape: tuple[int, int, int],
                         part: _Part, members: np.ndarray, flat: np.ndarray, strata: np.ndarray,
-                        users: np.ndarray, attended: Attended | None = None) -> str:
+                        users: np.ndarray, attended: Attended | None = None, watch_x: np.ndarray | None = None,
+                        groups: np.ndarray | None = None) -> str:
         """One cohort's share of a batch: to its window, its baseline, or split between them."""
         events = part.events
         cohort = self._cohorts.get(key)
@@ -428,19 +473,22 @@ class Judge:
             first, rest = rows[:taken], rows[taken:]
             halves = user_groups(users, USER_GROUPS) & 1
             rest_part = self._part(shape, flat[rest], strata[rest], users[rest], attended, rest, halves)
+            if part.watch is not None and watch_x is not None and groups is not None:
+                rest_part = rest_part._replace(watch=_group_sums(watch_x[rest], groups[rest],
+                                                                 np.zeros(rest.size, dtype=np.intp), 1)[0])
             baseline.sample.add(*self._part(shape, flat[first], strata[first], users[first], attended, first,
-                                            halves))
+                                            halves)[:7])
             if self._store.settle(key, self._clock):
                 self.counts["baseline_events"] += taken
-                cohort.window.reset()  # the window restarts with the first events after the reference
+                cohort.reset_window()  # the window restarts with the first events after the reference
                 return self._to_window(cohort, rest_part, "baseline+window")
             # Heavy users among the first events left the effective users short: keep collecting.
-            baseline.sample.add(*rest_part)
+            baseline.sample.add(*rest_part[:7])
         else:
-            baseline.sample.add(*part)
+            baseline.sample.add(*part[:7])
         self.counts["baseline_events"] += events
         if self._store.settle(key, self._clock):
-            cohort.window.reset()
+            cohort.reset_window()
             return "baseline"
         if key.model_version in self._updates:  # judged against the previous version meanwhile
             return self._to_window(cohort, part, "baseline+window")
@@ -466,7 +514,9 @@ class Judge:
                      int(binned.clipped[0]), items)
 
     def _to_window(self, cohort: _Cohort, part: _Part, outcome: str = "window") -> str:
-        cohort.window.add(*part)
+        cohort.window.add(*part[:7])
+        if part.watch is not None:
+            cohort.watch_mass = part.watch.copy() if cohort.watch_mass is None else cohort.watch_mass + part.watch
         self.counts["window_events"] += part.events
         return outcome
 
@@ -573,7 +623,7 @@ class Judge:
         self._round += 1
         for key in self._store.freeze_due(clock):
             if key in self._cohorts:
-                self._cohorts[key].window.reset()
+                self._cohorts[key].reset_window()
 
         pending: list[_Pending] = []
         insufficient = no_reference = 0
@@ -585,7 +635,7 @@ class Judge:
                 if full:
                     no_reference += len(cohort.series)
                     cohort.recent.add(window, clock, rule)
-                    window.reset()
+                    cohort.reset_window()
                 continue
             if not full:
                 insufficient += len(cohort.series)
@@ -599,7 +649,7 @@ class Judge:
         results, items, unmatched = self._judge_pending(pending)
         for p in pending:
             p.cohort.recent.add(p.cohort.window, clock, rule)
-            p.cohort.window.reset()
+            p.cohort.reset_window()
         self.counts["unmatched_events"] += unmatched
         cohorts = self._roll_up()
         drifting = sum(1 for key, cohort in self._cohorts.items() for h in self._active_trackers(key, cohort)
@@ -718,20 +768,40 @@ class Judge:
         references: list[Side] = []
         design: list[float] = []
         reference_design: list[float] = []
+        watch_rows: list[int] = []  # rows the watched-items test judges too, and its inputs
+        watch_in: list[tuple[np.ndarray, np.ndarray, np.ndarray, float, float]] = []
         for p_ in pending:
             window, reference = p_.window_sample, p_.reference_sample
             if window is None or reference is None or window.items is None or reference.items is None:
                 continue
             w_whole, *w_halves = split_halves(window.items, _half_events(window))
             r_whole, *r_halves = split_halves(reference.items, _half_events(reference))
+            cohort = p_.cohort
+            mass = cohort.watch_mass
+            # Watched only if every event of the window was (sets of the last judged window).
+            complete = mass is not None and int(round(mass[:, -1].sum())) == window.events
             for layer in range(min(window.items.layers, reference.items.layers)):
+                if complete and layer in cohort.watch and mass is not None:
+                    r_total = max(r_whole.mass_total(layer), 1e-12)
+                    shares = np.array([r_whole.estimate(ids, layer).sum() / r_total for ids in cohort.watch[layer]])
+                    watch_rows.append(len(rows))
+                    watch_in.append((mass[:, layer], mass[:, -1], shares, r_whole.mass_total(layer),
+                                     float(p_.reference_design.max())))
                 rows.append((p_, layer))
                 windows.append(Side(w_whole, (w_halves[0], w_halves[1]), layer))
                 references.append(Side(r_whole, (r_halves[0], r_halves[1]), layer))
                 design.append(float(p_.window_design.max()))  # computed for the statistics already
                 reference_design.append(float(p_.reference_design.max()))
-        return rows, compare(windows, references, np.array(design), np.array(reference_design),
+        comparison = compare(windows, references, np.array(design), np.array(reference_design),
                              top_k=self.config.item_top_k, min_expected=self.config.min_expected)
+        if watch_in:
+            test = watched(np.stack([w[0] for w in watch_in]), np.stack([w[1] for w in watch_in]),
+                           np.stack([w[2] for w in watch_in]), np.array([w[3] for w in watch_in]),
+                           np.array([w[4] for w in watch_in]))
+            comparison = combine(comparison, test, np.array(watch_rows, dtype=np.intp))
+        for k, (p_, layer) in enumerate(rows):  # what the cohort's next window watches
+            p_.cohort.watch[layer] = comparison.watch_next[k]
+        return rows, comparison
 
     def _item_results(self, rows: list[tuple[_Pending, int]], comparison: Comparison,
                       p_adj: np.ndarray) -> tuple[ItemResult, ...]:
@@ -815,7 +885,9 @@ class Judge:
                                   "recent": cohort.recent.to_state(), "within": trackers(cohort.within),
                                   "update": trackers(cohort.update),
                                   "items_within": {str(k): h.to_state() for k, h in cohort.items_within.items()},
-                                  "items_update": {str(k): h.to_state() for k, h in cohort.items_update.items()}}]
+                                  "items_update": {str(k): h.to_state() for k, h in cohort.items_update.items()},
+                                  "watch": {str(k): [a.tolist(), b.tolist()] for k, (a, b) in cohort.watch.items()},
+                                  "watch_mass": None if cohort.watch_mass is None else cohort.watch_mass.tolist()}]
                 for key, cohort in self._cohorts.items()
             ],
             "updates": {
@@ -864,6 +936,10 @@ class Judge:
             for name in ("items_within", "items_update"):  # absent in states from before item mass
                 setattr(cohort, name, {int(k): Hysteresis.from_state(h, config.raise_after, config.clear_after)
                                        for k, h in s.get(name, {}).items()})
+            # Absent in states from before the watched-items test: the next judged window sets them.
+            cohort.watch = {int(k): (np.array(a, dtype=np.int64), np.array(b, dtype=np.int64))
+                            for k, (a, b) in s.get("watch", {}).items()}
+            cohort.watch_mass = None if s.get("watch_mass") is None else np.array(s["watch_mass"], dtype=np.float64)
             judge._cohorts[CohortKey.from_state(key_state)] = cohort
             judge._series_count += len(series)
         judge._updates = {

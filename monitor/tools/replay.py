@@ -10,7 +10,10 @@ Scenarios shape the stream:
   that version's recommendations);
 - a **cohort shift**: from event N on, the histories of one cohort move towards one
   genre (each item is swapped, with probability ``strength``, for a random movie of
-  that genre), while the model stays the same.
+  that genre), while the model stays the same;
+- an **item burst**: from event N on, one cohort's users all watch the same few titles (a
+  viral release): a share of that cohort's events end their history with those items, as
+  its most recent ones, while the model stays the same.
 """
 
 from __future__ import annotations
@@ -59,11 +62,32 @@ class CohortShift:
 
 
 @dataclasses.dataclass(frozen=True)
+class ItemBurst:
+    """From event ``start`` on, a ``share`` of the events of (field=value) end their history with
+    ``items`` (raw catalogue ids, the last one the most recent): a viral release that one cohort's
+    users all watch. Each event draws on its own: a user's later events keep the titles on top,
+    as a history re-read at every request would."""
+
+    field: str  # context field, e.g. "platform"
+    value: str  # e.g. "android"
+    items: tuple[int, ...]  # raw catalogue ids appended, oldest first
+    start: int  # event index where the burst begins
+    share: float = 1.0  # probability that an event of the cohort carries the items
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.share <= 1.0:
+            raise ValueError("share must be in (0, 1]")
+        if not self.items:
+            raise ValueError("an item burst needs at least one item")
+
+
+@dataclasses.dataclass(frozen=True)
 class Scenario:
-    """Which version serves from which event index on, and an optional cohort shift."""
+    """Which version serves from which event index on, and an optional cohort shift or item burst."""
 
     versions: tuple[tuple[int, str], ...]  # (first event index, model version), ascending
     shift: CohortShift | None = None
+    burst: ItemBurst | None = None
 
     def __post_init__(self) -> None:
         if not self.versions or self.versions[0][0] != 0:
@@ -116,6 +140,13 @@ class EventFactory:
         self._encoder = msgspec.json.Encoder()
         self._contexts = [context_of(int(u)) for u in data.user_ids]
         self._genre_items = self._items_by_genre()
+        burst = scenario.burst
+        self._burst_items = np.zeros(0, dtype=np.int64)
+        if burst is not None:
+            indices, unknown = data.catalog.to_indices(list(burst.items))
+            if unknown:
+                raise ValueError(f"item burst names items the catalogue lacks: {list(burst.items)}")
+            self._burst_items = indices
 
     def _items_by_genre(self) -> dict[str, np.ndarray]:
         by_genre: dict[str, list[int]] = {}
@@ -140,6 +171,10 @@ class EventFactory:
             if swap.any():
                 history = history.copy()
                 history[swap] = self._rng.choice(self._genre_items[shift.genre], size=int(swap.sum()))
+        burst = self.scenario.burst
+        if (burst is not None and index >= burst.start and self._contexts[user].get(burst.field) == burst.value
+                and self._rng.random() < burst.share):
+            history = np.concatenate([history, self._burst_items])[-self.history_limit:]
         return history
 
     def _make(self, first: int, size: int) -> list[bytes]:

@@ -81,12 +81,18 @@ def test_scenario_models_are_published_with_labels_and_reused(tiny):
 
 def test_scenario_builders(tiny):
     _, versions, _, _ = tiny
-    assert set(scenario_names()) == {"benign_update", "harmful_update", "cohort_shift"}
+    assert set(scenario_names()) == {"benign_update", "harmful_update", "cohort_shift", "item_burst",
+                                     "item_burst_during_update"}
     assert build_scenario("benign_update", versions, at=10).versions == ((0, versions["base"]), (10, versions["benign"]))
     assert build_scenario("harmful_update", versions, at=10).versions == ((0, versions["base"]), (10, versions["harmful"]))
     shift = build_scenario("cohort_shift", versions, at=10)
     assert shift.versions == ((0, versions["base"]),)
     assert (shift.shift.field, shift.shift.value, shift.shift.genre, shift.shift.start) == ("platform", "android", "Horror", 10)
+    burst = build_scenario("item_burst", versions, at=10)
+    assert burst.versions == ((0, versions["base"]),) and burst.shift is None
+    assert (burst.burst.field, burst.burst.value, burst.burst.start, burst.burst.share) == ("platform", "android", 10, 1.0)
+    during = build_scenario("item_burst_during_update", versions, at=10)
+    assert during.versions == ((0, versions["base"]), (10, versions["benign"])) and during.burst.start == 10
     with pytest.raises(ValueError, match="unknown scenario"):
         build_scenario("nope", versions)
 
