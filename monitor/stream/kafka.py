@@ -829,6 +829,30 @@ def partition_count(settings: KafkaSettings, topic: str) -> int:
         admin.close()
 
 
+def scale_parts(settings: KafkaSettings, scale: Any) -> Any:
+    """What a replica (``monitor.stream.replica``) needs from Kafka: the partials and state
+    tables (created compacted if missing), the judge election, and the events topic's
+    partition count. ``scale`` is the ``scale`` settings section."""
+    from monitor.stream.replica import ScaleParts  # replica imports agent (torch): only in replica mode
+
+    ensure_compacted_topic(settings, scale.partials_topic)
+    ensure_compacted_topic(settings, scale.state_topic)
+    ensure_topic(settings, scale.control_topic, 1)
+    partitions = partition_count(settings, settings.topic)
+    if partitions < 1:
+        raise SourceError(f"topic {settings.topic} does not exist: a replica needs its partition count")
+    partials = CompactedTable(settings, scale.partials_topic)
+    state = CompactedTable(settings, scale.state_topic)
+    election = JudgeElection(settings, scale.control_topic, scale.judge_group_id)
+
+    def close() -> None:
+        election.close()
+        partials.close()
+        state.close()
+
+    return ScaleParts(partials=partials, state=state, election=election, partitions=partitions, close=close)
+
+
 # -- administration (tests, replay) --------------------------------------------------
 
 

@@ -59,13 +59,17 @@ class JudgeRole:
     closed windows and writes its state after each step that judged."""
 
     def __init__(self, election: Election, partials: Table, state: Table, partitions: int, width_s: float,
-                 config: JudgeConfig) -> None:
+                 config: JudgeConfig, keep: int | None = None) -> None:
         self._election, self._partials, self._state = election, partials, state
         self._partitions, self._width_s, self._config = partitions, width_s, config
         self.judge: Judge | None = None
         self.rounds: Rounds | None = None
         self._position = 0
-        self.reports: list[JudgeReport] = []  # this term's rounds (the caller exports the last)
+        self._keep = keep
+        self._live: dict[str, tuple[int, int]] = {}  # partial keys read with a value -> (partition, window)
+        self._saved: dict[int, int] = {}  # partition -> last window folded in the saved state
+        self.tombstoned = 0
+        self.reports: list[JudgeReport] = []  # this term's rounds, the last ``keep`` (None: all)
 
     @property
     def judging(self) -> bool:
@@ -84,9 +88,12 @@ class JudgeRole:
         records, self._position = self._partials.read(self._position)
         for key, value in records:
             if value is None:
+                self._live.pop(key, None)
                 continue
             if key.startswith("partial/"):
-                self.rounds.offer(Partial.from_bytes(value))
+                partial = Partial.from_bytes(value)
+                self._live[key] = (partial.partition, partial.window)
+                self.rounds.offer(partial)
             elif key.startswith("progress/"):
                 p = json.loads(value)
                 self.rounds.mark(int(key.split("/")[1]), int(p["sealed"]), bool(p["idle"]))
@@ -95,8 +102,23 @@ class JudgeRole:
             self._state.put("judge", json.dumps({"judge": self.judge.to_state(),
                                                  "rounds": self.rounds.to_state()}).encode())
             self._state.flush()
+            self._saved = dict(self.rounds.folded)
             self.reports += reports
+            if self._keep is not None:
+                del self.reports[: -self._keep]
+        self._tombstone()
         return reports
+
+    def _tombstone(self) -> None:
+        """Delete the partials the saved state has folded (replays included): compaction then
+        drops them, so the partials topic holds only what no judge has folded yet."""
+        done = [k for k, (p, w) in self._live.items() if w <= self._saved.get(p, -1)]
+        for key in done:
+            self._partials.put(key, None)
+            del self._live[key]
+        if done:
+            self._partials.flush()
+            self.tombstoned += len(done)
 
     def _resume(self) -> None:
         records, _ = self._state.read(0)
@@ -110,5 +132,6 @@ class JudgeRole:
             except (StateFormatError, ValueError, KeyError) as error:
                 log.error("judge state not restored (%s): judging starts again from the partials", error)
         self._position = 0
+        self._live, self._saved = {}, dict(self.rounds.folded)
         log.warning("judging from round %d (window %d)", self.rounds.closed + 1 if self.rounds else 0,
                     self.rounds.closed if self.rounds else -1)
