@@ -32,13 +32,14 @@ from concurrent.futures import wait
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from monitor.drift.judge import Judge, JudgeReport
 from monitor.drift.paired import PairedReport
 from monitor.drift.partial import Partial, PartialSink, Partitions
 from monitor.export.drift_rows import DriftRows
 from monitor.export.item_rows import ItemRows
+from monitor.export.metrics import ScaleMetrics
 from monitor.settings import Settings
 from monitor.stream.agent import MAX_QUEUED_BATCHES, Agent
 from monitor.stream.events import Event
@@ -76,15 +77,7 @@ class Replica(Agent):
         self._next: dict[int, int] = {}  # partition -> the offset after the last record folded
         self._last_record: dict[int, float] = {}  # partition -> monotonic time of its last record
         self._idle: set[int] = set()  # partitions whose idle progress is published
-        self.judging = Gauge("attnmon_scale_judge", "1 while this replica is the elected judge (scale.mode replica).",
-                             registry=self.registry)
-        self.closed_window = Gauge(
-            "attnmon_scale_closed_window",
-            "The last event-time window the elected judge has merged and judged (window start = value x judge_s); "
-            "exported by the judge only.", registry=self.registry)
-        self.partials_published = Gauge(
-            "attnmon_scale_partials_published", "Sealed partials this replica has published since it started.",
-            registry=self.registry)
+        self.scale_metrics = ScaleMetrics(self.registry)
 
     # -- the hooks of Agent -----------------------------------------------------------------
     def _new_judge(self) -> Judge:
@@ -168,7 +161,7 @@ class Replica(Agent):
             watermark, next_offset = self.partitions.sealed(partition), self._next.get(partition, next_offset)
         self.sink.flush()  # the dead letters of the sealed events first: the next owner starts after them
         publish(self._scale.partials, sealed, partition, watermark, next_offset, idle=idle)
-        self.partials_published.inc(len(sealed))
+        self.scale_metrics.partials_published.inc(len(sealed))
 
     def _seal_idle(self, partitions: list[int]) -> None:
         for p in partitions:
@@ -228,11 +221,11 @@ class Replica(Agent):
     def _judge_step(self) -> None:
         was = self.role.judging
         reports = self.role.step(50)
-        self.judging.set(1.0 if self.role.judging else 0.0)
+        self.scale_metrics.judging.set(1.0 if self.role.judging else 0.0)
         if was and not self.role.judging:
             self._rows = {}
             self._judge_rows, self._judge_item_rows = DriftRows(), ItemRows(self.settings.pipeline.items_exported)
-            self.closed_window.set(float("nan"))
+            self.scale_metrics.closed_window.set(float("nan"))
         if reports:
             self._export(reports[-1] if len(reports) == 1 else reports)
 
@@ -254,7 +247,7 @@ class Replica(Agent):
                              verdict.model_version, verdict.reference_version, verdict.dimension, verdict.cohort,
                              verdict.drifting_series, rounds.closed)
         self._rows = {**self._judge_rows.rows(), **self._judge_item_rows.rows()}
-        self.closed_window.set(rounds.closed)
+        self.scale_metrics.closed_window.set(rounds.closed)
 
     def _shutdown(self) -> None:
         log.info("draining: finishing the batches in flight")

@@ -292,7 +292,7 @@ def test_a_replica_killed_mid_stream_changes_no_verdict(run, one_process) -> Non
     _wait(lambda: (judge.value("attnmon_scale_closed_window") or 0) >= LAST_WINDOW - 12, 90.0, r.daemons,
           "the judge's first rounds")
     replica = next(d for d in r.daemons if d is not judge)
-    assert (replica.value("attnmon_scale_partials_published") or 0) > 0, "the killed replica had published"
+    assert (replica.value("attnmon_scale_partials_published_total") or 0) > 0, "the killed replica had published"
     replica.kill()
     r.produce(EVENTS // 2, EVENTS, closing=True)
     assert r.finish() == one_process
