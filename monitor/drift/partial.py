@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from monitor.drift.baseline import CohortKey
+from monitor.drift.items import Attended
 from monitor.drift.judge import Judge, JudgeConfig, Update, _Part
 from monitor.drift.sample import Sample
 
@@ -147,6 +148,33 @@ class PartialSink(Judge):
         super().__init__(config)
         self.open: dict[int, Partial] = {}  # partition -> its open partial
         self.target: Partial | None = None  # what the fold adds to now (a run of ``Partitions.split``)
+        self.rows: list[Partial] | None = None  # or: each row's partial, for the batch folded now
+
+    def observe_batch(self, version: str, dimension: str, codes: np.ndarray, labels: Any, values: np.ndarray,
+                      users: np.ndarray, strata: np.ndarray, now: float | None = None, *, statistics: Any,
+                      attended: Attended | None = None) -> dict[str, str]:
+        """As the judge's, into ``target``; or, with ``rows`` set (one partial per row of the
+        batch: a whole poll folded at once, its partitions' runs mixed), each row into its own
+        partial, one ``Judge.observe_batch`` per partial."""
+        if self.rows is None:
+            return super().observe_batch(version, dimension, codes, labels, values, users, strata, now,
+                                         statistics=statistics, attended=attended)
+        if len(self.rows) != len(codes):
+            raise ValueError(f"PartialSink: {len(self.rows)} row partials for a batch of {len(codes)}")
+        slots: dict[int, int] = {}
+        which = np.fromiter((slots.setdefault(id(t), len(slots)) for t in self.rows), dtype=np.intp,
+                            count=len(self.rows))
+        partials = {slots[id(t)]: t for t in self.rows}
+        codes, values, users, strata = np.asarray(codes), np.asarray(values), np.asarray(users), np.asarray(strata)
+        outcomes: dict[str, str] = {}
+        for slot, partial in partials.items():
+            rows = np.flatnonzero(which == slot)
+            self.target = partial
+            outcomes.update(super().observe_batch(
+                version, dimension, codes[rows], labels, values[rows], users[rows], strata[rows], now,
+                statistics=statistics, attended=_rows_of(attended, rows)))
+        self.target = None
+        return outcomes
 
     def begin(self, partition: int, window: int, start: int) -> Partial:
         """Open the partition's partial of ``window`` at offset ``start``."""
@@ -171,6 +199,15 @@ class PartialSink(Judge):
     @property
     def updates(self) -> dict[str, Update]:
         return {}  # no paired recompute on replicas
+
+
+def _rows_of(attended: Attended | None, rows: np.ndarray) -> Attended | None:
+    """The attention entries of ``rows`` (ascending) of a batch, renumbered as a batch of those rows."""
+    if attended is None:
+        return None
+    keep = np.isin(attended.event, rows)
+    return Attended(np.searchsorted(rows, attended.event[keep]), attended.item[keep], attended.mass[keep],
+                    attended.ids)
 
 
 class Run(NamedTuple):

@@ -806,8 +806,11 @@ def ensure_compacted_topic(settings: KafkaSettings, topic: str) -> None:
     admin = _admin(settings)
     try:
         try:
+            # Segments roll every 10 minutes, so deleted partials (tombstones) and replaced states
+            # are compacted away within about that, not when a 1 GiB segment fills.
             admin.create_topics({topic: {"num_partitions": 1, "configs": {
-                "cleanup.policy": "compact", "max.message.bytes": str(MAX_TABLE_RECORD)}}}, timeout_ms=10_000)
+                "cleanup.policy": "compact", "max.message.bytes": str(MAX_TABLE_RECORD),
+                "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1"}}}, timeout_ms=10_000)
         except kafka_errors.TopicAlreadyExistsError:
             pass
         admin.wait_for_topics([topic], timeout_ms=15_000)

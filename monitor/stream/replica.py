@@ -3,10 +3,11 @@
 A ``Replica`` is the ``Agent`` with three things changed:
 
 - **fold into partials.** Each polled batch is cut per partition into runs of one event-time
-  window (``Partitions.split``); each run goes through the same pipeline (decode, windows,
-  recompute, fold) with a ``PartialSink`` in the judge's place, so its cohorts' binned
-  statistics land in the partition's open partial. A sealed partial is published with the
-  partition's progress record (``scale.publish``); a partition at its log end for
+  window (``Partitions.split``), which give each event its partial; the batch then goes
+  through the same pipeline (decode, windows, recompute, fold) at once, with a
+  ``PartialSink`` in the judge's place that adds each event's binned statistics to its own
+  partial (``PartialSink.rows``). The partials sealed in the batch are published after it,
+  with the partition's progress record (``scale.publish``); a partition at its log end for
   ``scale.idle_s`` seals its open window and says it is idle.
 - **state lives in Kafka, not on disk.** A newly assigned partition resumes at the offset of
   its last progress record, with that watermark; there is no local checkpoint and no
@@ -78,6 +79,10 @@ class Replica(Agent):
         self._last_record: dict[int, float] = {}  # partition -> monotonic time of its last record
         self._idle: set[int] = set()  # partitions whose idle progress is published
         self.scale_metrics = ScaleMetrics(self.registry)
+        self._partial_of: dict[int, Partial] = {}  # id(event) -> its partial, for the batch being folded
+        # Route the fold (monitor.stream.fold) through _route: a polled batch mixes partitions.
+        self._pipeline_fold = self.pipeline._fold
+        self.pipeline._fold = self._route  # type: ignore[method-assign]
 
     # -- the hooks of Agent -----------------------------------------------------------------
     def _new_judge(self) -> Judge:
@@ -130,29 +135,47 @@ class Replica(Agent):
 
     # -- the worker's side ----------------------------------------------------------------
     def _fold(self, records: Sequence[RecordLike], decoded: Sequence[Any]) -> int:
-        """Fold a polled batch partition by partition, run by run (one window each),
-        publishing every partial sealed before a run once the runs before it are folded."""
-        folded = 0
+        """Fold a polled batch at once (one pipeline pass: its forward passes stay batched),
+        each event into its partition's partial of its window (``Partitions.split``), then
+        publish every partial sealed in it: all its events are folded by then."""
         by_partition: dict[int, list[int]] = {}
         for i, record in enumerate(records):
             by_partition.setdefault(record.partition, []).append(i)
-        sink: PartialSink = self.pipeline.judge  # type: ignore[assignment]
+        keep: list[int] = []
+        sealed: dict[int, list[Partial]] = {}
         for p, rows in by_partition.items():
             if p not in self.partitions.windows:  # revoked between poll and fold: its new owner reads it
                 continue
-            recs = [records[i] for i in rows]
             outcomes = [decoded[i] for i in rows]
+            if p in self._idle:  # awake again: the judge must wait for this partition's windows
+                publish(self._scale.partials, [], p, self.partitions.sealed(p), self._next.get(p, records[rows[0]].offset))
+                self._idle.discard(p)
             ts = [o.ts if isinstance(o, Event) else None for o in outcomes]
             versions = [o.model_version if isinstance(o, Event) else None for o in outcomes]
-            for run in self.partitions.split(p, [r.offset for r in recs], ts, versions):
-                if run.sealed:
-                    self._publish(p, run.sealed)
-                sink.target = run.partial
-                folded += self.pipeline.process(recs[run.i:run.j], outcomes[run.i:run.j])
-            sink.target = None
-            self._next[p] = recs[-1].offset + 1
-            self._idle.discard(p)
+            for run in self.partitions.split(p, [records[i].offset for i in rows], ts, versions):
+                sealed.setdefault(p, []).extend(run.sealed)
+                for o in outcomes[run.i:run.j]:
+                    if isinstance(o, Event):
+                        self._partial_of[id(o)] = run.partial
+            keep += rows
+            self._next[p] = records[rows[-1]].offset + 1
+        try:
+            folded = self.pipeline.process([records[i] for i in keep], [decoded[i] for i in keep])
+        finally:
+            self._partial_of.clear()
+        for p, partials in sealed.items():
+            if partials:
+                self._publish(p, partials)
         return folded
+
+    def _route(self, batch: Any, *args: Any) -> Any:
+        """The pipeline's fold, with each event's partial given to the sink (``PartialSink.rows``)."""
+        sink: PartialSink = self.pipeline.judge  # type: ignore[assignment]
+        sink.rows = [self._partial_of[id(event)] for event in batch.events]
+        try:
+            return self._pipeline_fold(batch, *args)
+        finally:
+            sink.rows = None
 
     def _publish(self, partition: int, sealed: list[Partial], idle: bool = False) -> None:
         watermark = sealed[-1].window if sealed else self.partitions.sealed(partition)
