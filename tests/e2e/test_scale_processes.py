@@ -318,3 +318,15 @@ def test_a_killed_judge_is_replaced_within_the_session_timeout(run, one_process)
     assert "judging from round" in heir.log.read_text()
     r.produce(EVENTS // 2, EVENTS, closing=True)
     assert r.finish() == one_process
+
+
+def test_partitions_idle_at_their_log_end_seal_their_last_window(run) -> None:
+    """No later event seals the last window here: each partition, at its log end for
+    scale.idle_s, seals it and says it is idle, and the judge judges it."""
+    r = run("idle")
+    r.config["scale"]["idle_s"] = 2
+    r.produce(0, EVENTS // 2)
+    (replica,) = r.start(1)
+    last = int((BASE_MS + (EVENTS // 2 - 1) * STEP_MS) // (WIDTH_S * 1000))
+    _wait(lambda: replica.value("attnmon_scale_closed_window") == last, 120.0, [replica], f"window {last} judged")
+    assert replica.log.read_text().count("idle at its log end") == PARTITIONS
