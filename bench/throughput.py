@@ -50,8 +50,10 @@ from model import checkpoint
 from model.data import left_pad, load_movielens
 from monitor.stream.agent import Agent
 from monitor.tools.replay import EventFactory, Scenario
-from monitor.settings import IntervalSettings, KafkaSettings, ModelSettings, PollSettings, Settings, StateSettings
-from monitor.stream.kafka import DeadLetterSink, EventProducer, KafkaSource, delete_topic, ensure_topic
+from monitor.settings import (IntervalSettings, KafkaSettings, ModelSettings, PollSettings, ScaleSettings, Settings,
+                              StateSettings)
+from monitor.stream.kafka import DeadLetterSink, EventProducer, KafkaSource, delete_topic, ensure_topic, scale_parts
+from monitor.stream.replica import Replica
 from monitor.attention.stats import STATISTICS, compute
 
 TS_FIELD = re.compile(rb'"ts":\d+')
@@ -85,6 +87,10 @@ class Knobs:
 
     torch_threads: int = ModelSettings.torch_threads
     poll_records: int = PollSettings.max_records
+    scale_out: bool = False  # scale.mode replica: partials, one elected judge (docs/architecture.md)
+
+    def partitions(self, replicas: int) -> int:
+        return 4 if self.scale_out else max(2, replicas)
 
 
 def agent_settings(kafka: KafkaSettings, topic: str, checkpoints: Path, state: Path, knobs: Knobs) -> Settings:
@@ -98,7 +104,22 @@ def agent_settings(kafka: KafkaSettings, topic: str, checkpoints: Path, state: P
         poll=PollSettings(max_records=knobs.poll_records),
         state=StateSettings(directory=state),
         intervals=IntervalSettings(),  # production defaults: judge every 5 s, checkpoint every 10 s
+        scale=scale_settings(topic) if knobs.scale_out else ScaleSettings(),
     )
+
+
+def scale_settings(topic: str) -> ScaleSettings:
+    """One run's scale-out topics and election group, named after its events topic."""
+    return ScaleSettings(mode="replica", partials_topic=f"{topic}.partials", state_topic=f"{topic}.state",
+                         control_topic=f"{topic}.judge", judge_group_id=f"{topic}.judge")
+
+
+def delete_topics(kafka: KafkaSettings, topic: str, knobs: Knobs) -> None:
+    delete_topic(kafka, topic)
+    if knobs.scale_out:
+        scale = scale_settings(topic)
+        for name in (scale.partials_topic, scale.state_topic, scale.control_topic):
+            delete_topic(kafka, name)
 
 
 def processed(agent: Agent) -> float:
@@ -168,8 +189,13 @@ def run_replica(index: int, spec: ReplicaSpec, shared: Shared, results: Queue) -
     kafka = KafkaSettings(bootstrap_servers=spec.bootstrap)
     settings = agent_settings(kafka, spec.topic, spec.checkpoints, spec.state, spec.knobs)
     settings = settings.model_copy(update={"kafka": dataclasses.replace(settings.kafka, group_id=spec.group_id)})
-    agent = Agent(settings, lambda a, r: KafkaSource(settings.kafka, on_assigned=a, on_revoked=r),
-                  DeadLetterSink(kafka))
+    def source(a, r):
+        return KafkaSource(settings.kafka, on_assigned=a, on_revoked=r)
+
+    if spec.knobs.scale_out:
+        agent: Agent = Replica(settings, source, DeadLetterSink(kafka), scale_parts(settings.kafka, settings.scale))
+    else:
+        agent = Agent(settings, source, DeadLetterSink(kafka))
     thread = threading.Thread(target=agent.run)
     thread.start()
     samples = []
@@ -269,10 +295,10 @@ def bench_max_rate(kafka: KafkaSettings, checkpoints: Path, events: list[bytes],
     """Max events/s of ``replicas`` agents draining a pre-filled topic; stage seconds and
     (events, agent-process CPU, forward-process CPU) summed over the replicas."""
     topic = f"bench.max.{uuid.uuid4().hex[:6]}"
-    ensure_topic(kafka, topic, max(2, replicas))
+    ensure_topic(kafka, topic, knobs.partitions(replicas))
     fill(kafka, topic, events)
     results, finished = run_replicas(kafka, topic, replicas, checkpoints, work, knobs, len(events))
-    delete_topic(kafka, topic)
+    delete_topics(kafka, topic, knobs)
     stages: dict[str, float] = {}
     for result in results:
         for stage, seconds in result.stages.items():
@@ -300,7 +326,7 @@ def bench_latency(kafka: KafkaSettings, checkpoints: Path, events: list[bytes], 
                   knobs: Knobs, replicas: int) -> tuple[float, float, float]:
     """Event-to-metric p50/p99 of ``replicas`` agents while a producer sends at ``rate``."""
     topic = f"bench.lat.{uuid.uuid4().hex[:6]}"
-    ensure_topic(kafka, topic, max(2, replicas))
+    ensure_topic(kafka, topic, knobs.partitions(replicas))
     # The load generator is a separate process, as upstream services are: in an agent's
     # process its Python send loop would hold the GIL the agent needs.
     spawn = multiprocessing.get_context("spawn")
@@ -313,7 +339,7 @@ def bench_latency(kafka: KafkaSettings, checkpoints: Path, events: list[bytes], 
         producer.join()
 
     results, _ = run_replicas(kafka, topic, replicas, checkpoints, work, knobs, len(events), produce=produce)
-    delete_topic(kafka, topic)
+    delete_topics(kafka, topic, knobs)
     buckets = merged_latency(results)
     return sent_rate.value, quantile(buckets, 0.5), quantile(buckets, 0.99)
 
@@ -359,7 +385,10 @@ def bench_naive(kafka: KafkaSettings, checkpoints: Path, version: str, events: l
     return rate
 
 
-def _deployment(replicas: int) -> str:
+def _deployment(replicas: int, scale_out: bool = False) -> str:
+    if scale_out:
+        return (f"{replicas} replica{'s' if replicas > 1 else ''} with scale.mode replica on 4 partitions: "
+                "partials published, one elected judge among them")
     if replicas == 1:
         return "one agent: a process and its forward-pass child"
     return f"{replicas} agents in one consumer group, a partition each"
@@ -380,6 +409,9 @@ def main() -> int:
                         help="poll.max_records (and kafka max_poll_records) for the agents")
     parser.add_argument("--torch-threads", type=int, default=ModelSettings.torch_threads,
                         help="models.torch_threads for the agent (the naive path uses the same)")
+    parser.add_argument("--scale-out", action="store_true",
+                        help="run the agents with scale.mode replica (partials, one elected judge) on a "
+                             "4-partition topic; with --replicas N, N of them")
     args = parser.parse_args()
     version = args.version or checkpoint.list_versions(args.checkpoints)[-1].name
     loaded = checkpoint.load(args.checkpoints / version)
@@ -390,11 +422,11 @@ def main() -> int:
           f"heads={loaded.config.heads}; {len(events):,} events, mean history {np.mean(lengths):.0f} items "
           f"(after truncation to L)")
 
-    knobs = Knobs(torch_threads=args.torch_threads, poll_records=args.poll_records)
+    knobs = Knobs(torch_threads=args.torch_threads, poll_records=args.poll_records, scale_out=args.scale_out)
     print(f"torch threads: {args.torch_threads} (agent and naive path); poll.max_records {args.poll_records}; "
           "otherwise the agents' production defaults")
     rates: dict[int, float] = {}
-    summary: dict[str, Any] = {"model": version, "events": len(events), "replicas": {}}
+    summary: dict[str, Any] = {"model": version, "events": len(events), "scale_out": args.scale_out, "replicas": {}}
     for replicas in sorted({1, args.replicas}):
         # More replicas drain a larger topic, so that the steady part after the group's
         # rebalance is long enough to measure.
@@ -403,7 +435,7 @@ def main() -> int:
             kafka, args.checkpoints, topic_events, args.work, knobs, replicas)
         rates[replicas] = rate
         busy = stages.get("batch", 0.0)
-        print(f"\nmax rate, {replicas} replica{'s' if replicas > 1 else ''} ({_deployment(replicas)}): "
+        print(f"\nmax rate, {replicas} replica{'s' if replicas > 1 else ''} ({_deployment(replicas, args.scale_out)}): "
               f"{rate:,.0f} events/s")
         if replicas == 1:
             print(f"  where the time goes (wall seconds; the fold worker was busy {busy:.2f}s of "

@@ -286,6 +286,38 @@ class IntervalSettings:
     stall_s: Annotated[float, Field(gt=0)] = 120.0  # /healthz fails when the main loop has not ticked for this long
 
 
+@dataclass(frozen=True, config=_SECTION)
+class ScaleSettings:
+    """Scale-out (docs/architecture.md, "Scale-out"). ``single``: one agent judges its own
+    partitions' traffic (the default, and what a group of one needs). ``replica``: this
+    process folds its partitions into partials per event-time window (``intervals.judge_s``
+    wide), publishes them to ``partials_topic``, and competes through ``control_topic`` to
+    be the one judge that merges them, keeping its state in ``state_topic``."""
+
+    mode: Literal["single", "replica"] = "single"
+    partials_topic: str = "attnmon.partials"  # compacted, one partition: partials + progress per partition
+    state_topic: str = "attnmon.judge-state"  # compacted, one partition: the judge's state
+    control_topic: str = "attnmon.judge"  # one partition: its owner in judge_group_id judges
+    judge_group_id: str = "attnmon-judge"  # the election's consumer group (every replica joins it)
+    # A partition at its log end for this long seals its open window, so the judge does not
+    # wait for it (events arriving later open a later window: docs/architecture.md).
+    idle_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("partials_topic", "state_topic", "control_topic")
+    @classmethod
+    def _check_topic(cls, value: str, info: Any) -> str:
+        if not _TOPIC_RE.match(value) or value in (".", ".."):
+            raise ValueError(f"scale.{info.field_name} must be 1-249 characters of [a-zA-Z0-9._-], got {value!r}")
+        return value
+
+    @field_validator("judge_group_id")
+    @classmethod
+    def _check_group(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"scale.judge_group_id must be a non-empty string, got {value!r}")
+        return value
+
+
 DEFAULT_COHORTS = (
     CohortDimension(name="platform"),
     CohortDimension(name="region"),
@@ -319,6 +351,7 @@ class Settings(BaseSettings):
     cohorts: tuple[CohortDimension, ...] = DEFAULT_COHORTS
     judge: JudgeConfig = JudgeConfig()
     paired: PairedConfig = PairedConfig()
+    scale: ScaleSettings = ScaleSettings()
 
     @model_validator(mode="after")
     def _check_reference_outlasts_update_judgement(self) -> Settings:

@@ -494,6 +494,51 @@ class Judge:
             return self._to_window(cohort, part, "baseline+window")
         return "baseline"
 
+    def observe_sample(self, key: CohortKey, series: tuple[tuple[str, int], ...], sample: Sample,
+                       now: float | None = None) -> str:
+        """Fold one cohort's already binned events (a merged partial window of the scale-out
+        judge, ``monitor.drift.partial``) as one unit: to its window, or to its collecting
+        baseline. Unlike ``observe_batch`` a sample is never split where it completes a
+        baseline: the baseline takes it whole and the window restarts after it, so the
+        outcome depends only on the sequence of samples. Returns where it went, as
+        ``observe_batch`` does ("refused" at the series cap, counted)."""
+        self._tick(now)
+        events = sample.events
+        if events == 0:
+            return "empty"
+        shape = (len(series), len(self.strata), self.config.bins)
+        if sample.shape != shape:
+            raise ValueError(f"{key}: a sample of shape {sample.shape}, the judge needs {shape}")
+        cohort = self._cohorts.get(key)
+        if cohort is None:
+            if self._series_count + len(series) > self.config.max_keys:
+                self.counts["refused_key_cap"] += events * len(series)
+                return "refused"
+            cohort = self._cohorts[key] = _Cohort(series, shape)
+            self._series_count += len(series)
+        if cohort.series != series:
+            raise ValueError(f"{key}: series {series} differ from the cohort's {cohort.series}")
+        status = self._store.status(key)
+        if status in ("frozen", "pinned"):
+            cohort.window.merge(sample)
+            self.counts["window_events"] += events
+            return "window"
+        if status == "absent":
+            self._store.start(key, shape, self._clock)
+        baseline = self._store.get(key)
+        assert baseline is not None
+        self._store.take(key, events, self._clock)  # starts the baseline's clock; the sample goes in whole
+        baseline.sample.merge(sample)
+        self.counts["baseline_events"] += events
+        if self._store.settle(key, self._clock):
+            cohort.window.reset()
+            return "baseline"
+        if key.model_version in self._updates:  # judged against the previous version meanwhile
+            cohort.window.merge(sample)
+            self.counts["window_events"] += events
+            return "baseline+window"
+        return "baseline"
+
     @staticmethod
     def _part(shape: tuple[int, int, int], flat: np.ndarray, strata: np.ndarray, users: np.ndarray,
               attended: Attended | None = None, rows: np.ndarray | None = None,

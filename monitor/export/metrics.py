@@ -541,3 +541,21 @@ class AgentMetrics:
             self.paired_events.labels(version, previous, outcome)
         for side in PAIRED_SIDES:
             self.paired_items_unknown.labels(version, previous, side)
+
+
+class ScaleMetrics:
+    """A replica's scale-out role (``scale.mode: replica``; monitor.stream.replica). Not
+    created by a single agent, so its exposition is unchanged."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.judging = Gauge("attnmon_scale_judge", "1 while this replica is the elected judge (scale.mode replica).",
+                             registry=registry)
+        self.closed_window = Gauge(
+            "attnmon_scale_closed_window",
+            "The last event-time window the elected judge has merged and judged (its start is the value x "
+            "intervals.judge_s seconds); NaN on a replica that does not judge.", registry=registry)
+        self.closed_window.set(float("nan"))
+        self.partials_published = Counter(
+            "attnmon_scale_partials_published", "Sealed partials this replica has published (partition x window).",
+            registry=registry)
+

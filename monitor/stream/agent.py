@@ -68,11 +68,11 @@ class Agent:
         self.sink = sink
         self._restored_offsets: dict[Partition, int] = {}
         self.pipeline = Pipeline(
-            self.models, CohortAssigner(settings.cohorts), Judge(settings.judge), PairedComparison(settings.paired),
-            self.metrics, self._dead_letter, settings.pipeline,
+            self.models, CohortAssigner(settings.cohorts), self._new_judge(), PairedComparison(settings.paired),
+            self.metrics, self._dead_letter, self._pipeline_config(),
         )
         self._restore()
-        self.registry.register(DriftCollector(self.pipeline.drift_rows))
+        self.registry.register(DriftCollector(self._drift_rows))
         self.registry.register(UsageCollector(self.pipeline.usage_rows))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnmon-fold")
         self._queued: deque[Future] = deque()  # FIFO on the single worker: state needs no locks
@@ -82,6 +82,16 @@ class Agent:
         self._source = source_factory(self._on_assigned, self._on_revoked)
         self._dead_lettered_since_flush = 0
         self._preload_newest()
+
+    # -- what a replica (monitor.stream.replica) does differently ---------------------------
+    def _new_judge(self) -> Judge:
+        return Judge(self.settings.judge)
+
+    def _pipeline_config(self):
+        return self.settings.pipeline
+
+    def _drift_rows(self) -> dict[str, list[dict]]:
+        return self.pipeline.drift_rows()
 
     def _restore(self) -> None:
         """Adopt the last checkpoint. One that cannot be read or restored (corrupt, tampered,

@@ -4,7 +4,8 @@ Read from the files the project ships (``alerts/attnmon.rules.yml`` and
 ``alerts/alertmanager.yml``), not restated here, so the demo names what production
 would do. A verdict is matched to the alert whose expression *fires on* that verdict:
 the first line of its ``expr`` (the term the rest joins, adds to or excludes from)
-selects ``attnmon_drift_cohort_verdict`` of the verdict's kind, or, for the paired
+selects ``attnmon_drift_cohort_verdict`` of the verdict's kind (aggregated over replicas
+or not), or, for the paired
 comparison alone, tests ``attnmon_update_paired_verdict``.
 The route is Alertmanager's: the first child route whose matchers all match the alert's
 labels (``continue`` is not used by the shipped file), else the root's receiver.
@@ -52,11 +53,12 @@ class AlertCatalogue:
 
     def alert_for(self, kind: str) -> dict | None:
         """The rule that fires on a cohort verdict of ``kind`` (``within_version``, ``model_update``, ``paired``)."""
-        selector = ("attnmon_update_paired_verdict" if kind == PAIRED
-                    else f'attnmon_drift_cohort_verdict{{kind="{kind}"}} == 1')
+        # The verdict == 1, possibly aggregated first (max without (instance, pod) (...) == 1).
+        selector = re.compile(re.escape("attnmon_update_paired_verdict") if kind == PAIRED
+                              else re.escape(f'attnmon_drift_cohort_verdict{{kind="{kind}"}}') + r"\)?\s*== 1")
         for rule in self._alerts:
             fires_on = next((line for line in str(rule["expr"]).splitlines() if line.strip()), "")
-            if selector in fires_on:
+            if selector.search(fires_on):
                 return rule
         return None
 

@@ -1,0 +1,137 @@
+"""Scale-out roles over compacted tables: a replica publishes partials, the elected judge
+merges and judges them (docs/architecture.md, "Scale-out").
+
+Kafka-free: a *table* is anything with ``put(key, value)``, ``flush()`` and
+``read(start) -> (records, next)`` (``monitor.stream.kafka.CompactedTable`` on the broker),
+an *election* anything with ``poll() -> bool`` (``JudgeElection``). Keys:
+
+- ``partial/<partition>/<window>``: a sealed partial (``monitor.drift.partial``);
+- ``progress/<partition>``: ``{"sealed", "next", "idle"}``, written after the partial it
+  follows: the partition's watermark, and the offset a new owner resumes from;
+- ``judge`` (state table): the Judge and its Rounds, written after every round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Protocol
+
+from monitor.drift.judge import Judge, JudgeConfig, JudgeReport, StateFormatError
+from monitor.drift.partial import Partial
+from monitor.drift.rounds import Rounds
+
+log = logging.getLogger(__name__)
+
+
+class Table(Protocol):
+    def put(self, key: str, value: bytes | None) -> None: ...
+    def flush(self, timeout_s: float = 30.0) -> None: ...
+    def read(self, start: int = 0, timeout_s: float = 30.0) -> tuple[list[tuple[str, bytes | None]], int]: ...
+
+
+class Election(Protocol):
+    def poll(self, timeout_ms: int = 100) -> bool: ...
+
+
+def publish(table: Table, partials: list[Partial], partition: int, sealed: int, next_offset: int,
+            idle: bool = False) -> None:
+    """A replica's sealed partials of one partition, then its progress record."""
+    for partial in partials:
+        table.put(partial.key, partial.to_bytes())
+    table.put(f"progress/{partition}", json.dumps({"sealed": sealed, "next": next_offset, "idle": idle}).encode())
+    table.flush()
+
+
+def progress(table: Table) -> dict[int, dict[str, Any]]:
+    """Every partition's last progress record: where its next owner resumes."""
+    records, _ = table.read(0)
+    out: dict[int, dict[str, Any]] = {}
+    for key, value in records:
+        if key.startswith("progress/") and value is not None:
+            out[int(key.split("/")[1])] = json.loads(value)
+    return out
+
+
+class JudgeRole:
+    """Judges while elected: restores the last state, reads the partials table from its start
+    (compacted: the last value of each key; replays of folded windows are ignored), judges
+    closed windows and writes its state after each step that judged."""
+
+    def __init__(self, election: Election, partials: Table, state: Table, partitions: int, width_s: float,
+                 config: JudgeConfig, keep: int | None = None) -> None:
+        self._election, self._partials, self._state = election, partials, state
+        self._partitions, self._width_s, self._config = partitions, width_s, config
+        self.judge: Judge | None = None
+        self.rounds: Rounds | None = None
+        self._position = 0
+        self._keep = keep
+        self._live: dict[str, tuple[int, int]] = {}  # partial keys read with a value -> (partition, window)
+        self._saved: dict[int, int] = {}  # partition -> last window folded in the saved state
+        self.tombstoned = 0
+        self.reports: list[JudgeReport] = []  # this term's rounds, the last ``keep`` (None: all)
+
+    @property
+    def judging(self) -> bool:
+        return self.judge is not None
+
+    def step(self, timeout_ms: int = 100) -> list[JudgeReport]:
+        """One turn: keep the membership, and judge what closed if elected."""
+        if not self._election.poll(timeout_ms):
+            if self.judge is not None:
+                log.warning("no longer the judge: dropping the judge's state (the next judge resumes it)")
+            self.judge = self.rounds = None
+            return []
+        if self.judge is None:
+            self._resume()
+        assert self.judge is not None and self.rounds is not None
+        records, self._position = self._partials.read(self._position)
+        for key, value in records:
+            if value is None:
+                self._live.pop(key, None)
+                continue
+            if key.startswith("partial/"):
+                partial = Partial.from_bytes(value)
+                self._live[key] = (partial.partition, partial.window)
+                self.rounds.offer(partial)
+            elif key.startswith("progress/"):
+                p = json.loads(value)
+                self.rounds.mark(int(key.split("/")[1]), int(p["sealed"]), bool(p["idle"]))
+        reports = self.rounds.advance(self.judge)
+        if reports:
+            self._state.put("judge", json.dumps({"judge": self.judge.to_state(),
+                                                 "rounds": self.rounds.to_state()}).encode())
+            self._state.flush()
+            self._saved = dict(self.rounds.folded)
+            self.reports += reports
+            if self._keep is not None:
+                del self.reports[: -self._keep]
+        self._tombstone()
+        return reports
+
+    def _tombstone(self) -> None:
+        """Delete the partials the saved state has folded (replays included): compaction then
+        drops them, so the partials topic holds only what no judge has folded yet."""
+        done = [k for k, (p, w) in self._live.items() if w <= self._saved.get(p, -1)]
+        for key in done:
+            self._partials.put(key, None)
+            del self._live[key]
+        if done:
+            self._partials.flush()
+            self.tombstoned += len(done)
+
+    def _resume(self) -> None:
+        records, _ = self._state.read(0)
+        saved = [v for k, v in records if k == "judge" and v is not None]
+        self.judge, self.rounds = Judge(self._config), Rounds(self._partitions, self._width_s)
+        if saved:
+            state = json.loads(saved[-1])
+            try:
+                self.judge = Judge.from_state(state["judge"], self._config)
+                self.rounds = Rounds.from_state(state["rounds"], self._partitions)
+            except (StateFormatError, ValueError, KeyError) as error:
+                log.error("judge state not restored (%s): judging starts again from the partials", error)
+        self._position = 0
+        self._live, self._saved = {}, dict(self.rounds.folded)
+        log.warning("judging from round %d (window %d)", self.rounds.closed + 1 if self.rounds else 0,
+                    self.rounds.closed if self.rounds else -1)
