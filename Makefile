@@ -42,7 +42,9 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	@echo "installing the project and its dependencies into $(VENV) (pip's own progress below; the first time"
 	@echo "it downloads PyPI's torch with its CUDA libraries, about 3 GB: most of the set-up)"
-	$(PY) -m pip install --disable-pip-version-check --progress-bar on -e '.[dev]' \
+	@# --no-compile: byte-compiling torch's thousands of modules up front costs the first run time;
+	@# Python compiles what it imports, on first import.
+	$(PY) -m pip install --disable-pip-version-check --no-compile --progress-bar on -e '.[dev]' \
 	  | grep --line-buffered -E '^(Collecting|Downloading|Installing|Successfully)' || test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
