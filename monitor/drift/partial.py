@@ -187,10 +187,12 @@ class PartialSink(Judge):
 
     def _observe_cohort(self, key: CohortKey, series: Series, shape: tuple[int, int, int], part: _Part,
                         members: np.ndarray, flat: np.ndarray, strata: np.ndarray, users: np.ndarray,
-                        attended: Any = None) -> str:
+                        attended: Any = None, watch_x: Any = None, groups: Any = None) -> str:
         if self.target is None:
             raise RuntimeError("PartialSink: no partial to fold into (set target to a run's partial)")
-        self.target.sample(key, series, shape).add(*part)
+        # A sink never judges, so none of its cohorts watches items (the judge's watched-items
+        # test needs the previous window's top items): the part carries no watched sums.
+        self.target.sample(key, series, shape).add(*part[:7])
         return "partial"
 
     def start_update(self, new_version: str, previous_version: str, at: float) -> bool:
