@@ -444,21 +444,29 @@ class Judge:
         self._last_users = (users, cells, signs, groups)
         return cells, signs, groups
 
+    def _cohort_for(self, key: CohortKey, series: tuple[tuple[str, int], ...], shape: tuple[int, int, int],
+                    events: int) -> _Cohort | None:
+        """The cohort's state, created on first sight; None (counted) when its series would pass the cap."""
+        cohort = self._cohorts.get(key)
+        if cohort is None:
+            if self._series_count + len(series) > self.config.max_keys:
+                self.counts["refused_key_cap"] += events * len(series)
+                return None
+            cohort = self._cohorts[key] = _Cohort(series, shape)
+            self._series_count += len(series)
+        if cohort.series != series:
+            raise ValueError(f"{key}: series {series} differ from the cohort's {cohort.series}")
+        return cohort
+
     def _observe_cohort(self, key: CohortKey, series: tuple[tuple[str, int], ...], shape: tuple[int, int, int],
                         part: _Part, members: np.ndarray, flat: np.ndarray, strata: np.ndarray,
                         users: np.ndarray, attended: Attended | None = None, watch_x: np.ndarray | None = None,
                         groups: np.ndarray | None = None) -> str:
         """One cohort's share of a batch: to its window, its baseline, or split between them."""
         events = part.events
-        cohort = self._cohorts.get(key)
+        cohort = self._cohort_for(key, series, shape, events)
         if cohort is None:
-            if self._series_count + len(series) > self.config.max_keys:
-                self.counts["refused_key_cap"] += events * len(series)
-                return "refused"
-            cohort = self._cohorts[key] = _Cohort(series, shape)
-            self._series_count += len(series)
-        if cohort.series != series:
-            raise ValueError(f"{key}: series {series} differ from the cohort's {cohort.series}")
+            return "refused"
         status = self._store.status(key)
         if status == "absent":
             self._store.start(key, shape, self._clock)
@@ -509,15 +517,9 @@ class Judge:
         shape = (len(series), len(self.strata), self.config.bins)
         if sample.shape != shape:
             raise ValueError(f"{key}: a sample of shape {sample.shape}, the judge needs {shape}")
-        cohort = self._cohorts.get(key)
+        cohort = self._cohort_for(key, series, shape, events)
         if cohort is None:
-            if self._series_count + len(series) > self.config.max_keys:
-                self.counts["refused_key_cap"] += events * len(series)
-                return "refused"
-            cohort = self._cohorts[key] = _Cohort(series, shape)
-            self._series_count += len(series)
-        if cohort.series != series:
-            raise ValueError(f"{key}: series {series} differ from the cohort's {cohort.series}")
+            return "refused"
         status = self._store.status(key)
         if status in ("frozen", "pinned"):
             cohort.window.merge(sample)
