@@ -211,6 +211,12 @@ class Run:
             producer.flush()
             producer.close()
 
+    def assigned(self, timeout_s: float = 120.0) -> None:
+        """Wait until every replica holds partitions (``attnmon_ready``: assigned and a model
+        loaded): the last of them to join was assigned in a rebalance that split the topic."""
+        _wait(lambda: all(d.value("attnmon_ready") == 1.0 for d in self.daemons) or None, timeout_s,
+              self.daemons, "every replica to hold partitions")
+
     def judging_past(self, window: int, timeout_s: float = 120.0) -> Daemon:
         """The judge, once every replica has joined and it has judged up to ``window``
         (the election moves when the second replica joins)."""
@@ -294,8 +300,9 @@ def test_two_replicas_and_a_judge_give_one_process_verdicts(run, one_process) ->
 
 def test_a_replica_killed_mid_stream_changes_no_verdict(run, one_process) -> None:
     r = run("kill-replica")
-    r.produce(0, EVENTS // 2)
     r.start(2)
+    r.assigned()  # both replicas share the partitions before any event arrives, so both fold and publish
+    r.produce(0, EVENTS // 2)
     judge = r.judging_past(LAST_WINDOW - 12)
     replica = next(d for d in r.daemons if d is not judge)
     assert (replica.value("attnmon_scale_partials_published_total") or 0) > 0, "the killed replica had published"
