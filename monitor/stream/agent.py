@@ -209,18 +209,9 @@ class Agent:
             now = self._last_tick = time.monotonic()
             while self._queued and self._queued[0].done():
                 self._pop()  # re-raises a worker failure here, on the main thread
-            if len(self._queued) >= MAX_QUEUED_BATCHES:
-                # The worker is behind: stop fetching (bounded memory) but keep polling, which
-                # returns nothing while paused and keeps the member within max.poll.interval.ms.
-                if not paused:
-                    self._source.pause()
-                    paused = True
-                wait([self._queued[0]], timeout=0.5)
-                self._source.poll(cfg.poll.max_records, 0)
+            paused, behind = self._hold_back(paused)
+            if behind:
                 continue
-            if paused:
-                self._source.resume()
-                paused = False
             # Fetching and decoding the next batch overlaps with the forward pass of the last
             # one: the worker releases the GIL inside torch and numpy.
             records = self._source.poll(cfg.poll.max_records, cfg.poll.timeout_ms)
@@ -244,6 +235,20 @@ class Agent:
                 self._export_lag()
                 last_lag = now
         self._shutdown()
+
+    def _hold_back(self, paused: bool) -> tuple[bool, bool]:
+        """Back-pressure for one loop turn: (paused now, whether the worker is behind and the
+        turn is spent). When behind, stop fetching (bounded memory) but keep polling, which
+        returns nothing while paused and keeps the member within max.poll.interval.ms."""
+        if len(self._queued) >= MAX_QUEUED_BATCHES:
+            if not paused:
+                self._source.pause()
+            wait([self._queued[0]], timeout=0.5)
+            self._source.poll(self.settings.poll.max_records, 0)
+            return True, True
+        if paused:
+            self._source.resume()
+        return False, False
 
     def _pop(self) -> None:
         future = self._queued.popleft()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from concurrent.futures import wait
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,7 +41,7 @@ from monitor.export.drift_rows import DriftRows
 from monitor.export.item_rows import ItemRows
 from monitor.export.metrics import ScaleMetrics
 from monitor.settings import Settings
-from monitor.stream.agent import MAX_QUEUED_BATCHES, Agent
+from monitor.stream.agent import Agent
 from monitor.stream.events import Event
 from monitor.stream.pipeline import RecordLike
 from monitor.stream.scale import Election, JudgeRole, Table, progress, publish
@@ -205,16 +204,9 @@ class Replica(Agent):
             now = self._last_tick = time.monotonic()
             while self._queued and self._queued[0].done():
                 self._pop()
-            if len(self._queued) >= MAX_QUEUED_BATCHES:
-                if not paused:
-                    self._source.pause()
-                    paused = True
-                wait([self._queued[0]], timeout=0.5)
-                self._source.poll(cfg.poll.max_records, 0)
+            paused, behind = self._hold_back(paused)
+            if behind:
                 continue
-            if paused:
-                self._source.resume()
-                paused = False
             records = self._source.poll(cfg.poll.max_records, cfg.poll.timeout_ms)
             if records:
                 for record in records:
