@@ -131,11 +131,15 @@ class Attended:
         local: np.ndarray = self._local  # type: ignore[attr-defined]
         layers = self.mass.shape[1]
         table = np.zeros((len(watched), layers, present.size), dtype=bool)
-        for row, per_layer in enumerate(watched):
-            for layer, ids in enumerate(per_layer):
-                at = np.searchsorted(present, ids)
-                at = at[at < present.size]
-                table[row, layer, at[np.isin(present[at], ids)]] = True
+        # Every (row, layer, id) watched, looked up in the batch's items at once.
+        lists = [(row, layer, ids) for row, per_layer in enumerate(watched) for layer, ids in enumerate(per_layer)]
+        ids = np.concatenate([np.asarray(i, dtype=np.int64) for _, _, i in lists]) if lists else np.zeros(0, np.int64)
+        sizes = [len(i) for _, _, i in lists]
+        at = np.minimum(np.searchsorted(present, ids), max(present.size - 1, 0))
+        found = present[at] == ids if present.size else np.zeros(ids.size, dtype=bool)
+        row_of = np.repeat(np.asarray([r for r, _, _ in lists], dtype=np.intp), sizes)
+        layer_of = np.repeat(np.asarray([lay for _, lay, _ in lists], dtype=np.intp), sizes)
+        table[row_of[found], layer_of[found], at[found]] = True
         entry_row = np.asarray(rows, dtype=np.intp)[self.event]
         on = entry_row >= 0
         event, row, code, mass = self.event[on], entry_row[on], local[on], self.mass[on]

@@ -152,8 +152,11 @@ class AttentionHistograms(Collector):
         flat = ((codes[:, None, None] * n_stats + np.arange(n_stats)[None, :, None]) * n_units
                 + np.arange(n_units)[None, None, :]) * n_buckets + bucket
         counts = np.bincount(flat.ravel(), minlength=n_codes * n_stats * n_units * n_buckets)
-        sums = np.zeros((n_codes, n_stats, n_units))
-        np.add.at(sums, codes, values)
+        # Sums per (cohort, statistic, unit): a bincount adds in the order np.add.at does, at a
+        # fraction of its cost (np.add.at is unbuffered, element by element).
+        cells = (codes[:, None] * (n_stats * n_units) + np.arange(n_stats * n_units)[None, :]).ravel()
+        sums = np.bincount(cells, weights=values.reshape(-1), minlength=n_codes * n_stats * n_units)
+        sums = sums.reshape(n_codes, n_stats, n_units)
         with self._lock:
             key = (version, dimension)
             if key not in self._series:

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from monitor.drift.items import ItemSketch
+from monitor.drift.items import Attended, ItemSketch
 
 
 def stream(rng: np.random.Generator, batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -131,3 +131,23 @@ def test_layers_keep_their_own_bound(seed: int) -> None:
         assert np.count_nonzero(sketch.mass[:, layer]) <= sketch.capacity
         assert sketch.mass_total(layer) == pytest.approx(true.sum())
         assert (counted <= true + 1e-9).all() and (counted >= true - sketch.error_bound(layer) - 1e-9).all()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mass_on_watched_items_matches_a_loop_over_entries(seed: int) -> None:
+    """``Attended.on_watched``: each event's mass on the items its row watches, per layer,
+    equals the sum over its entries (watched lists of any size, empty ones, unwatched events)."""
+    rng = np.random.default_rng(seed)
+    batch = 20
+    for _ in range(40):
+        k = int(rng.integers(1, 300))
+        attended = Attended.of_raw(rng.integers(0, batch, k), rng.integers(1, 60, k), rng.random((k, 2)))
+        watched = [[np.unique(rng.integers(1, 70, int(rng.integers(0, 6)))) for _ in range(2)]
+                   for _ in range(int(rng.integers(1, 5)))]
+        rows = rng.integers(-1, len(watched), batch)  # -1: the event's cohort watches nothing
+        expected = np.zeros((batch, 2))
+        for event, item, mass in zip(attended.event, attended.ids[attended.item], attended.mass, strict=True):
+            if rows[event] >= 0:
+                for layer in range(2):
+                    expected[event, layer] += mass[layer] * (item in watched[rows[event]][layer])
+        np.testing.assert_allclose(attended.on_watched(rows, watched, batch), expected)
