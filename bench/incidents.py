@@ -13,6 +13,10 @@ the faulty data produced.
 - ``campaign_flood``: a promotion put a handful of items into many users' recent
   histories before the retrain. The last two items of every timeline (the job's
   validation and test targets) are left as they were.
+- ``popular_items_only``: the job's minimum-interactions filter was set for another
+  dataset and kept only the ``keep`` most interacted items; users left with fewer than
+  three interactions are dropped, as such a filter does. Every other item's embedding is
+  trained only as a softmax negative, never as history.
 """
 
 from __future__ import annotations
@@ -80,9 +84,28 @@ def campaign_flood(data: Interactions, seed: int = 0, *, items: int = 5, share: 
     return dataclasses.replace(data, sequences=tuple(sequences), timestamps=tuple(stamps))
 
 
+def popular_items_only(data: Interactions, seed: int = 0, *, keep: int = 300) -> Interactions:
+    """The timelines with every item outside the ``keep`` most interacted ones removed.
+
+    ``seed`` is unused (the filter is deterministic); it is accepted like every incident's.
+    """
+    del seed
+    if keep < 1:
+        raise ValueError("keep must be >= 1")
+    kept = np.zeros(data.catalog.n_items + 1, dtype=bool)
+    kept[popularity_order(data)[:keep]] = True
+    masks = [kept[seq] for seq in data.sequences]
+    users = [u for u, mask in enumerate(masks) if mask.sum() >= 3]
+    return dataclasses.replace(
+        data, user_ids=data.user_ids[users],
+        sequences=tuple(data.sequences[u][masks[u]] for u in users),
+        timestamps=tuple(data.timestamps[u][masks[u]] for u in users))
+
+
 INCIDENTS: dict[str, Incident] = {
     "vocabulary_by_popularity": vocabulary_by_popularity,
     "campaign_flood": campaign_flood,
+    "popular_items_only": popular_items_only,
 }
 
 

@@ -150,6 +150,9 @@ FAMILIES: dict[str, Recipe] = {
     # (With base's patience it would publish its first epoch, i.e. be the one_epoch family again.)
     "campaign_flood": _base_with("campaign_flood", incident=DataIncident(
         "campaign_flood", (("items", 5), ("share", 0.6), ("recent", 20))), training=_FULL_RUN),
+    # Harmful: the job's minimum-interactions filter kept only the 300 most interacted items.
+    "popular_only": _base_with("popular_only", incident=DataIncident("popular_items_only", (("keep", 300),)),
+                               training=_FULL_RUN),
 }
 BENIGN, HARMFUL = "benign", "harmful"
 
@@ -178,6 +181,8 @@ UPDATE_FAMILIES: tuple[UpdateFamily, ...] = (
     UpdateFamily("one_epoch", HARMFUL, "one_epoch", "a training job stopped after one epoch, published anyway"),
     UpdateFamily("campaign_flood", HARMFUL, "campaign_flood",
                  "retrained on logs where a promotion put 5 items into 60% of users' recent histories"),
+    UpdateFamily("popular_only", HARMFUL, "popular_only",
+                 "a minimum-interactions filter set too high: trained on the 300 most interacted items only"),
 )
 
 # Scenario role -> (family, default seed). "benign" is the base family at another seed.

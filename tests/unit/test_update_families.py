@@ -16,7 +16,14 @@ import torch
 
 from bench.detection import update_pairs
 from bench.event_tape import Tape, TapedFactory, measure
-from bench.incidents import DataIncident, campaign_flood, campaign_items, popularity_order, vocabulary_by_popularity
+from bench.incidents import (
+    DataIncident,
+    campaign_flood,
+    campaign_items,
+    popular_items_only,
+    popularity_order,
+    vocabulary_by_popularity,
+)
 from bench.scenarios import (
     BENIGN,
     FAMILIES,
@@ -104,10 +111,27 @@ def test_campaign_flood_puts_the_campaign_in_recent_histories_and_keeps_held_out
     assert all((a == b).all() for a, b in zip(again.sequences, flooded.sequences, strict=True))
 
 
+def test_popular_items_only_keeps_the_most_interacted_items_in_order_and_drops_short_timelines(data):
+    kept = popular_items_only(data, keep=300)
+    head = set(popularity_order(data)[:300].tolist())
+    assert kept.catalog is data.catalog  # published with the serving catalogue
+    assert set(np.concatenate(kept.sequences).tolist()) == head  # every kept item still occurs
+    users = {int(u): k for k, u in enumerate(data.user_ids)}
+    for user, seq, stamps in zip(kept.user_ids, kept.sequences, kept.timestamps, strict=True):
+        before = data.sequences[users[int(user)]]
+        mask = np.isin(before, list(head))
+        assert len(seq) >= 3 and (seq == before[mask]).all()  # the user's own order, nothing else
+        assert (stamps == data.timestamps[users[int(user)]][mask]).all()
+    dropped = sum(int(np.isin(s, list(head)).sum()) < 3 for s in data.sequences)
+    assert 0 < dropped == len(data.sequences) - len(kept.sequences)
+    with pytest.raises(ValueError):
+        popular_items_only(data, keep=0)
+
+
 def test_update_families_cover_benign_and_harmful_recipes():
     kinds = {f.name: f.kind for f in UPDATE_FAMILIES}
     assert kinds == {"reseed": BENIGN, "hidden48": BENIGN, "context_cut": HARMFUL, "vocab_misaligned": HARMFUL,
-                     "one_epoch": HARMFUL, "campaign_flood": HARMFUL}
+                     "one_epoch": HARMFUL, "campaign_flood": HARMFUL, "popular_only": HARMFUL}
     base = FAMILIES["base"]
     for family in UPDATE_FAMILIES:
         recipe = FAMILIES[family.recipe]
@@ -115,7 +139,7 @@ def test_update_families_cover_benign_and_harmful_recipes():
                    if getattr(recipe, name) != getattr(base, name)}
         assert len(differs) <= 1, (family.name, differs)  # each family changes one thing of base, or nothing
     # The trained families run all their epochs (an early stop in the validation dip publishes epoch 1).
-    for name in ("hidden48", "vocab_misaligned", "campaign_flood"):
+    for name in ("hidden48", "vocab_misaligned", "campaign_flood", "popular_only"):
         recipe = FAMILIES[name]
         assert recipe.patience >= recipe.max_epochs == base.max_epochs and recipe.time_budget_s > base.time_budget_s
     assert FAMILIES["harmful"].model_config()["max_len"] == 3
