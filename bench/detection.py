@@ -18,7 +18,9 @@ The same windows are judged four ways:
 
 (a) attnmon, through its reports only: the model_update cohort verdict
     (``JudgeReport.cohorts``), the paired verdict (``PairedReport.model_caused``),
-    and "either" (what the agent alerts on);
+    the model_update item-narrowing verdict ("narrowed": ``JudgeReport.items``, the alert
+    ``AttentionNarrowedToFewItems``), and "either": any of the three, what the agent
+    alerts on;
 (b) Evidently 0.7's default data-drift test (``Report([DataDriftPreset()])``): per
     cohort and judged window, reference = the previous version's last
     ``reference_events`` events of that cohort before the switch (its recent traffic,
@@ -49,7 +51,8 @@ From the switch point one cohort's users all watch the same three titles
 update is in flight (``item_burst_reseed``). Their rows: ``cohort`` = the burst cohort's
 attention-mass-per-item verdict (narrowed; ``AttentionNarrowedToFewItems``), ``paired`` =
 the paired comparison confirming a model-caused change (must not: the model did not cause
-it), ``either`` = ``cohort``; Evidently and the naive test are not run ("-"). Every row also
+it), ``either`` = ``cohort``; ``narrowed`` (the update method), Evidently and the naive test
+are not run ("-"). Every row also
 counts ``items_flagged``: runs in which any item verdict of the judged version was raised
 (a benign update must not raise one).
 """
@@ -295,8 +298,9 @@ def _first(values: VersionValues, since: int, mark: int, cohorts: list[tuple[str
 
 
 def attnmon_detections(replay: Replay, new_values: VersionValues) -> dict[str, Detection | None]:
-    """First model_update cohort verdict and first paired model-caused verdict naming the new version."""
-    cohort = paired = None
+    """First model_update cohort verdict, paired model-caused verdict and model_update item
+    verdict naming the new version; "either" is the earliest of them."""
+    cohort = paired = narrowed = None
     for round_, mark in zip(replay.rounds, replay.marks, strict=True):
         since = round_.events - replay.before
         hits = [(v.dimension, v.cohort) for v in round_.report.cohorts
@@ -306,7 +310,11 @@ def attnmon_detections(replay: Replay, new_values: VersionValues) -> dict[str, D
         hits = [(k.dimension, k.cohort) for k in round_.paired.model_caused if k.new_version == replay.new]
         if hits and paired is None:
             paired = _first(new_values, since, mark, hits)
-    return {"cohort": cohort, "paired": paired, "either": _earliest(cohort, paired)}
+        hits = sorted({(i.key.dimension, i.key.cohort) for i in round_.report.items
+                       if i.kind == MODEL_UPDATE and i.drifting and i.key.model_version == replay.new})
+        if hits and narrowed is None:
+            narrowed = _first(new_values, since, mark, hits)
+    return {"cohort": cohort, "paired": paired, "narrowed": narrowed, "either": _earliest(cohort, paired, narrowed)}
 
 
 def _earliest(*found: Detection | None) -> Detection | None:
@@ -429,11 +437,12 @@ def window_detections(windows: list[Window]) -> tuple[dict[str, Detection | None
     return out, most_columns
 
 
-METHODS = ("cohort", "paired", "either", "evidently", "naive")
+METHODS = ("cohort", "paired", "narrowed", "either", "evidently", "naive")
 METHOD_NAMES = {
     "cohort": "attnmon model_update cohort verdict",
     "paired": "attnmon paired model-caused verdict",
-    "either": "attnmon either (what the agent alerts on)",
+    "narrowed": "attnmon model_update item-narrowing verdict (AttentionNarrowedToFewItems)",
+    "either": "attnmon any of the three (what the agent alerts on)",
     "evidently": "Evidently DataDriftPreset per cohort window",
     "naive": "naive per-head KS p<.05, uncorrected",
 }
