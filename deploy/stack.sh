@@ -310,7 +310,7 @@ launch_prometheus() {
     log "warning: the shipped prometheus.yml names ports 19090/19094; set ATTNMON_PROMETHEUS_CONFIG to a copy that names yours"
   fi
   refuse_busy_port "$PROMETHEUS_PORT" prometheus
-  mkdir -p "$VAR/prometheus/data"
+  mkdir -p "$VAR/prometheus/data" "$VAR/prometheus/targets"  # targets: file_sd (prometheus.yml)
   launch prometheus "$(log_file prometheus)" \
     prometheus \
     "--config.file=$PROMETHEUS_CONFIG" \

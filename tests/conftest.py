@@ -9,15 +9,19 @@ Tests under tests/integration and tests/e2e get the matching marker automaticall
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import shutil
 import socket
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from monitor.settings import KafkaSettings
 
@@ -99,6 +103,47 @@ def alertmanager_url() -> str:
     url = f"http://127.0.0.1:{_port('ATTNMON_ALERTMANAGER_PORT', 19094)}"
     require_service("alertmanager", lambda: http_ready(f"{url}/-/ready"))
     return url
+
+
+@pytest.fixture
+def scrape_targets(prometheus_url: str) -> Iterator[Callable[[list[int]], None]]:
+    """``scrape(ports)``: the stack's Prometheus scrapes 127.0.0.1:PORT (job attnmon) for each
+    port until the test ends, and has scraped each once when it returns.
+
+    Agents on ports chosen at start (scale-out replicas) are found by file_sd: a target file
+    in the directory that the *running* Prometheus's config names for job attnmon
+    (deploy/prometheus/prometheus.yml), so it works whichever checkout started the stack.
+    """
+    with urllib.request.urlopen(f"{prometheus_url}/api/v1/status/config", timeout=5) as response:
+        config = yaml.safe_load(json.loads(response.read())["data"]["yaml"])
+    patterns = [f for job in config.get("scrape_configs", []) if job["job_name"] == "attnmon"
+                for sd in job.get("file_sd_configs", []) for f in sd.get("files", [])]
+    require_service("prometheus file_sd targets", lambda: patterns,
+                    hint="deploy/stack.sh reload prometheus (its config predates the file_sd targets)")
+    pattern = patterns[0]
+    path = Path(pattern).parent / f"attnmon-test-{uuid.uuid4().hex[:8]}{Path(pattern).suffix}"
+    assert fnmatch.fnmatch(str(path), pattern), (path, pattern)
+    written: list[Path] = []
+
+    def scrape(ports: list[int]) -> None:
+        instances = {f"127.0.0.1:{port}" for port in ports}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(path.name + ".tmp")  # outside the glob until complete
+        staging.write_text(json.dumps([{"targets": sorted(instances)}]))
+        staging.rename(path)
+        written.append(path)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{prometheus_url}/api/v1/targets?state=active", timeout=5) as response:
+                active = json.loads(response.read())["data"]["activeTargets"]
+            if instances <= {t["labels"]["instance"] for t in active if t["health"] == "up"}:
+                return
+            time.sleep(1)
+        pytest.fail(f"Prometheus did not scrape {sorted(instances)} within 60 s (target file {path})")
+
+    yield scrape
+    for p in written:
+        p.unlink(missing_ok=True)
 
 
 def _tool(name: str) -> str:

@@ -189,9 +189,9 @@ class Agent:
         self.process.wait(timeout=60)
 
 
-def _events(traffic, root: Path, scenario, seed: int) -> list[bytes]:
+def _events(traffic, root: Path, scenario, seed: int, count: int = BEFORE + AFTER) -> list[bytes]:
     factory = scenarios.replay_factory(traffic, root, scenario, seed=seed)
-    return [e for batch in factory.events(BEFORE + AFTER) for e in batch]
+    return [e for batch in factory.events(count) for e in batch]
 
 
 @pytest.fixture()
