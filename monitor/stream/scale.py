@@ -6,9 +6,10 @@ Kafka-free: a *table* is anything with ``put(key, value)``, ``flush()`` and
 an *election* anything with ``poll() -> bool`` (``JudgeElection``). Keys:
 
 - ``partial/<partition>/<window>``: a sealed partial (``monitor.drift.partial``);
-- ``progress/<partition>``: ``{"sealed", "next", "idle"}``, written after the partial it
-  follows: the partition's watermark, and the offset a new owner resumes from;
-- ``judge`` (state table): the Judge and its Rounds, written after every round.
+- ``progress/<partition>``: ``{"sealed", "next", "idle", "versions"}``, written after the
+  partial it follows: the partition's watermark, the offset a new owner resumes from, and the
+  partition's model versions in log order through there (what its events are paired with);
+- ``judge`` (state table): the Judge, its Rounds and its paired comparison, written after every round.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 from typing import Any, Protocol
 
 from monitor.drift.judge import Judge, JudgeConfig, JudgeReport, StateFormatError
+from monitor.drift.paired import PairedComparison, PairedConfig, PairedReport
 from monitor.drift.partial import Partial
 from monitor.drift.rounds import Rounds
 
@@ -35,11 +37,15 @@ class Election(Protocol):
 
 
 def publish(table: Table, partials: list[Partial], partition: int, sealed: int, next_offset: int,
-            idle: bool = False) -> None:
-    """A replica's sealed partials of one partition, then its progress record."""
+            idle: bool = False, versions: list[str] | None = None) -> None:
+    """A replica's sealed partials of one partition, then its progress record (``versions``: the
+    partition's version history through ``next_offset``; default: the last partial's)."""
     for partial in partials:
         table.put(partial.key, partial.to_bytes())
-    table.put(f"progress/{partition}", json.dumps({"sealed": sealed, "next": next_offset, "idle": idle}).encode())
+    if versions is None:
+        versions = partials[-1].versions if partials else []
+    record = {"sealed": sealed, "next": next_offset, "idle": idle, "versions": versions}
+    table.put(f"progress/{partition}", json.dumps(record).encode())
     table.flush()
 
 
@@ -59,32 +65,35 @@ class JudgeRole:
     closed windows and writes its state after each step that judged."""
 
     def __init__(self, election: Election, partials: Table, state: Table, partitions: int, width_s: float,
-                 config: JudgeConfig, keep: int | None = None) -> None:
+                 config: JudgeConfig, keep: int | None = None, paired_config: PairedConfig | None = None) -> None:
         self._election, self._partials, self._state = election, partials, state
         self._partitions, self._width_s, self._config = partitions, width_s, config
+        self._paired_config = paired_config or PairedConfig()
         self.judge: Judge | None = None
         self.rounds: Rounds | None = None
+        self.paired: PairedComparison | None = None
         self._position = 0
         self._keep = keep
         self._live: dict[str, tuple[int, int]] = {}  # partial keys read with a value -> (partition, window)
         self._saved: dict[int, int] = {}  # partition -> last window folded in the saved state
         self.tombstoned = 0
         self.reports: list[JudgeReport] = []  # this term's rounds, the last ``keep`` (None: all)
+        self.paired_reports: list[PairedReport] = []  # their paired comparisons, alike
 
     @property
     def judging(self) -> bool:
         return self.judge is not None
 
-    def step(self, timeout_ms: int = 100) -> list[JudgeReport]:
-        """One turn: keep the membership, and judge what closed if elected."""
+    def step(self, timeout_ms: int = 100) -> list[tuple[JudgeReport, PairedReport]]:
+        """One turn: keep the membership, and judge what closed if elected; each round's reports."""
         if not self._election.poll(timeout_ms):
             if self.judge is not None:
                 log.warning("no longer the judge: dropping the judge's state (the next judge resumes it)")
-            self.judge = self.rounds = None
+            self.judge = self.rounds = self.paired = None
             return []
         if self.judge is None:
             self._resume()
-        assert self.judge is not None and self.rounds is not None
+        assert self.judge is not None and self.rounds is not None and self.paired is not None
         records, self._position = self._partials.read(self._position)
         for key, value in records:
             if value is None:
@@ -97,17 +106,19 @@ class JudgeRole:
             elif key.startswith("progress/"):
                 p = json.loads(value)
                 self.rounds.mark(int(key.split("/")[1]), int(p["sealed"]), bool(p["idle"]))
-        reports = self.rounds.advance(self.judge)
-        if reports:
-            self._state.put("judge", json.dumps({"judge": self.judge.to_state(),
-                                                 "rounds": self.rounds.to_state()}).encode())
+        rounds = self.rounds.advance_paired(self.judge, self.paired)
+        if rounds:
+            self._state.put("judge", json.dumps({"judge": self.judge.to_state(), "rounds": self.rounds.to_state(),
+                                                 "paired": self.paired.to_state()}).encode())
             self._state.flush()
             self._saved = dict(self.rounds.folded)
-            self.reports += reports
+            self.reports += [report for report, _ in rounds]
+            self.paired_reports += [paired for _, paired in rounds]
             if self._keep is not None:
                 del self.reports[: -self._keep]
+                del self.paired_reports[: -self._keep]
         self._tombstone()
-        return reports
+        return rounds
 
     def _tombstone(self) -> None:
         """Delete the partials the saved state has folded (replays included): compaction then
@@ -124,11 +135,16 @@ class JudgeRole:
         records, _ = self._state.read(0)
         saved = [v for k, v in records if k == "judge" and v is not None]
         self.judge, self.rounds = Judge(self._config), Rounds(self._partitions, self._width_s)
+        self.paired = PairedComparison(self._paired_config)
         if saved:
             state = json.loads(saved[-1])
             try:
-                self.judge = Judge.from_state(state["judge"], self._config)
-                self.rounds = Rounds.from_state(state["rounds"], self._partitions)
+                judge = Judge.from_state(state["judge"], self._config)
+                rounds = Rounds.from_state(state["rounds"], self._partitions)
+                # A state saved before the judge paired: the comparison starts with the next round.
+                paired = (PairedComparison.from_state(state["paired"], self._paired_config) if "paired" in state
+                          else PairedComparison(self._paired_config))
+                self.judge, self.rounds, self.paired = judge, rounds, paired
             except (StateFormatError, ValueError, KeyError) as error:
                 log.error("judge state not restored (%s): judging starts again from the partials", error)
         self._position = 0
