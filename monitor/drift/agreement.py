@@ -60,11 +60,11 @@ _QUANTUM = 65_535  # statistics are stored as uint16 fractions of [0, 1] (ranks 
 
 @dataclass(frozen=True, slots=True)
 class Agreement:
-    """One cohort's agreement over its reservoir."""
+    """One cohort's agreement over its sample."""
 
     value: float  # median over series of the within-stratum rank correlation (NaN: nothing to correlate)
     standard_error: float  # user-group jackknife
-    pairs: int  # pairs in the reservoir
+    pairs: int  # pairs in the sample
     used: int  # of them, in strata that were correlated
 
 
@@ -89,7 +89,7 @@ class AgreementSample:
         self._lengths = np.zeros(0, dtype=np.int64)
         self._users = np.zeros(0, dtype=np.uint64)
         self._priority = np.zeros(0, dtype=np.uint64)
-        self._seed = int(seed)  # only for priorities of a restored format-1 reservoir (``from_state``)
+        self._seed = int(seed)  # only for priorities of a restored reservoir saved without them (``from_state``)
 
     def __len__(self) -> int:
         return self.size

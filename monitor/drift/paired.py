@@ -237,7 +237,7 @@ class PairedResult:
     # from min_users effective users since the update, in strata where it is defined)
     agreement: float | None = None
     agreement_se: float | None = None
-    agreement_pairs: int = 0  # pairs in the cohort's reservoir
+    agreement_pairs: int = 0  # pairs in the cohort's agreement sample
     agreement_p_adjusted: float = 1.0  # H0: agreement >= agreement_cutoff, BH with the rows tests
     agreement_flagged: bool = False
     rows_flagged: bool = False  # the share of rows past the cutoff is credibly above the tolerance
@@ -444,7 +444,7 @@ class PairedComparison:
             self.counts[name] = self.counts.get(name, 0) + count
 
     def _agreement_of(self, state: _Cohort, layer: int) -> tuple[float | None, float | None, int, float]:
-        """(agreement, standard error, reservoir pairs, p-value of H0: agreement >= cutoff) of a layer."""
+        """(agreement, standard error, sampled pairs, p-value of H0: agreement >= cutoff) of a layer."""
         c, sample = self.config, state.agreement
         if layer != c.agreement_layer % state.layers:
             return None, None, 0, 1.0

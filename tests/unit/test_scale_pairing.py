@@ -251,3 +251,4 @@ def test_a_partition_pairs_with_the_version_its_own_log_showed_before() -> None:
     heir.assign(0, sealed=record["sealed"], versions=record["versions"])
     heir.split(0, [2], [12_000], ["v2"])
     assert heir.previous(0, "v2") == "v1"
+
