@@ -107,15 +107,19 @@ class Replica(Agent):
         """Nothing on disk: partitions resume from their progress records, the judge from its state topic."""
 
     def _on_assigned(self, partitions: list[Partition]) -> dict[Partition, int]:
-        """Resume each partition after its last published partial, with that watermark."""
+        """Resume each partition after its last published partial, with that watermark; one
+        without a published partial from its log's start (offset 0: below the log start, the
+        consumer resets to the earliest). Always a seek: a member assigned a partition it held
+        before keeps its fetch position (kafka-python), past the events of the open partial
+        its revocation dropped, which would then never be folded."""
         records = progress(self._scale.partials)
         seeks: dict[Partition, int] = {}
         for tp in partitions:
             p = tp[1]
             mine = records.get(p, {})
             self.partitions.assign(p, sealed=int(mine.get("sealed", -1)), versions=mine.get("versions", ()))
+            seeks[tp] = int(mine.get("next", 0))
             if "next" in mine:
-                seeks[tp] = int(mine["next"])
                 self._next[p] = int(mine["next"])
             self._last_record[p] = time.monotonic()
             self._idle.discard(p)
