@@ -184,7 +184,7 @@ class AgreementSample:
             if len(priorities) != size:
                 raise ValueError("agreement sample priorities disagree in shape")
         else:
-            priorities = _reservoir_priorities(size, max(sample.seen, size), np.random.default_rng(seed))
+            priorities = _reservoir_priorities(size, max(sample.seen, size), np.random.default_rng(sample._seed))
         sample._keep_lowest(old.astype(np.uint16), new.astype(np.uint16), lengths, users, priorities)
         return sample
 
