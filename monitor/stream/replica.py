@@ -42,8 +42,6 @@ from prometheus_client import CollectorRegistry
 from monitor.drift.judge import Judge, JudgeReport
 from monitor.drift.paired import PairedReport
 from monitor.drift.partial import Partial, PartialSink, Partitions
-from monitor.export.drift_rows import DriftRows
-from monitor.export.item_rows import ItemRows
 from monitor.export.metrics import ScaleMetrics
 from monitor.settings import Settings
 from monitor.stream.agent import Agent
@@ -74,13 +72,12 @@ class Replica(Agent):
     def __init__(self, settings: Settings, source_factory: SourceFactory, sink: Sink, scale: ScaleParts,
                  registry: CollectorRegistry | None = None) -> None:
         self._scale = scale
-        self._judge_rows = DriftRows()
-        self._judge_item_rows = ItemRows(settings.pipeline.items_exported)
         self._rows: dict[str, list[dict]] = {}
         super().__init__(settings, source_factory, sink, registry)
         self.partitions = Partitions(self.pipeline.judge, settings.intervals.judge_s)  # type: ignore[arg-type]
         self.role = JudgeRole(scale.election, scale.partials, scale.state, scale.partitions,
-                              settings.intervals.judge_s, settings.judge, keep=1, paired_config=settings.paired)
+                              settings.intervals.judge_s, settings.judge, keep=1, paired_config=settings.paired,
+                              items_exported=settings.pipeline.items_exported)
         self._next: dict[int, int] = {}  # partition -> the offset after the last record folded
         self._last_record: dict[int, float] = {}  # partition -> monotonic time of its last record
         self._idle: set[int] = set()  # partitions whose idle progress is published
@@ -272,28 +269,22 @@ class Replica(Agent):
         self.scale_metrics.judging.set(1.0 if self.role.judging else 0.0)
         if was and not self.role.judging:
             self._rows = {}
-            self._judge_rows, self._judge_item_rows = DriftRows(), ItemRows(self.settings.pipeline.items_exported)
             self.scale_metrics.closed_window.set(float("nan"))
         if rounds:
             self._export(rounds)
 
     def _export(self, reports: list[tuple[JudgeReport, PairedReport]]) -> None:
-        """The judge's rounds, drift and paired, into the exported rows (replaced at once, as the agent's)."""
-        judge, rounds = self.role.judge, self.role.rounds
-        assert judge is not None and rounds is not None
-        alive = list(rounds.versions)
-        previous = {v: u.previous_version for v, u in judge.updates.items()}
-        for report, paired in reports:
-            self._judge_rows.update(report, paired, previous=previous, alive=alive,
-                                    baselines=judge.baselines.cohort_status())
-            self._judge_item_rows.update(report.items, alive=alive, titles=lambda version, item: None)
+        """The judge's rows (drift and paired, built by ``JudgeRole``) exported at once, as the agent's."""
+        rounds = self.role.rounds
+        assert rounds is not None
+        for report, _ in reports:
             self.metrics.judge_runs.inc()
             for verdict in report.cohorts:
                 if verdict.drifting:
                     log.info("drift %s: version %s vs %s, %s=%s, series %s (window %d)", verdict.kind,
                              verdict.model_version, verdict.reference_version, verdict.dimension, verdict.cohort,
                              verdict.drifting_series, rounds.closed)
-        self._rows = {**self._judge_rows.rows(), **self._judge_item_rows.rows()}
+        self._rows = self.role.rows()
         self.scale_metrics.closed_window.set(rounds.closed)
 
     def _shutdown(self) -> None:

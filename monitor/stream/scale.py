@@ -9,7 +9,8 @@ an *election* anything with ``poll() -> bool`` (``JudgeElection``). Keys:
 - ``progress/<partition>``: ``{"sealed", "next", "idle", "versions"}``, written after the
   partial it follows: the partition's watermark, the offset a new owner resumes from, and the
   partition's model versions in log order through there (what its events are paired with);
-- ``judge`` (state table): the Judge, its Rounds and its paired comparison, written after every round.
+- ``judge`` (state table): the Judge, its Rounds, its paired comparison and its exported rows
+  (the latest row of every series), written after every round.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from monitor.drift.judge import Judge, JudgeConfig, JudgeReport, StateFormatErro
 from monitor.drift.paired import PairedComparison, PairedConfig, PairedReport
 from monitor.drift.partial import Partial
 from monitor.drift.rounds import Rounds
+from monitor.export.drift_rows import DriftRows
+from monitor.export.item_rows import ItemRows
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,17 @@ class JudgeRole:
     closed windows and writes its state after each step that judged."""
 
     def __init__(self, election: Election, partials: Table, state: Table, partitions: int, width_s: float,
-                 config: JudgeConfig, keep: int | None = None, paired_config: PairedConfig | None = None) -> None:
+                 config: JudgeConfig, keep: int | None = None, paired_config: PairedConfig | None = None,
+                 items_exported: int = 5) -> None:
         self._election, self._partials, self._state = election, partials, state
         self._partitions, self._width_s, self._config = partitions, width_s, config
         self._paired_config = paired_config or PairedConfig()
+        self._items_exported = items_exported
+        # What the judge exports: the latest row of every series, kept in its state, since a
+        # series keeps its last row until a round judges it again (a judge that took over and
+        # started empty would export only the series its own rounds judged).
+        self.drift_rows = DriftRows()
+        self.item_rows = ItemRows(items_exported)
         self.judge: Judge | None = None
         self.rounds: Rounds | None = None
         self.paired: PairedComparison | None = None
@@ -90,6 +100,7 @@ class JudgeRole:
             if self.judge is not None:
                 log.warning("no longer the judge: dropping the judge's state (the next judge resumes it)")
             self.judge = self.rounds = self.paired = None
+            self.drift_rows, self.item_rows = DriftRows(), ItemRows(self._items_exported)
             return []
         if self.judge is None:
             self._resume()
@@ -108,8 +119,10 @@ class JudgeRole:
                 self.rounds.mark(int(key.split("/")[1]), int(p["sealed"]), bool(p["idle"]))
         rounds = self.rounds.advance_paired(self.judge, self.paired)
         if rounds:
-            self._state.put("judge", json.dumps({"judge": self.judge.to_state(), "rounds": self.rounds.to_state(),
-                                                 "paired": self.paired.to_state()}).encode())
+            self._export(rounds)
+            self._state.put("judge", json.dumps({
+                "judge": self.judge.to_state(), "rounds": self.rounds.to_state(), "paired": self.paired.to_state(),
+                "rows": {"drift": self.drift_rows.to_state(), "items": self.item_rows.to_state()}}).encode())
             self._state.flush()
             self._saved = dict(self.rounds.folded)
             self.reports += [report for report, _ in rounds]
@@ -119,6 +132,20 @@ class JudgeRole:
                 del self.paired_reports[: -self._keep]
         self._tombstone()
         return rounds
+
+    def _export(self, rounds: list[tuple[JudgeReport, PairedReport]]) -> None:
+        """The rounds' verdicts into the exported rows, as the single agent's (``Pipeline.run_judgement``)."""
+        assert self.judge is not None and self.rounds is not None
+        alive = list(self.rounds.versions)
+        previous = {v: u.previous_version for v, u in self.judge.updates.items()}
+        for report, paired in rounds:
+            self.drift_rows.update(report, paired, previous=previous, alive=alive,
+                                   baselines=self.judge.baselines.cohort_status())
+            self.item_rows.update(report.items, alive=alive, titles=lambda version, item: None)
+
+    def rows(self) -> dict[str, list[dict]]:
+        """The rows the judge exports (``metrics.DriftCollector``): replaced each round, never mutated."""
+        return {**self.drift_rows.rows(), **self.item_rows.rows()}
 
     def _tombstone(self) -> None:
         """Delete the partials the saved state has folded (replays included): compaction then
@@ -144,7 +171,12 @@ class JudgeRole:
                 # A state saved before the judge paired: the comparison starts with the next round.
                 paired = (PairedComparison.from_state(state["paired"], self._paired_config) if "paired" in state
                           else PairedComparison(self._paired_config))
+                saved_rows = state.get("rows")  # absent: saved before the rows were; the next rounds fill them
+                drift_rows = DriftRows.from_state(saved_rows["drift"]) if saved_rows else DriftRows()
+                item_rows = (ItemRows.from_state(saved_rows["items"], self._items_exported) if saved_rows
+                             else ItemRows(self._items_exported))
                 self.judge, self.rounds, self.paired = judge, rounds, paired
+                self.drift_rows, self.item_rows = drift_rows, item_rows
             except (StateFormatError, ValueError, KeyError) as error:
                 log.error("judge state not restored (%s): judging starts again from the partials", error)
         self._position = 0

@@ -276,12 +276,19 @@ class _Elected:
 
 
 def test_a_new_judge_resumes_the_paired_comparison_from_the_state_topic(log) -> None:
-    """The judge's paired comparison (windows, agreement samples, hysteresis) is in its state:
-    a judge that takes over mid-update judges the remaining rounds as one process does."""
+    """The judge's paired comparison (windows, agreement samples, hysteresis) and its exported
+    rows are in its state: a judge that takes over mid-update judges the remaining rounds as
+    one process does and exports what one judge would. Seen in the scale e2e: the rows were
+    not, and a judge that took over exported only the series its own rounds had judged."""
     from monitor.stream.scale import JudgeRole
 
     single = _one_process(log, batch=64)
     streams = [_partials(log, p, batch=64) for p in range(PARTITIONS)]
+    alone = JudgeRole(_Elected(), _Table(), _Table(), PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
+    for w in range(WINDOWS):
+        for p, stream in enumerate(streams):
+            publish(alone._partials, [stream[w]], p, stream[w].window, stream[w].end, idle=w == WINDOWS - 1)
+        alone.step()
     partials, state = _Table(), _Table()
     first = JudgeRole(_Elected(), partials, state, PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
     for w in range(WINDOWS // 2 + 1):
@@ -290,8 +297,12 @@ def test_a_new_judge_resumes_the_paired_comparison_from_the_state_topic(log) -> 
         first.step()
     assert first.paired_reports and any(r.results for r in first.paired_reports), "pairs judged before the loss"
     heir = JudgeRole(_Elected(), partials, state, PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
+    heir.step()  # elected: resumes, nothing new to judge
+    assert first.drift_rows.to_state()["pairs"], "the first judge exported paired rows"
+    assert not heir.reports and repr(heir.drift_rows.to_state()) == repr(first.drift_rows.to_state())
     for w in range(WINDOWS // 2 + 1, WINDOWS):
         for p, stream in enumerate(streams):
             publish(partials, [stream[w]], p, stream[w].window, stream[w].end, idle=w == WINDOWS - 1)
         heir.step()
     assert _results(first.paired_reports + heir.paired_reports) == _results(single)
+    assert alone.rows()["paired"] and repr(heir.rows()) == repr(alone.rows())
