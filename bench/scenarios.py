@@ -494,7 +494,9 @@ class ScenarioRun:
         judge: Judge | None = None,
         seed: int = 0,
     ) -> None:
-        """Components default to the agent's defaults; benches pass instrumented ones."""
+        """Components default to the agent's defaults; benches pass instrumented ones. ``seed``
+        no longer enters the run: the paired sample is a function of each event (a hash of its
+        user and event id, ``Pairing.sample``), so runs differ by their traffic's seed only."""
         self.metrics_registry = CollectorRegistry()
         self.dead_letters: list[tuple[int, Reason, str]] = []
         self.pipeline = pipeline_class(
@@ -505,7 +507,6 @@ class ScenarioRun:
             AgentMetrics(self.metrics_registry),
             lambda record, reason, detail: self.dead_letters.append((record.offset, reason, detail)),
             pipeline_config or PipelineConfig(forward_processes=0),  # offline replay: passes in this process
-            seed=seed,
         )
         self.events = 0
 

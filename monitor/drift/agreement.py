@@ -18,9 +18,15 @@ left out (with a handful of positions any two models' statistics agree, measured
 cohort's agreement is the median over its (statistic, layer) series, so one degenerate
 statistic cannot decide.
 
-Evidence. The sample is a bounded reservoir of pairs (uniform over every pair since the
-update started: agreement is a property of the two models, so evidence accumulates for as
-long as the update is judged). One user's events nearly repeat, so the uncertainty is a
+Evidence. The sample is a bounded *bottom-k* sample of pairs: each pair carries a 64-bit
+priority, a hash of its event (user and event id, ``event_priorities``), and the sample keeps
+the ``capacity`` pairs of lowest priority among every pair since the update started
+(agreement is a property of the two models, so evidence accumulates for as long as the update
+is judged). A hash is a uniform draw, so the sample is uniform; and since it is a function of
+the set of pairs alone, not of their order, the samples of disjoint parts of the stream merge
+(``merge``) into exactly the sample of the whole: the scale-out judge merges the partitions'
+samples and holds what one process would (docs/architecture.md, "Scale-out"). One user's
+events nearly repeat, so the uncertainty is a
 delete-a-group jackknife over random groups of whole users (``user_groups``). A cohort
 shows a *model-caused change* when agreement is credibly below ``cutoff``: the one-sided
 normal p-value of H0: agreement >= cutoff, Benjamini-Hochberg across the cohorts of a
@@ -38,6 +44,7 @@ round. The cutoff sits below every benign retrain measured (figures in docs/drif
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +52,7 @@ import numpy as np
 from scipy import stats
 
 from monitor.drift.sample import pack, unpack
-from monitor.drift.users import user_groups
+from monitor.drift.users import _MIX, _splitmix, hash_users, user_groups
 
 JACKKNIFE_GROUPS = 16  # random groups of whole users for the clustered standard error
 _QUANTUM = 65_535  # statistics are stored as uint16 fractions of [0, 1] (ranks survive; state stays small)
@@ -53,88 +60,150 @@ _QUANTUM = 65_535  # statistics are stored as uint16 fractions of [0, 1] (ranks 
 
 @dataclass(frozen=True, slots=True)
 class Agreement:
-    """One cohort's agreement over its reservoir."""
+    """One cohort's agreement over its sample."""
 
     value: float  # median over series of the within-stratum rank correlation (NaN: nothing to correlate)
     standard_error: float  # user-group jackknife
-    pairs: int  # pairs in the reservoir
+    pairs: int  # pairs in the sample
     used: int  # of them, in strata that were correlated
 
 
 class AgreementSample:
-    """A uniform reservoir of paired per-event statistics, with the events' lengths and users."""
+    """A bottom-k sample of paired per-event statistics, with the events' lengths, users and priorities.
 
-    __slots__ = ("capacity", "series", "seen", "size", "_old", "_new", "_lengths", "_users", "_rng")
+    The kept rows are stored in a canonical order (priority first, then every field), so two
+    samples of the same pairs are equal array for array, whatever order the pairs came in.
+    """
+
+    __slots__ = ("capacity", "series", "seen", "size", "_old", "_new", "_lengths", "_users", "_priority", "_seed")
 
     def __init__(self, capacity: int, series: int, seed: int = 0) -> None:
         if capacity < 1 or series < 1:
             raise ValueError("capacity and series must be >= 1")
         self.capacity = int(capacity)
         self.series = int(series)
-        self.seen = 0  # pairs offered since the start (the reservoir keeps a uniform sample of them)
+        self.seen = 0  # pairs offered since the start (the sample keeps the capacity lowest priorities of them)
         self.size = 0
-        self._old = np.zeros((capacity, series), dtype=np.uint16)
-        self._new = np.zeros((capacity, series), dtype=np.uint16)
-        self._lengths = np.zeros(capacity, dtype=np.int64)
-        self._users = np.zeros(capacity, dtype=np.uint64)
-        self._rng = np.random.default_rng(seed)
+        self._old = np.zeros((0, series), dtype=np.uint16)
+        self._new = np.zeros((0, series), dtype=np.uint16)
+        self._lengths = np.zeros(0, dtype=np.int64)
+        self._users = np.zeros(0, dtype=np.uint64)
+        self._priority = np.zeros(0, dtype=np.uint64)
+        self._seed = int(seed)  # only for priorities of a restored reservoir saved without them (``from_state``)
 
     def __len__(self) -> int:
         return self.size
 
     @property
     def old(self) -> np.ndarray:
-        return self._old[:self.size]
+        return self._old
 
     @property
     def new(self) -> np.ndarray:
-        return self._new[:self.size]
+        return self._new
 
     @property
     def lengths(self) -> np.ndarray:
-        return self._lengths[:self.size]
+        return self._lengths
 
     @property
     def users(self) -> np.ndarray:
-        return self._users[:self.size]
+        return self._users
 
-    def add(self, old: np.ndarray, new: np.ndarray, lengths: np.ndarray, users: np.ndarray) -> None:
+    @property
+    def priorities(self) -> np.ndarray:
+        return self._priority
+
+    def add(self, old: np.ndarray, new: np.ndarray, lengths: np.ndarray, users: np.ndarray,
+            priorities: np.ndarray | None = None) -> None:
         """Offer pairs: ``old``, ``new`` [P, series] statistics in [0, 1] (NaN rows are the caller's
-        to drop), ``lengths`` [P] the events' history lengths, ``users`` uint64 [P] hashes."""
+        to drop), ``lengths`` [P] the events' history lengths, ``users`` uint64 [P] hashes,
+        ``priorities`` uint64 [P] the events' hashes (``event_priorities``; None: a hash of the
+        user and the pair's position in this sample's stream, which is order-dependent)."""
         old, new = _quantise(old), _quantise(new)
         if old.shape != new.shape or old.ndim != 2 or old.shape[1] != self.series:
             raise ValueError(f"old and new must both be [pairs, {self.series}], got {old.shape} and {new.shape}")
         lengths = np.asarray(lengths, dtype=np.int64)
         users = np.asarray(users, dtype=np.uint64)
-        for i in range(len(lengths)):  # Algorithm R; pairs per batch are few (paired_max_per_batch)
-            if self.size < self.capacity:
-                slot = self.size
-                self.size += 1
-            else:
-                slot = int(self._rng.integers(0, self.seen + 1))
-            if slot < self.capacity:
-                self._old[slot], self._new[slot] = old[i], new[i]
-                self._lengths[slot], self._users[slot] = lengths[i], users[i]
-            self.seen += 1
+        if priorities is None:
+            with np.errstate(over="ignore"):
+                position = np.arange(self.seen, self.seen + len(lengths), dtype=np.uint64)
+                priorities = _splitmix(users + position * _MIX)
+        priorities = np.asarray(priorities, dtype=np.uint64)
+        if not (len(lengths) == len(users) == len(priorities) == len(old)):
+            raise ValueError("old, new, lengths, users and priorities must hold one row per pair")
+        self.seen += len(lengths)
+        self._keep_lowest(old, new, lengths, users, priorities)
+
+    def merge(self, other: AgreementSample) -> None:
+        """Add ``other``'s pairs (disjoint from this sample's stream): the bottom-k sample of both
+        streams together, exactly (a pair outside either sample's k lowest is outside the union's)."""
+        if other.series != self.series:
+            raise ValueError(f"cannot merge a sample of {other.series} series into one of {self.series}")
+        self.seen += other.seen
+        self._keep_lowest(other.old, other.new, other.lengths, other.users, other.priorities)
+
+    def _keep_lowest(self, old: np.ndarray, new: np.ndarray, lengths: np.ndarray, users: np.ndarray,
+                     priorities: np.ndarray) -> None:
+        if self.size == self.capacity and len(priorities):  # full: only a lower priority can enter
+            keep = priorities <= self._priority[-1]
+            old, new, lengths, users, priorities = old[keep], new[keep], lengths[keep], users[keep], priorities[keep]
+        if not len(priorities):
+            return
+        old = np.concatenate([self._old, old])
+        new = np.concatenate([self._new, new])
+        lengths = np.concatenate([self._lengths, lengths])
+        users = np.concatenate([self._users, users])
+        priorities = np.concatenate([self._priority, priorities])
+        # Canonical order: priority, then every field, so ties (one event offered twice) break alike everywhere.
+        order = np.lexsort((*new.T[::-1], *old.T[::-1], lengths, users, priorities))[: self.capacity]
+        self._old, self._new, self._lengths = old[order], new[order], lengths[order]
+        self._users, self._priority = users[order], priorities[order]
+        self.size = len(order)
 
     def to_state(self) -> dict[str, Any]:
         return {"capacity": self.capacity, "series": self.series, "seen": self.seen,
                 "old": pack(self.old), "new": pack(self.new), "lengths": pack(self.lengths),
-                "users": pack(self.users.view(np.int64))}
+                "users": pack(self.users.view(np.int64)), "priorities": pack(self.priorities.view(np.int64))}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], seed: int = 0) -> AgreementSample:
+        """Resume from ``to_state()``. A sample saved before priorities (a uniform reservoir of
+        ``seen`` pairs) gets the priorities its pairs would hold as the lowest of ``seen``
+        uniform hashes (``_reservoir_priorities``, drawn with ``seed``), so new pairs enter as
+        they would have."""
         sample = cls(int(state["capacity"]), int(state["series"]), seed)
         sample.seen = int(state["seen"])
         old, new = unpack(state["old"]), unpack(state["new"])
-        lengths, users = unpack(state["lengths"]), unpack(state["users"])
+        lengths, users = unpack(state["lengths"]), unpack(state["users"]).view(np.uint64)
         size = len(lengths)
         if not (old.shape == new.shape == (size, sample.series) and len(users) == size <= sample.capacity):
             raise ValueError("agreement sample arrays disagree in shape or exceed the capacity")
-        sample.size = size
-        sample._old[:size], sample._new[:size] = old, new
-        sample._lengths[:size], sample._users[:size] = lengths, users.view(np.uint64)
+        if "priorities" in state:
+            priorities = unpack(state["priorities"]).view(np.uint64)
+            if len(priorities) != size:
+                raise ValueError("agreement sample priorities disagree in shape")
+        else:
+            priorities = _reservoir_priorities(size, max(sample.seen, size), np.random.default_rng(sample._seed))
+        sample._keep_lowest(old.astype(np.uint16), new.astype(np.uint16), lengths, users, priorities)
         return sample
+
+
+def event_priorities(user_ids: Iterable[str], event_ids: Iterable[str]) -> np.ndarray:
+    """Each event's priority in a bottom-k sample, the same in every process: ``uint64 [n]``, a
+    hash of (user id, event id). The paired sampling uses it too (``monitor.stream.updates``)."""
+    return hash_users(f"{user}\x1f{event}" for user, event in zip(user_ids, event_ids, strict=True))
+
+
+def _reservoir_priorities(size: int, seen: int, rng: np.random.Generator) -> np.ndarray:
+    """Priorities for a uniform sample of ``size`` of ``seen`` pairs: distributed as the ``size``
+    lowest of ``seen`` uniform 64-bit hashes (the largest is Beta(size, seen - size + 1); given
+    it, the others are uniform below it)."""
+    if size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    top = rng.beta(size, seen - size + 1)
+    fractions = np.append(rng.random(size - 1) * top, top)
+    return np.minimum(fractions * 2.0**64, 2.0**64 - 4096.0).astype(np.uint64)
 
 
 def _quantise(values: np.ndarray) -> np.ndarray:

@@ -29,8 +29,8 @@ same events, the rank correlation within history-length strata. A benign
 retrain is sharper or flatter but sharp on the same events; a model that reads
 its inputs differently (a misaligned item vocabulary, a job stopped after one
 epoch) is not, although its rows move no further than a retrain's. It is judged
-on the last layer (``agreement_layer``) from a reservoir of every pair since the
-update, credibly below ``agreement_cutoff``, in the same BH family and through
+on the last layer (``agreement_layer``) from a bottom-k sample of every pair since the
+update (priorities: hashes of the events), credibly below ``agreement_cutoff``, in the same BH family and through
 the same hysteresis as the rows test: a layer is flagged when either test is.
 
 Events of one user are not independent evidence (consecutive events share
@@ -43,6 +43,11 @@ that share of n_eff, the binomial tail continued to real counts (the
 regularised incomplete beta, exact at integers). A heavy user's 40
 near-identical pairs then weigh as one user's evidence. Because the tolerance
 sits in H0, a huge sample does not turn a benign-sized change into a verdict.
+
+Everything a window holds adds up (histograms, counts, sums, user sketches) and the agreement
+sample is a bottom-k sample by event hash, so comparisons of disjoint parts of the stream merge
+(``merge``) into the comparison of the whole: the scale-out judge merges the partitions' paired
+windows into its own and judges them as one process does (docs/architecture.md, "Scale-out").
 
 Defaults (``cutoff_from_benign`` does the calibration arithmetic; figures in
 docs/drift.md, "Paired comparison"):
@@ -72,7 +77,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Collection, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import special
@@ -82,7 +88,9 @@ from monitor.drift.histogram import Histogram
 from monitor.drift.users import UserSketch
 from monitor.drift.verdict import Hysteresis, bh_adjust
 
-STATE_FORMAT = 3  # 1: one series per cohort, layers averaged, no users (restored as empty); 2: no agreement
+# 1: one series per cohort, layers averaged, no users (restored as empty); 2: no agreement; 3: agreement
+# samples without priorities (uniform reservoirs: restored with priorities drawn to match, agreement.py)
+STATE_FORMAT = 4
 USER_SKETCH_WIDTH = 256  # counters per row: about 6 % error on n_eff, 10 KiB per cohort window
 
 
@@ -129,7 +137,7 @@ class PairedConfig:
     # The layer judged for agreement (-1: the last, which the prediction reads). A first layer's
     # per-event attention is not reproducible across benign retrains (agreement -0.09 to 0.35, measured).
     agreement_layer: int = -1
-    agreement_capacity: int = 1024  # pairs kept per cohort (a uniform reservoir over the whole update)
+    agreement_capacity: int = 1024  # pairs kept per cohort (a bottom-k sample by event hash over the whole update)
     agreement_min_pairs: int = 200  # ... before agreement is judged
     agreement_strata_edges: tuple[int, ...] = (10, 50, 200)  # history-length strata; shorter ones left out
 
@@ -229,7 +237,7 @@ class PairedResult:
     # from min_users effective users since the update, in strata where it is defined)
     agreement: float | None = None
     agreement_se: float | None = None
-    agreement_pairs: int = 0  # pairs in the cohort's reservoir
+    agreement_pairs: int = 0  # pairs in the cohort's agreement sample
     agreement_p_adjusted: float = 1.0  # H0: agreement >= agreement_cutoff, BH with the rows tests
     agreement_flagged: bool = False
     rows_flagged: bool = False  # the share of rows past the cutoff is credibly above the tolerance
@@ -265,6 +273,20 @@ class _Window:
         if self.pairs == 0:
             return 0.0
         return float(min(self.pairs, self.pairs**2 / (self.users.second_moment() + self.unattributed)))
+
+    def merge(self, other: _Window) -> None:
+        """Add ``other``'s pairs (same bins and layers): the window of both."""
+        if len(other.js) != len(self.js):
+            raise ValueError(f"cannot merge a window of {len(other.js)} layers into one of {len(self.js)}")
+        for mine, theirs in zip(self.js + self.overlap, other.js + other.overlap, strict=True):
+            mine.merge(theirs)
+        self.above += other.above
+        self.js_sum += other.js_sum
+        self.overlap_sum += other.overlap_sum
+        self.overlap_n += other.overlap_n
+        self.pairs += other.pairs
+        self.users.merge(other.users)
+        self.unattributed += other.unattributed
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -320,7 +342,8 @@ class PairedComparison:
         self.config = config or PairedConfig()
         self._cohorts: dict[PairCohort, _Cohort] = {}
         self._round = 0
-        self.counts: dict[str, int] = {"pairs": 0, "nan_dropped": 0, "refused_key_cap": 0}
+        # refused_no_update: pairs a replica folded for a version the scale-out judge holds no such update of
+        self.counts: dict[str, int] = {"pairs": 0, "nan_dropped": 0, "refused_key_cap": 0, "refused_no_update": 0}
 
     def observe(self, cohort: PairCohort, js: np.ndarray, overlap: np.ndarray,
                 users: np.ndarray | None = None) -> str:
@@ -372,11 +395,13 @@ class PairedComparison:
         return "window"
 
     def observe_statistics(self, cohort: PairCohort, old: np.ndarray, new: np.ndarray, lengths: np.ndarray,
-                           users: np.ndarray) -> None:
+                           users: np.ndarray, priorities: np.ndarray | None = None) -> None:
         """Fold a cohort's paired per-event statistics in for the agreement test: ``old``, ``new``
         [P, statistics, layers] (each version on its own window), ``lengths`` [P] the events'
-        history lengths, ``users`` uint64 [P]. Call after ``observe`` for the same pairs (a
-        cohort refused at the cap is skipped); rows with a NaN on either side are left out."""
+        history lengths, ``users`` uint64 [P], ``priorities`` uint64 [P] the events' hashes
+        (``agreement.event_priorities``; None: order-dependent ones). Call after ``observe`` for
+        the same pairs (a cohort refused at the cap is skipped); rows with a NaN on either side
+        are left out."""
         state = self._cohorts.get(cohort)
         if state is None:
             return
@@ -387,12 +412,39 @@ class PairedComparison:
         flat_old, flat_new = old.reshape(len(old), -1), new.reshape(len(new), -1)
         ok = np.isfinite(flat_old).all(axis=1) & np.isfinite(flat_new).all(axis=1)
         if state.agreement is None:
-            state.agreement = AgreementSample(self.config.agreement_capacity, flat_old.shape[1],
-                                              seed=len(self._cohorts))
-        state.agreement.add(flat_old[ok], flat_new[ok], np.asarray(lengths)[ok], np.asarray(users)[ok])
+            state.agreement = AgreementSample(self.config.agreement_capacity, flat_old.shape[1])
+        state.agreement.add(flat_old[ok], flat_new[ok], np.asarray(lengths)[ok], np.asarray(users)[ok],
+                            None if priorities is None else np.asarray(priorities)[ok])
+
+    def merge(self, other: PairedComparison, versions: Collection[str] | None = None) -> None:
+        """Fold ``other``'s open windows and agreement samples in (pairs of other events: a
+        partition's share of a window), cohorts in key order; its verdicts are not merged (a
+        part has none). ``versions``: the new versions whose pairs are taken (the updates the
+        judge holds); the others' pairs are counted as ``refused_no_update``. The same
+        parts merged in any order give the same comparison."""
+        for cohort in sorted(other._cohorts):
+            part = other._cohorts[cohort]
+            if versions is not None and cohort.new_version not in versions:
+                self.counts["refused_no_update"] += part.window.pairs
+                continue
+            state = self._cohorts.get(cohort)
+            if state is None:
+                if len(self._cohorts) >= self.config.max_keys:
+                    self.counts["refused_key_cap"] += part.window.pairs
+                    continue
+                state = self._cohorts[cohort] = _Cohort(self.config, part.layers)
+            if part.layers != state.layers:
+                raise ValueError(f"{cohort} holds {state.layers} layers, a part holds {part.layers}")
+            state.window.merge(part.window)
+            if part.agreement is not None:
+                if state.agreement is None:
+                    state.agreement = AgreementSample(self.config.agreement_capacity, part.agreement.series)
+                state.agreement.merge(part.agreement)
+        for name, count in other.counts.items():
+            self.counts[name] = self.counts.get(name, 0) + count
 
     def _agreement_of(self, state: _Cohort, layer: int) -> tuple[float | None, float | None, int, float]:
-        """(agreement, standard error, reservoir pairs, p-value of H0: agreement >= cutoff) of a layer."""
+        """(agreement, standard error, sampled pairs, p-value of H0: agreement >= cutoff) of a layer."""
         c, sample = self.config, state.agreement
         if layer != c.agreement_layer % state.layers:
             return None, None, 0, 1.0
@@ -505,10 +557,11 @@ class PairedComparison:
 
         A format-1 state (layers averaged, no users) keeps its round and counts; its series
         cannot be split into layers, so they restart empty (pairing goes on). A format-2 state
-        (before the agreement test) resumes with empty agreement samples.
+        (before the agreement test) resumes with empty agreement samples; a format-3 state's
+        samples (uniform reservoirs) are given priorities (``AgreementSample.from_state``).
         """
         fmt = state.get("format")
-        if fmt not in (1, 2, STATE_FORMAT):
+        if fmt not in (1, 2, 3, STATE_FORMAT):
             raise ValueError(f"unknown paired state format {fmt!r}")
         saved = PairedConfig.from_mapping(state["config"])
         config = config or saved

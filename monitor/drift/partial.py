@@ -17,6 +17,14 @@ places an event depends only on the partition's own log, never on who holds it:
 - a partition at its log end for a while seals its open window (``PartitionWindows.seal``);
   the next window it opens is after it, whatever the events' times.
 
+After a model update a partial also carries the *paired* evidence of its events (``paired``:
+a ``PairedComparison`` of the pairs only, no verdicts): the replica recomputes the previous
+version on the sampled events of its partitions, as one process does
+(``monitor.stream.updates``). Which version is the previous one is, again, the partition's own
+log's: the version first seen in the partition before the new one (``PartitionWindows.versions``,
+carried over to the next owner in the progress record). The judge merges the paired parts of
+a window (``merge_paired``) for the updates it started itself.
+
 >>> windows = PartitionWindows(width_s=5.0)
 >>> [windows.place(ts) for ts in (1_000, 4_000, 6_000, 2_000, 12_000)]
 [(0, False, None), (0, False, None), (1, False, 0), (1, True, None), (2, False, 1)]
@@ -27,29 +35,45 @@ places an event depends only on the partition's own log, never on who holds it:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from monitor.drift.baseline import CohortKey
+from monitor.drift.paired import PairedComparison, PairedConfig
 from monitor.drift.items import Attended
 from monitor.drift.judge import Judge, JudgeConfig, Update, _Part
 from monitor.drift.sample import Sample
 
 Series = tuple[tuple[str, int], ...]
+VERSIONS_REMEMBERED = 32  # of a partition's version history (its progress record carries them)
 
 
 class PartitionWindows:
     """Which window each event of one partition falls in, and the partition's watermark."""
 
-    def __init__(self, width_s: float, sealed: int = -1) -> None:
+    def __init__(self, width_s: float, sealed: int = -1, versions: Iterable[str] = ()) -> None:
         if width_s <= 0:
             raise ValueError("width_s must be > 0")
         self.width_ms = width_s * 1000.0
         self.sealed = sealed  # every window <= sealed is final for this partition
         self.open: int | None = None
+        self.versions: list[str] = list(versions)  # model versions in the order the partition's log shows them
+
+    def see(self, version: str) -> None:
+        """A record of ``version`` was placed: it joins the history if it is new there."""
+        if version not in self.versions:
+            self.versions.append(version)
+            del self.versions[:-VERSIONS_REMEMBERED]
+
+    def previous(self, version: str) -> str | None:
+        """The version ``version`` replaced in this partition's log (None: it came first, or is unseen)."""
+        if version not in self.versions:
+            return None
+        at = self.versions.index(version)
+        return self.versions[at - 1] if at else None
 
     def place(self, ts_ms: int) -> tuple[int, bool, int | None]:
         """(the window the event folds into, whether it is late, the window this event sealed or None)."""
@@ -81,6 +105,10 @@ class Partial:
     samples: dict[CohortKey, Sample] = field(default_factory=dict)
     first_seen: dict[str, int] = field(default_factory=dict)  # version -> its first event time (ms) here
     late: int = 0  # events of an older window folded in
+    paired: PairedComparison | None = None  # pairs of its events after an update (no verdicts)
+    paired_previous: dict[str, str] = field(default_factory=dict)  # new version -> the version it was paired with
+    # The partition's version history through ``end`` (for its progress record; not published)
+    versions: list[str] = field(default_factory=list, compare=False)
 
     @property
     def key(self) -> str:
@@ -96,12 +124,23 @@ class Partial:
     def see(self, version: str, ts_ms: int) -> None:
         self.first_seen[version] = min(ts_ms, self.first_seen.get(version, ts_ms))
 
+    def pairs(self, new_version: str, previous: str, config: PairedConfig) -> PairedComparison:
+        """Where the pairs of ``new_version`` against ``previous`` fold (a partition pairs a
+        version with one previous version: its log's)."""
+        if self.paired_previous.setdefault(new_version, previous) != previous:
+            raise ValueError(f"{new_version} is paired with {self.paired_previous[new_version]} in this partial")
+        if self.paired is None:
+            self.paired = PairedComparison(config)
+        return self.paired
+
     def to_bytes(self) -> bytes:
         return json.dumps({
             "partition": self.partition, "window": self.window, "start": self.start, "end": self.end,
             "cohorts": [[k.to_state(), [list(s) for s in self.series[k]], self.samples[k].to_state()]
                         for k in self.samples],
             "first_seen": self.first_seen, "late": self.late,
+            "paired": None if self.paired is None else self.paired.to_state(),
+            "paired_previous": self.paired_previous,
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -113,6 +152,9 @@ class Partial:
             key = CohortKey.from_state(key_state)
             partial.series[key] = tuple((str(n), int(layer)) for n, layer in series)
             partial.samples[key] = Sample.from_state(sample)
+        if s.get("paired") is not None:  # absent: published before replicas paired
+            partial.paired = PairedComparison.from_state(s["paired"])
+            partial.paired_previous = {str(v): str(p) for v, p in s["paired_previous"].items()}
         return partial
 
     @property
@@ -136,6 +178,17 @@ def merge(partials: Iterable[Partial]) -> tuple[dict[CohortKey, Series], dict[Co
         for version, ts in partial.first_seen.items():
             first[version] = min(ts, first.get(version, ts))
     return series, samples, first
+
+
+def merge_paired(partials: Iterable[Partial], paired: PairedComparison, updates: Mapping[str, str]) -> None:
+    """Fold one window's paired parts into the judge's ``paired``, in partition order: the pairs
+    of each new version the judge updates from the same previous version (``updates``: new ->
+    previous); the others are counted (``refused_no_update``)."""
+    for partial in sorted(partials, key=lambda p: p.partition):
+        if partial.paired is None:
+            continue
+        taken = {v for v, previous in partial.paired_previous.items() if updates.get(v) == previous}
+        paired.merge(partial.paired, versions=taken)
 
 
 class PartialSink(Judge):
@@ -200,7 +253,7 @@ class PartialSink(Judge):
 
     @property
     def updates(self) -> dict[str, Update]:
-        return {}  # no paired recompute on replicas
+        return {}  # replicas pair by each partition's own version history (Partitions.previous), not by updates
 
 
 def _rows_of(attended: Attended | None, rows: np.ndarray) -> Attended | None:
@@ -234,8 +287,9 @@ class Partitions:
         self.width_s = width_s
         self.windows: dict[int, PartitionWindows] = {}
 
-    def assign(self, partition: int, sealed: int = -1) -> None:
-        self.windows[partition] = PartitionWindows(self.width_s, sealed)
+    def assign(self, partition: int, sealed: int = -1, versions: Iterable[str] = ()) -> None:
+        """Hold ``partition`` from its watermark ``sealed``, with its version history through there."""
+        self.windows[partition] = PartitionWindows(self.width_s, sealed, versions)
         self.sink.open.pop(partition, None)
 
     def revoke(self, partition: int) -> None:
@@ -259,6 +313,7 @@ class Partitions:
             if closed is not None:
                 done = self.sink.take(partition)
                 if done is not None:
+                    done.versions = list(windows.versions)  # through its last record: this one is after it
                     sealed.append(done)
             partial = self.sink.open.get(partition)
             if partial is None:
@@ -267,6 +322,7 @@ class Partitions:
             partial.late += int(late)
             if version is not None:
                 partial.see(version, t)
+                windows.see(version)
             if runs and closed is None and runs[-1].j == i:
                 runs[-1] = runs[-1]._replace(j=i + 1)
             else:
@@ -276,7 +332,19 @@ class Partitions:
     def seal(self, partition: int) -> Partial | None:
         """Seal the partition's open window (idle at its log end); the partial to publish."""
         self.windows[partition].seal()
-        return self.sink.take(partition)
+        partial = self.sink.take(partition)
+        if partial is not None:
+            partial.versions = self.versions(partition)
+        return partial
 
     def sealed(self, partition: int) -> int:
         return self.windows[partition].sealed
+
+    def versions(self, partition: int) -> list[str]:
+        """The partition's version history through its last record placed."""
+        return list(self.windows[partition].versions)
+
+    def previous(self, partition: int, version: str) -> str | None:
+        """The version ``version`` replaced in the partition's log: what its events are paired with."""
+        windows = self.windows.get(partition)
+        return None if windows is None else windows.previous(version)

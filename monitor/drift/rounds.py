@@ -5,9 +5,11 @@ A window is *closed* once every partition's watermark has passed it (its replica
 folded into the ``Judge`` in window order, each as one round: the partials merged
 (``partial.merge``, in partition order), every cohort's merged sample observed
 (``Judge.observe_sample``, in key order), model updates started for versions first seen in
-the window, then ``judge(now=window end)``. What the judge sees is therefore a function of
-the partitions' logs alone: which replica held which partition, when it crashed and who
-replayed it do not enter.
+the window, then ``judge(now=window end)``. With a paired comparison (``advance_paired``),
+the window's paired parts are merged into it too (``partial.merge_paired``, for the updates
+the judge holds) and it is judged at the same time, as one process judges both each round.
+What the judge sees is therefore a function of the partitions' logs alone: which replica held
+which partition, when it crashed and who replayed it do not enter.
 
 - a partial of a window the judge already folded for that partition is a *replay* (a
   replica resumed from an older progress record) and is ignored: the compacted topic's
@@ -30,7 +32,8 @@ from __future__ import annotations
 from typing import Any
 
 from monitor.drift.judge import Judge, JudgeReport
-from monitor.drift.partial import Partial, merge
+from monitor.drift.paired import PairedComparison, PairedReport
+from monitor.drift.partial import Partial, merge, merge_paired
 
 STATE_FORMAT = 1
 
@@ -78,6 +81,14 @@ class Rounds:
 
     def advance(self, judge: Judge) -> list[JudgeReport]:
         """Fold and judge every closed window with partials, oldest first; one report each."""
+        return [report for report, _ in self._advance(judge, None)]
+
+    def advance_paired(self, judge: Judge, paired: PairedComparison) -> list[tuple[JudgeReport, PairedReport]]:
+        """As ``advance``, with the windows' paired parts merged into ``paired`` and judged each round."""
+        return [(report, paired_report) for report, paired_report in self._advance(judge, paired)
+                if paired_report is not None]
+
+    def _advance(self, judge: Judge, paired: PairedComparison | None) -> list[tuple[JudgeReport, PairedReport | None]]:
         ready = self.ready()
         reports = []
         late = [k for k in self.pending if k[1] <= self.closed]
@@ -88,10 +99,11 @@ class Rounds:
             keys = [k for k in self.pending if k[1] == window] + late
             late = []
             partials = [self.pending.pop(k) for k in keys]
-            reports.append(self._round(judge, window, partials))
+            reports.append(self._round(judge, window, partials, paired))
         return reports
 
-    def _round(self, judge: Judge, window: int, partials: list[Partial]) -> JudgeReport:
+    def _round(self, judge: Judge, window: int, partials: list[Partial],
+               paired: PairedComparison | None) -> tuple[JudgeReport, PairedReport | None]:
         series, samples, first_seen = merge(partials)
         start = window * self.width_s
         for version in sorted((v for v in first_seen if v not in self.versions), key=lambda v: (first_seen[v], v)):
@@ -100,10 +112,13 @@ class Rounds:
             self.versions.append(version)
         for key in sorted(samples):
             judge.observe_sample(key, series[key], samples[key], start)
+        if paired is not None:
+            merge_paired(partials, paired, {v: u.previous_version for v, u in judge.updates.items()})
         for partial in partials:
             self.folded[partial.partition] = max(partial.window, self.folded.get(partial.partition, -1))
         self.closed = max(self.closed, window)
-        return judge.judge((window + 1) * self.width_s)
+        end = (window + 1) * self.width_s
+        return judge.judge(end), None if paired is None else paired.judge(end)
 
     def forget(self, version: str) -> None:
         if version in self.versions:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from monitor.drift.concentration import ItemResult
@@ -72,6 +72,21 @@ class ItemRows:
         self._latest = {k: v for k, v in self._latest.items() if k[1].model_version in remembered}
         shown = {item for row in self._latest.values() for _, item, _, _ in row["top"]}
         self._titles = {item: title for item, title in self._titles.items() if item in shown}
+
+    def to_state(self) -> dict[str, Any]:
+        """The latest row of every (kind, cohort, layer) and the titles shown (as ``DriftRows.to_state``)."""
+        return {"latest": list(self._latest.values()), "titles": {str(i): t for i, t in self._titles.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], top_n: int) -> ItemRows:
+        from monitor.drift.baseline import CohortKey
+
+        rows = cls(top_n)
+        for row in state["latest"]:
+            key = (row["kind"], CohortKey(row["model_version"], row["dimension"], row["cohort"]), int(row["layer"]))
+            rows._latest[key] = {**row, "top": [tuple(entry) for entry in row["top"]]}
+        rows._titles = {int(i): t for i, t in state["titles"].items()}
+        return rows
 
     def rows(self) -> dict[str, list[dict]]:
         """"items": one row per (kind, cohort, layer); "item_shares": one per exported item and

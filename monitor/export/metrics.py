@@ -42,7 +42,7 @@ PAIRED_LABELS = ("model_version", "previous_version", "dimension", "cohort", "la
 ITEM_LABELS = ("kind", "model_version", "reference_version", "dimension", "cohort", "layer")
 ITEM_SHARE_LABELS = ("kind", "model_version", "dimension", "cohort", "layer", "rank", "item", "side")
 # What became of the events sampled for the paired comparison.
-PAIRED_OUTCOMES = ("paired", "previous_unreadable", "previous_unavailable")
+PAIRED_OUTCOMES = ("paired", "previous_unreadable", "previous_unavailable", "over_cap")
 PAIRED_SIDES = ("new", "previous")  # which version lacks an item the other one knows
 
 
@@ -390,7 +390,7 @@ class UsageCollector(Collector):
         yield last_seen
 
 
-PAIRED_OUTCOMES = ("paired", "previous_unreadable", "previous_unavailable")  # attnmon_update_paired_events_total
+PAIRED_OUTCOMES = ("paired", "previous_unreadable", "previous_unavailable", "over_cap")  # attnmon_update_paired_events_total
 PAIRED_SIDES = ("previous", "new")  # attnmon_update_paired_items_unknown_total: the version lacking the item
 
 
@@ -498,7 +498,8 @@ class AgentMetrics:
         self.paired_events = Counter(
             "attnmon_update_paired_events",
             "Events sampled for the paired comparison after a model update, by outcome: paired; previous_unreadable "
-            "(the previous version knows none of the history's items); previous_unavailable (it could not be loaded).",
+            "(the previous version knows none of the history's items); previous_unavailable (it could not be loaded); "
+            "over_cap (sampled, left out by pipeline.paired_max_per_batch).",
             ("model_version", "previous_version", "outcome"), registry=registry,
         )
         self.paired_items_unknown = Counter(

@@ -79,7 +79,6 @@ class Pipeline:
         config: PipelineConfig = PipelineConfig(),
         *,
         clock: Callable[[], float] = time.time,
-        seed: int = 0,
     ) -> None:
         self.registry = registry
         self.assigner = assigner
@@ -95,7 +94,10 @@ class Pipeline:
         self._recompute = Recompute(registry, config, metrics)
         self._fold = Fold(metrics, clock)
         self._updates = ModelUpdates(metrics, config.max_versions_remembered)
-        self._pairing = Pairing(registry, self._recompute, config, metrics, seed=seed)
+        self.pairing = Pairing(registry, self._recompute, config, metrics)
+        # Pairs a folded batch: (batch, cohort codes [B, dimensions], labels). A scale-out replica
+        # replaces it (monitor.stream.replica): it pairs by each partition's versions, into partials.
+        self.pair: Callable[[Prepared, np.ndarray, dict[str, tuple[str, ...]]], None] = self._pair
         self._drift_rows = DriftRows()
         self._item_rows = ItemRows(config.items_exported)
         self._usage = SeriesUsage(judge, paired)
@@ -199,10 +201,14 @@ class Pipeline:
         codes, labels = self._fold(batch, statistics, per_head, attended, self.assigner, self.judge)
         self.live.observe(batch.served.version, self.assigner.dimensions, codes, labels, statistics,
                           batch.events[-1] if batch.events else None)
-        if batch.previous is not None:
-            self._pairing(batch.served, batch.previous, batch.events, codes, labels,
-                          self.assigner.dimensions, self.paired)
+        self.pair(batch, codes, labels)
         return len(batch.events)
+
+    def _pair(self, batch: Prepared, codes: np.ndarray, labels: dict[str, tuple[str, ...]]) -> None:
+        """One process: the batch's version is paired with the one it replaced while the judge updates it."""
+        if batch.previous is not None:
+            self.pairing(batch.served, batch.previous, batch.events, codes, labels, self.assigner.dimensions,
+                         self.paired)
 
     def _statistics(self, served: ServedModel,
                     passes: list[StartedChunk]) -> tuple[np.ndarray, np.ndarray | None, Attended]:

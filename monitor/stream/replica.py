@@ -13,15 +13,19 @@ A ``Replica`` is the ``Agent`` with three things changed:
   its last progress record, with that watermark; there is no local checkpoint and no
   commit (the progress records are the offsets). The partial that was open when a replica
   died is folded again by the next owner and replaces nothing, since it was never published.
+- **pairing into partials.** After a model update a replica recomputes the previous version
+  on the sampled events of its partitions, as one process does (``Pairing.pair``: the sample
+  is a function of each event), and folds each pair into its event's partial
+  (``Partial.pairs``). The previous version is the partition's own log's
+  (``Partitions.previous``), so it does not depend on who holds the partition; the judge
+  merges the paired parts of every partition and judges them each round.
 - **one judge.** Every replica is a member of the judge election (``JudgeElection``); the
-  elected one runs ``JudgeRole`` between polls and exports the drift verdict metrics. The
-  others export no drift verdicts: an empty ``DriftCollector`` yields no samples.
+  elected one runs ``JudgeRole`` between polls and exports the drift and paired verdict
+  metrics. The others export none: an empty ``DriftCollector`` yields no samples.
 
 What a replica does not do (docs/architecture.md, "Scale-out"): hold events of a version
 not published yet (they are dead-lettered at once, so a partial depends on the log only),
-the paired comparison (it needs both models on the same events, which no replica pairs
-across the merge), and the live page's verdict panels (the page shows this replica's
-statistics only).
+and the live page's verdict panels (the page shows this replica's statistics only).
 """
 
 from __future__ import annotations
@@ -32,13 +36,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 
 from monitor.drift.judge import Judge, JudgeReport
 from monitor.drift.paired import PairedReport
 from monitor.drift.partial import Partial, PartialSink, Partitions
-from monitor.export.drift_rows import DriftRows
-from monitor.export.item_rows import ItemRows
 from monitor.export.metrics import ScaleMetrics
 from monitor.settings import Settings
 from monitor.stream.agent import Agent
@@ -46,6 +49,8 @@ from monitor.stream.events import Event
 from monitor.stream.pipeline import RecordLike
 from monitor.stream.scale import Election, JudgeRole, Table, progress, publish
 from monitor.stream.source import Partition, Sink, SourceFactory
+from monitor.stream.updates import fold_pairs
+from monitor.stream.windows import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +72,12 @@ class Replica(Agent):
     def __init__(self, settings: Settings, source_factory: SourceFactory, sink: Sink, scale: ScaleParts,
                  registry: CollectorRegistry | None = None) -> None:
         self._scale = scale
-        self._judge_rows = DriftRows()
-        self._judge_item_rows = ItemRows(settings.pipeline.items_exported)
         self._rows: dict[str, list[dict]] = {}
         super().__init__(settings, source_factory, sink, registry)
         self.partitions = Partitions(self.pipeline.judge, settings.intervals.judge_s)  # type: ignore[arg-type]
         self.role = JudgeRole(scale.election, scale.partials, scale.state, scale.partitions,
-                              settings.intervals.judge_s, settings.judge, keep=1)
+                              settings.intervals.judge_s, settings.judge, keep=1, paired_config=settings.paired,
+                              items_exported=settings.pipeline.items_exported)
         self._next: dict[int, int] = {}  # partition -> the offset after the last record folded
         self._last_record: dict[int, float] = {}  # partition -> monotonic time of its last record
         self._idle: set[int] = set()  # partitions whose idle progress is published
@@ -82,6 +86,7 @@ class Replica(Agent):
         # Route the fold (monitor.stream.fold) through _route: a polled batch mixes partitions.
         self._pipeline_fold = self.pipeline._fold
         self.pipeline._fold = self._route  # type: ignore[method-assign]
+        self.pipeline.pair = self._pair
 
     # -- the hooks of Agent -----------------------------------------------------------------
     def _new_judge(self) -> Judge:
@@ -99,15 +104,19 @@ class Replica(Agent):
         """Nothing on disk: partitions resume from their progress records, the judge from its state topic."""
 
     def _on_assigned(self, partitions: list[Partition]) -> dict[Partition, int]:
-        """Resume each partition after its last published partial, with that watermark."""
+        """Resume each partition after its last published partial, with that watermark; one
+        without a published partial from its log's start (offset 0: below the log start, the
+        consumer resets to the earliest). Always a seek: a member assigned a partition it held
+        before keeps its fetch position (kafka-python), past the events of the open partial
+        its revocation dropped, which would then never be folded."""
         records = progress(self._scale.partials)
         seeks: dict[Partition, int] = {}
         for tp in partitions:
             p = tp[1]
             mine = records.get(p, {})
-            self.partitions.assign(p, sealed=int(mine.get("sealed", -1)))
+            self.partitions.assign(p, sealed=int(mine.get("sealed", -1)), versions=mine.get("versions", ()))
+            seeks[tp] = int(mine.get("next", 0))
             if "next" in mine:
-                seeks[tp] = int(mine["next"])
                 self._next[p] = int(mine["next"])
             self._last_record[p] = time.monotonic()
             self._idle.discard(p)
@@ -147,7 +156,8 @@ class Replica(Agent):
                 continue
             outcomes = [decoded[i] for i in rows]
             if p in self._idle:  # awake again: the judge must wait for this partition's windows
-                publish(self._scale.partials, [], p, self.partitions.sealed(p), self._next.get(p, records[rows[0]].offset))
+                publish(self._scale.partials, [], p, self.partitions.sealed(p), self._next.get(p, records[rows[0]].offset),
+                        versions=self.partitions.versions(p))
                 self._idle.discard(p)
             ts = [o.ts if isinstance(o, Event) else None for o in outcomes]
             versions = [o.model_version if isinstance(o, Event) else None for o in outcomes]
@@ -176,13 +186,33 @@ class Replica(Agent):
         finally:
             sink.rows = None
 
+    def _pair(self, batch: Prepared, codes: np.ndarray, labels: dict[str, tuple[str, ...]]) -> None:
+        """Pair the batch's events whose partition's log shows a version before theirs, with that
+        version, each pair into its event's partial (the pipeline's ``pair``, run after the fold)."""
+        version = batch.served.version
+        partials = [self._partial_of[id(event)] for event in batch.events]
+        previous = [self.partitions.previous(partial.partition, version) for partial in partials]
+        for before in sorted({v for v in previous if v is not None}):
+            rows = np.flatnonzero([v == before for v in previous])  # [S] batch rows paired with ``before``
+            pairs = self.pipeline.pairing.pair(batch.served, before, [batch.events[r] for r in rows.tolist()])
+            if pairs is None:
+                continue
+            pairs = pairs._replace(rows=rows[pairs.rows])  # rows of the batch, as the cohort codes are
+            targets = [partials[r] for r in pairs.rows.tolist()]
+            for target in {id(t): t for t in targets}.values():
+                mine = np.fromiter((t is target for t in targets), dtype=bool, count=len(targets))
+                fold_pairs(pairs.subset(mine), version, codes, labels, self.pipeline.assigner.dimensions,
+                           target.pairs(version, before, self.settings.paired))
+
     def _publish(self, partition: int, sealed: list[Partial], idle: bool = False) -> None:
         watermark = sealed[-1].window if sealed else self.partitions.sealed(partition)
         next_offset = sealed[-1].end if sealed else self._next.get(partition, 0)
+        versions = sealed[-1].versions if sealed else self.partitions.versions(partition)
         if idle:
             watermark, next_offset = self.partitions.sealed(partition), self._next.get(partition, next_offset)
+            versions = self.partitions.versions(partition)
         self.sink.flush()  # the dead letters of the sealed events first: the next owner starts after them
-        publish(self._scale.partials, sealed, partition, watermark, next_offset, idle=idle)
+        publish(self._scale.partials, sealed, partition, watermark, next_offset, idle=idle, versions=versions)
         self.scale_metrics.partials_published.inc(len(sealed))
 
     def _seal_idle(self, partitions: list[int]) -> None:
@@ -235,33 +265,26 @@ class Replica(Agent):
 
     def _judge_step(self) -> None:
         was = self.role.judging
-        reports = self.role.step(50)
+        rounds = self.role.step(50)
         self.scale_metrics.judging.set(1.0 if self.role.judging else 0.0)
         if was and not self.role.judging:
             self._rows = {}
-            self._judge_rows, self._judge_item_rows = DriftRows(), ItemRows(self.settings.pipeline.items_exported)
             self.scale_metrics.closed_window.set(float("nan"))
-        if reports:
-            self._export(reports[-1] if len(reports) == 1 else reports)
+        if rounds:
+            self._export(rounds)
 
-    def _export(self, reports: JudgeReport | list[JudgeReport]) -> None:
-        """The judge's rounds into the exported drift rows (replaced at once, as the agent's)."""
-        judge, rounds = self.role.judge, self.role.rounds
-        assert judge is not None and rounds is not None
-        alive = list(rounds.versions)
-        previous = {v: u.previous_version for v, u in judge.updates.items()}
-        for report in reports if isinstance(reports, list) else [reports]:
-            paired = PairedReport(report.now, report.round, (), 0, ())
-            self._judge_rows.update(report, paired, previous=previous, alive=alive,
-                                    baselines=judge.baselines.cohort_status())
-            self._judge_item_rows.update(report.items, alive=alive, titles=lambda version, item: None)
+    def _export(self, reports: list[tuple[JudgeReport, PairedReport]]) -> None:
+        """The judge's rows (drift and paired, built by ``JudgeRole``) exported at once, as the agent's."""
+        rounds = self.role.rounds
+        assert rounds is not None
+        for report, _ in reports:
             self.metrics.judge_runs.inc()
             for verdict in report.cohorts:
                 if verdict.drifting:
                     log.info("drift %s: version %s vs %s, %s=%s, series %s (window %d)", verdict.kind,
                              verdict.model_version, verdict.reference_version, verdict.dimension, verdict.cohort,
                              verdict.drifting_series, rounds.closed)
-        self._rows = {**self._judge_rows.rows(), **self._judge_item_rows.rows()}
+        self._rows = self.role.rows()
         self.scale_metrics.closed_window.set(rounds.closed)
 
     def _shutdown(self) -> None:

@@ -6,9 +6,11 @@ Kafka-free: a *table* is anything with ``put(key, value)``, ``flush()`` and
 an *election* anything with ``poll() -> bool`` (``JudgeElection``). Keys:
 
 - ``partial/<partition>/<window>``: a sealed partial (``monitor.drift.partial``);
-- ``progress/<partition>``: ``{"sealed", "next", "idle"}``, written after the partial it
-  follows: the partition's watermark, and the offset a new owner resumes from;
-- ``judge`` (state table): the Judge and its Rounds, written after every round.
+- ``progress/<partition>``: ``{"sealed", "next", "idle", "versions"}``, written after the
+  partial it follows: the partition's watermark, the offset a new owner resumes from, and the
+  partition's model versions in log order through there (what its events are paired with);
+- ``judge`` (state table): the Judge, its Rounds, its paired comparison and its exported rows
+  (the latest row of every series), written after every round.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ import time
 from typing import Any, Protocol
 
 from monitor.drift.judge import Judge, JudgeConfig, JudgeReport, StateFormatError
+from monitor.drift.paired import PairedComparison, PairedConfig, PairedReport
 from monitor.drift.partial import Partial
 from monitor.drift.rounds import Rounds
+from monitor.export.drift_rows import DriftRows
+from monitor.export.item_rows import ItemRows
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +41,15 @@ class Election(Protocol):
 
 
 def publish(table: Table, partials: list[Partial], partition: int, sealed: int, next_offset: int,
-            idle: bool = False) -> None:
-    """A replica's sealed partials of one partition, then its progress record."""
+            idle: bool = False, versions: list[str] | None = None) -> None:
+    """A replica's sealed partials of one partition, then its progress record (``versions``: the
+    partition's version history through ``next_offset``; default: the last partial's)."""
     for partial in partials:
         table.put(partial.key, partial.to_bytes())
-    table.put(f"progress/{partition}", json.dumps({"sealed": sealed, "next": next_offset, "idle": idle}).encode())
+    if versions is None:
+        versions = partials[-1].versions if partials else []
+    record = {"sealed": sealed, "next": next_offset, "idle": idle, "versions": versions}
+    table.put(f"progress/{partition}", json.dumps(record).encode())
     table.flush()
 
 
@@ -60,34 +69,45 @@ class JudgeRole:
     closed windows and writes its state after each step that judged."""
 
     def __init__(self, election: Election, partials: Table, state: Table, partitions: int, width_s: float,
-                 config: JudgeConfig, keep: int | None = None) -> None:
+                 config: JudgeConfig, keep: int | None = None, paired_config: PairedConfig | None = None,
+                 items_exported: int = 5) -> None:
         self._election, self._partials, self._state = election, partials, state
         self._partitions, self._width_s, self._config = partitions, width_s, config
+        self._paired_config = paired_config or PairedConfig()
+        self._items_exported = items_exported
+        # What the judge exports: the latest row of every series, kept in its state, since a
+        # series keeps its last row until a round judges it again (a judge that took over and
+        # started empty would export only the series its own rounds judged).
+        self.drift_rows = DriftRows()
+        self.item_rows = ItemRows(items_exported)
         self.judge: Judge | None = None
         self.rounds: Rounds | None = None
+        self.paired: PairedComparison | None = None
         self._position = 0
         self._keep = keep
         self._live: dict[str, tuple[int, int]] = {}  # partial keys read with a value -> (partition, window)
         self._saved: dict[int, int] = {}  # partition -> last window folded in the saved state
         self.tombstoned = 0
         self.reports: list[JudgeReport] = []  # this term's rounds, the last ``keep`` (None: all)
+        self.paired_reports: list[PairedReport] = []  # their paired comparisons, alike
 
     @property
     def judging(self) -> bool:
         return self.judge is not None
 
-    def step(self, timeout_ms: int = 100) -> list[JudgeReport]:
-        """One turn: keep the membership, and judge what closed if elected."""
+    def step(self, timeout_ms: int = 100) -> list[tuple[JudgeReport, PairedReport]]:
+        """One turn: keep the membership, and judge what closed if elected; each round's reports."""
         if not self._election.poll(timeout_ms):
             if self.judge is not None:
                 log.warning("no longer the judge: dropping the judge's state (the next judge resumes it)")
-            self.judge = self.rounds = None
+            self.judge = self.rounds = self.paired = None
+            self.drift_rows, self.item_rows = DriftRows(), ItemRows(self._items_exported)
             return []
         resuming = self.judge is None
         started = time.monotonic()
         if resuming:
             self._resume()
-        assert self.judge is not None and self.rounds is not None
+        assert self.judge is not None and self.rounds is not None and self.paired is not None
         records, self._position = self._partials.read(self._position)
         # Only each key's last record, in its place: what a compacted read gives. Until the broker
         # compacts the table (segment.ms), a new judge reads every partial since the last
@@ -107,20 +127,38 @@ class JudgeRole:
             elif key.startswith("progress/"):
                 p = json.loads(value)
                 self.rounds.mark(int(key.split("/")[1]), int(p["sealed"]), bool(p["idle"]))
-        reports = self.rounds.advance(self.judge)
-        if reports:
-            self._state.put("judge", json.dumps({"judge": self.judge.to_state(),
-                                                 "rounds": self.rounds.to_state()}).encode())
+        rounds = self.rounds.advance_paired(self.judge, self.paired)
+        if rounds:
+            self._export(rounds)
+            self._state.put("judge", json.dumps({
+                "judge": self.judge.to_state(), "rounds": self.rounds.to_state(), "paired": self.paired.to_state(),
+                "rows": {"drift": self.drift_rows.to_state(), "items": self.item_rows.to_state()}}).encode())
             self._state.flush()
             self._saved = dict(self.rounds.folded)
-            self.reports += reports
+            self.reports += [report for report, _ in rounds]
+            self.paired_reports += [paired for _, paired in rounds]
             if self._keep is not None:
                 del self.reports[: -self._keep]
+                del self.paired_reports[: -self._keep]
         self._tombstone()
         if resuming:
             log.warning("judging: state restored, %d partials-table records read (%d keys), %d rounds judged in %.1f s",
-                        len(records), len(last), len(reports), time.monotonic() - started)
-        return reports
+                        len(records), len(last), len(rounds), time.monotonic() - started)
+        return rounds
+
+    def _export(self, rounds: list[tuple[JudgeReport, PairedReport]]) -> None:
+        """The rounds' verdicts into the exported rows, as the single agent's (``Pipeline.run_judgement``)."""
+        assert self.judge is not None and self.rounds is not None
+        alive = list(self.rounds.versions)
+        previous = {v: u.previous_version for v, u in self.judge.updates.items()}
+        for report, paired in rounds:
+            self.drift_rows.update(report, paired, previous=previous, alive=alive,
+                                   baselines=self.judge.baselines.cohort_status())
+            self.item_rows.update(report.items, alive=alive, titles=lambda version, item: None)
+
+    def rows(self) -> dict[str, list[dict]]:
+        """The rows the judge exports (``metrics.DriftCollector``): replaced each round, never mutated."""
+        return {**self.drift_rows.rows(), **self.item_rows.rows()}
 
     def _tombstone(self) -> None:
         """Delete the partials the saved state has folded (replays included): compaction then
@@ -137,11 +175,21 @@ class JudgeRole:
         records, _ = self._state.read(0)
         saved = [v for k, v in records if k == "judge" and v is not None]
         self.judge, self.rounds = Judge(self._config), Rounds(self._partitions, self._width_s)
+        self.paired = PairedComparison(self._paired_config)
         if saved:
             state = json.loads(saved[-1])
             try:
-                self.judge = Judge.from_state(state["judge"], self._config)
-                self.rounds = Rounds.from_state(state["rounds"], self._partitions)
+                judge = Judge.from_state(state["judge"], self._config)
+                rounds = Rounds.from_state(state["rounds"], self._partitions)
+                # A state saved before the judge paired: the comparison starts with the next round.
+                paired = (PairedComparison.from_state(state["paired"], self._paired_config) if "paired" in state
+                          else PairedComparison(self._paired_config))
+                saved_rows = state.get("rows")  # absent: saved before the rows were; the next rounds fill them
+                drift_rows = DriftRows.from_state(saved_rows["drift"]) if saved_rows else DriftRows()
+                item_rows = (ItemRows.from_state(saved_rows["items"], self._items_exported) if saved_rows
+                             else ItemRows(self._items_exported))
+                self.judge, self.rounds, self.paired = judge, rounds, paired
+                self.drift_rows, self.item_rows = drift_rows, item_rows
             except (StateFormatError, ValueError, KeyError) as error:
                 log.error("judge state not restored (%s): judging starts again from the partials", error)
         self._position = 0

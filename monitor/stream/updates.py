@@ -7,6 +7,14 @@ of the new version's events, :class:`Pairing` recomputes both versions on the ve
 events, each on its own window, and folds the per-event, per-layer divergence of the two
 attention rows into the paired comparison, which tells a model-caused change from a
 traffic shift.
+
+Which events are sampled depends on each event alone: an event is paired when its priority,
+a hash of (user id, event id) (``agreement.event_priorities``), falls in the lowest
+``paired_fraction`` of the hash range, so one process and replicas that split the partitions
+pair the same events (the scale-out judge then merges what one process would hold). Only
+``paired_max_per_batch`` bounds it by the batch: past it, the lowest priorities are kept
+and the rest counted (outcome ``over_cap``); a cap that binds makes the sample depend on how
+the stream was polled.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,6 +33,7 @@ from monitor.attention.registry import ModelRegistry, ServedModel
 from monitor.attention.stats import STATISTICS, compute, paired_divergence, union_rows
 from monitor.drift.judge import Judge
 from monitor.drift.paired import PairCohort, PairedComparison
+from monitor.drift.agreement import event_priorities
 from monitor.drift.users import hash_users
 from monitor.export.metrics import AgentMetrics
 from monitor.stream.config import PipelineConfig
@@ -130,6 +139,37 @@ class _Sampled:
     value: bytes | None = None
 
 
+class Pairs(NamedTuple):
+    """A batch's paired events: both versions on the same events (``Pairing.pair``)."""
+
+    rows: np.ndarray  # [P] batch rows of the paired events
+    js: np.ndarray  # [P, layers] per-event JS distance of the two head-averaged rows
+    overlap: np.ndarray  # [P, layers] top-k overlap
+    old_stats: np.ndarray  # [P, statistics, layers] the previous version's statistics
+    new_stats: np.ndarray  # [P, statistics, layers] the new version's
+    lengths: np.ndarray  # [P] the events' own history lengths (strata of the agreement)
+    users: np.ndarray  # uint64 [P] user hashes
+    priorities: np.ndarray  # uint64 [P] event hashes (the agreement's bottom-k sample)
+
+    def subset(self, keep: np.ndarray) -> Pairs:
+        """The pairs where ``keep`` [P] (bool or indices)."""
+        return Pairs(*(field[keep] for field in self))
+
+
+def fold_pairs(pairs: Pairs, new_version: str, codes: np.ndarray, labels: dict[str, tuple[str, ...]],
+               dimensions: Sequence[str], paired: PairedComparison) -> None:
+    """Fold ``pairs`` into ``paired``, per cohort of each dimension (``codes`` [B, dimensions]:
+    the whole batch's cohort codes, ``labels`` naming them)."""
+    kept_codes = codes[pairs.rows]  # [P, dimensions]
+    for column, dimension in enumerate(dimensions):
+        for code in np.unique(kept_codes[:, column]):
+            members = kept_codes[:, column] == code
+            cohort = PairCohort(new_version, dimension, labels[dimension][code])
+            paired.observe(cohort, pairs.js[members], pairs.overlap[members], pairs.users[members])
+            paired.observe_statistics(cohort, pairs.old_stats[members], pairs.new_stats[members],
+                                      pairs.lengths[members], pairs.users[members], pairs.priorities[members])
+
+
 class Pairing:
     """Recomputes the previous version on a sample of a new version's events and folds
     the paired divergence, per cohort and layer.
@@ -144,13 +184,12 @@ class Pairing:
     version reads none of its items or could not be loaded.
     """
 
-    def __init__(self, registry: ModelRegistry, recompute: Recompute, config: PipelineConfig, metrics: AgentMetrics,
-                 *, seed: int) -> None:
+    def __init__(self, registry: ModelRegistry, recompute: Recompute, config: PipelineConfig,
+                 metrics: AgentMetrics) -> None:
         self._registry = registry
         self._recompute = recompute
         self._config = config
         self._metrics = metrics
-        self._rng = np.random.default_rng(seed)
 
     def __call__(self, served: ServedModel, previous: str, events: Sequence[Event], codes: np.ndarray,
                  labels: dict[str, tuple[str, ...]], dimensions: Sequence[str], paired: PairedComparison) -> None:
@@ -159,15 +198,35 @@ class Pairing:
         ``events``: the new version's folded events; ``codes`` [B, dimensions]: their
         cohort codes, ``labels`` naming them.
         """
-        count = min(self._config.paired_max_per_batch, int(np.ceil(self._config.paired_fraction * len(events))))
-        if count == 0:
-            return
+        pairs = self.pair(served, previous, events)
+        if pairs is not None:
+            fold_pairs(pairs, served.version, codes, labels, dimensions, paired)
+
+    def sample(self, events: Sequence[Event]) -> tuple[np.ndarray, np.ndarray, int]:
+        """The batch rows to pair, ascending, their priorities, and how many more the cap left out."""
+        priorities = event_priorities((e.user_id for e in events), (e.event_id for e in events))  # [B]
+        fraction = self._config.paired_fraction
+        chosen = (np.arange(len(events)) if fraction >= 1.0 else
+                  np.flatnonzero(priorities < np.uint64(int(fraction * 2.0**64))))
+        cap = self._config.paired_max_per_batch
+        over = max(0, len(chosen) - cap)
+        if over:  # the lowest priorities: the events any other batching would keep first
+            chosen = np.sort(chosen[np.lexsort((chosen, priorities[chosen]))[:cap]])
+        return chosen, priorities[chosen], over
+
+    def pair(self, served: ServedModel, previous: str, events: Sequence[Event]) -> Pairs | None:
+        """Both versions on the sampled events, each on its own window: their divergence and
+        statistics per event and layer (None: nothing paired; the outcomes are counted)."""
+        picked, priorities, over = self.sample(events)  # [S]
         counted = self._metrics.paired_events
+        if over:
+            counted.labels(served.version, previous, "over_cap").inc(over)
+        if picked.size == 0:
+            return None
         old = self._registry.get(previous)
         if old is None:
-            counted.labels(served.version, previous, "previous_unavailable").inc(count)
-            return
-        picked = np.sort(self._rng.choice(len(events), size=count, replace=False))  # [S]
+            counted.labels(served.version, previous, "previous_unavailable").inc(int(picked.size))
+            return None
         items = [(_Sampled(int(row)), events[row]) for row in picked.tolist()]
         unreadable: list[int] = []
         new_w = window_histories(served, items, keep_positions=True, reject=_served_reads_every_event)
@@ -178,7 +237,7 @@ class Pairing:
         readable = np.isin(picked, unreadable, invert=True)  # [S]
         rows = picked[readable]  # [P] batch rows of the paired events
         if rows.size == 0:
-            return
+            return None
         counted.labels(served.version, previous, "paired").inc(int(rows.size))
         new_positions = [p for p, ok in zip(new_w.positions, readable.tolist(), strict=True) if ok]
         new_histories = [h for h, ok in zip(new_w.histories, readable.tolist(), strict=True) if ok]
@@ -197,15 +256,8 @@ class Pairing:
         users = hash_users(events[row].user_id for row in rows.tolist())  # [P]
         history_lengths = np.fromiter((len(events[row].history) for row in rows.tolist()), dtype=np.int64,
                                       count=rows.size)  # [P] the event's own length (strata of the agreement)
-        old_stats, new_stats = old_stats[:, :, :layers], new_stats[:, :, :layers]  # [P, statistics, layers]
-        kept_codes = codes[rows]  # [P, dimensions]
-        for column, dimension in enumerate(dimensions):
-            for code in np.unique(kept_codes[:, column]):
-                members = kept_codes[:, column] == code
-                cohort = PairCohort(served.version, dimension, labels[dimension][code])
-                paired.observe(cohort, js[members], overlap[members], users[members])
-                paired.observe_statistics(cohort, old_stats[members], new_stats[members], history_lengths[members],
-                                          users[members])
+        return Pairs(rows, js, overlap, old_stats[:, :, :layers], new_stats[:, :, :layers], history_lengths, users,
+                     priorities[readable])
 
     def _count_catalogue_differences(self, served: ServedModel, old: ServedModel, events: list[Event],
                                      old_positions: list[np.ndarray], new_positions: list[np.ndarray],

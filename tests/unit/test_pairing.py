@@ -63,10 +63,10 @@ class RecordingPaired(PairedComparison):
             self.js.append(np.asarray(js))
         return super().observe(cohort, js, overlap, users)
 
-    def observe_statistics(self, cohort: PairCohort, old, new, lengths, users) -> None:
+    def observe_statistics(self, cohort: PairCohort, old, new, lengths, users, priorities=None) -> None:
         if cohort.dimension == "all":
             self.statistics.append((np.asarray(old), np.asarray(new), np.asarray(lengths)))
-        super().observe_statistics(cohort, old, new, lengths, users)
+        super().observe_statistics(cohort, old, new, lengths, users, priorities)
 
 
 class Harness:
