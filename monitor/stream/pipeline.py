@@ -229,8 +229,8 @@ class Pipeline:
         self.last_report, self.last_paired = report, paired
         self._drift_rows.update(report, paired, previous=self._updates.previous, alive=self._updates.versions_seen,
                                 baselines=self.judge.baselines.cohort_status())
-        self._item_rows.update(report.items, alive=self._updates.versions_seen, titles=self._title)
-        self.live.record(report, paired, self.judge, self._updates.previous, self.registry, titles=self._title)
+        self._item_rows.update(report.items, alive=self._updates.versions_seen, titles=self.title)
+        self.live.record(report, paired, self.judge, self._updates.previous, self.registry, titles=self.title)
         self.metrics.judge_runs.inc()
         self.metrics.observe_stage("judge", time.perf_counter() - started)
         for verdict in report.cohorts:
@@ -243,7 +243,7 @@ class Pipeline:
         """Rows for ``metrics.DriftCollector`` (read by the scrape thread; replaced, never mutated)."""
         return {**self._drift_rows.rows(), **self._item_rows.rows()}
 
-    def _title(self, version: str, item: int) -> str | None:
+    def title(self, version: str, item: int) -> str | None:
         """An item's catalogue title in a loaded version's catalogue (None if it is not loaded or lacks it)."""
         if version not in self.registry.loaded_versions():
             return None

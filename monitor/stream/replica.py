@@ -77,7 +77,7 @@ class Replica(Agent):
         self.partitions = Partitions(self.pipeline.judge, settings.intervals.judge_s)  # type: ignore[arg-type]
         self.role = JudgeRole(scale.election, scale.partials, scale.state, scale.partitions,
                               settings.intervals.judge_s, settings.judge, keep=1, paired_config=settings.paired,
-                              items_exported=settings.pipeline.items_exported)
+                              items_exported=settings.pipeline.items_exported, titles=self.pipeline.title)
         self._next: dict[int, int] = {}  # partition -> the offset after the last record folded
         self._last_record: dict[int, float] = {}  # partition -> monotonic time of its last record
         self._idle: set[int] = set()  # partitions whose idle progress is published

@@ -25,7 +25,7 @@ from monitor.drift.paired import PairedComparison, PairedConfig, PairedReport
 from monitor.drift.partial import Partial
 from monitor.drift.rounds import Rounds
 from monitor.export.drift_rows import DriftRows
-from monitor.export.item_rows import ItemRows
+from monitor.export.item_rows import ItemRows, Titles
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,12 @@ class JudgeRole:
 
     def __init__(self, election: Election, partials: Table, state: Table, partitions: int, width_s: float,
                  config: JudgeConfig, keep: int | None = None, paired_config: PairedConfig | None = None,
-                 items_exported: int = 5) -> None:
+                 items_exported: int = 5, titles: Titles = lambda version, item: None) -> None:
         self._election, self._partials, self._state = election, partials, state
         self._partitions, self._width_s, self._config = partitions, width_s, config
         self._paired_config = paired_config or PairedConfig()
         self._items_exported = items_exported
+        self._titles = titles  # an item's catalogue title (the replica's loaded versions), for the item rows
         # What the judge exports: the latest row of every series, kept in its state, since a
         # series keeps its last row until a round judges it again (a judge that took over and
         # started empty would export only the series its own rounds judged).
@@ -154,7 +155,7 @@ class JudgeRole:
         for report, paired in rounds:
             self.drift_rows.update(report, paired, previous=previous, alive=alive,
                                    baselines=self.judge.baselines.cohort_status())
-            self.item_rows.update(report.items, alive=alive, titles=lambda version, item: None)
+            self.item_rows.update(report.items, alive=alive, titles=self._titles)
 
     def rows(self) -> dict[str, list[dict]]:
         """The rows the judge exports (``metrics.DriftCollector``): replaced each round, never mutated."""

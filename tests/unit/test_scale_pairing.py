@@ -306,3 +306,30 @@ def test_a_new_judge_resumes_the_paired_comparison_from_the_state_topic(log) -> 
         heir.step()
     assert _results(first.paired_reports + heir.paired_reports) == _results(single)
     assert alone.rows()["paired"] and repr(heir.rows()) == repr(alone.rows())
+
+
+def test_the_judge_names_the_items_it_exports_with_the_title_lookup_it_is_given(log) -> None:
+    """The elected judge's item rows carry catalogue titles, as the single agent's do (the
+    replica hands its judge role its loaded versions' lookup, ``Pipeline.title``; the role
+    exported none before)."""
+    import dataclasses
+
+    from monitor.drift.baseline import CohortKey
+    from monitor.drift.concentration import ItemResult
+    from monitor.stream.scale import JudgeRole
+
+    streams = [_partials(log, p, batch=64) for p in range(PARTITIONS)]
+    role = JudgeRole(_Elected(), _Table(), _Table(), PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED,
+                     titles=lambda version, item: f"{version} title of {item}")
+    for w in range(WINDOWS):
+        for p, stream in enumerate(streams):
+            publish(role._partials, [stream[w]], p, stream[w].window, stream[w].end, idle=w == WINDOWS - 1)
+        role.step()
+    version = sorted(role.rounds.versions)[-1]
+    narrowed = ItemResult(
+        key=CohortKey(version, "all", "all"), layer=0, kind="model_update", reference_version="v1", score=0.3,
+        js_raw=0.3, p_value=1e-6, p_adjusted=1e-5, threshold=0.1, flagged=True, drifting=True, top_share=0.4,
+        reference_top_share=0.1, effective_items=20.0, reference_effective_items=300.0, overlap=0.2, samples=800,
+        top=((7, 0.2, 0.01), (9, 0.1, 0.02)), update_at=None)
+    role._export([(dataclasses.replace(role.reports[-1], items=(narrowed,)), role.paired_reports[-1])])
+    assert role.item_rows.to_state()["titles"] == {"7": f"{version} title of 7", "9": f"{version} title of 9"}
