@@ -105,6 +105,11 @@ def test_configmap_and_statefulset_env_make_valid_settings_with_the_pod_name_as_
     assert settings.kafka.group_instance_id == "attnmon-1"
     assert settings.kafka.leave_group_on_shutdown
     assert settings.http.host == "0.0.0.0"
+    # N replicas judge as one: merged windows and one elected judge, not a judgement per pod
+    assert settings.scale.mode == "replica"
+    scale_topics = {settings.scale.partials_topic, settings.scale.state_topic, settings.scale.control_topic}
+    assert len(scale_topics) == 3 and settings.kafka.topic not in scale_topics
+    assert settings.scale.judge_group_id != settings.kafka.group_id
     (port,) = container(k8s)["ports"]
     assert port["containerPort"] == settings.http.port
     volumes = {m["mountPath"]: m for m in container(k8s)["volumeMounts"]}
