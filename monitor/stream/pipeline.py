@@ -253,6 +253,11 @@ class Pipeline:
         index = int(served.to_indices(np.array([item]))[0])
         return served.checkpoint.catalog.titles[index] if index > 0 else None
 
+    def watch_usage(self, judge: Judge, paired: PairedComparison) -> None:
+        """Report these components' series in the usage rows (a replica: its judge role's while
+        it is elected, its own fold's otherwise)."""
+        self._usage.adopt(judge, paired)
+
     def usage_rows(self) -> dict[str, list[dict]]:
         """Rows for ``metrics.UsageCollector``: series against their limits, and when each
         tracked version was last seen (read by the scrape thread: copies, nothing iterated live)."""

@@ -267,9 +267,13 @@ class Replica(Agent):
         was = self.role.judging
         rounds = self.role.step(50)
         self.scale_metrics.judging.set(1.0 if self.role.judging else 0.0)
+        if self.role.judging and not was:  # attnmon_drift_series: the judge's series, not the fold's
+            assert self.role.judge is not None and self.role.paired is not None
+            self.pipeline.watch_usage(self.role.judge, self.role.paired)
         if was and not self.role.judging:
             self._rows = {}
             self.scale_metrics.closed_window.set(float("nan"))
+            self.pipeline.watch_usage(self.pipeline.judge, self.pipeline.paired)
         if rounds:
             self._export(rounds)
 

@@ -257,3 +257,48 @@ def test_a_replica_assigned_a_partition_without_progress_folds_it_from_the_start
     assert seeks == {("events", 0): 0, ("events", 1): 120}  # old code: {("events", 1): 120}
     assert replica.partitions.previous(1, "w") is None and replica.partitions.versions(1) == ["v"]
     replica.pipeline.close()
+
+
+def test_an_elected_replica_reports_its_judges_series_usage(models, tmp_path):
+    """attnmon_drift_series on the elected replica counts the judge's series (and refusals),
+    not its own fold's (a PartialSink, which holds none); a replica that loses the election
+    reports its fold's again."""
+    from monitor.stream.replica import Replica, ScaleParts
+
+    class Table:
+        def __init__(self) -> None:
+            self.log: list = []
+
+        def put(self, key, value) -> None:
+            self.log.append((key, value))
+
+        def flush(self, timeout_s: float = 30.0) -> None:
+            pass
+
+        def read(self, start: int = 0, timeout_s: float = 30.0):
+            return self.log[start:], len(self.log)
+
+    class Election:
+        elected = True
+
+        def poll(self, timeout_ms: int = 100) -> bool:
+            return self.elected
+
+    root, versions = models
+    factory = EventFactory(load_movielens(), small_models(root, [versions[0]]), Scenario(versions=((0, versions[0]),)))
+    election = Election()
+    scale = ScaleParts(partials=Table(), state=Table(), election=election, partitions=2)
+    replica = Replica(_settings(root, tmp_path / "state"), lambda on_assigned, on_revoked: _Source(
+        factory.events(10), 10, on_assigned, on_revoked), MemorySink(), scale)
+
+    def judge_row() -> dict:
+        return next(r for r in replica.pipeline.usage_rows()["series"] if r["component"] == "judge")
+
+    replica._judge_step()
+    assert replica.role.judging and replica.role.judge is not None
+    replica.role.judge.counts["refused_key_cap"] += 7  # as if the judge's store were full
+    assert judge_row()["refused"] == 7  # old code: 0, the fold's count
+    election.elected = False
+    replica._judge_step()
+    assert not replica.role.judging and judge_row()["refused"] == 0
+    replica.pipeline.close()
