@@ -77,7 +77,8 @@ class Replica(Agent):
         self.partitions = Partitions(self.pipeline.judge, settings.intervals.judge_s)  # type: ignore[arg-type]
         self.role = JudgeRole(scale.election, scale.partials, scale.state, scale.partitions,
                               settings.intervals.judge_s, settings.judge, keep=1, paired_config=settings.paired,
-                              items_exported=settings.pipeline.items_exported, titles=self.pipeline.title)
+                              items_exported=settings.pipeline.items_exported, titles=self.pipeline.title,
+                              retire_after_s=settings.pipeline.retire_after_s)
         self._next: dict[int, int] = {}  # partition -> the offset after the last record folded
         self._last_record: dict[int, float] = {}  # partition -> monotonic time of its last record
         self._idle: set[int] = set()  # partitions whose idle progress is published
@@ -276,6 +277,14 @@ class Replica(Agent):
             self.pipeline.watch_usage(self.pipeline.judge, self.pipeline.paired)
         if rounds:
             self._export(rounds)
+        self._count_retired(self.role.retired)
+
+    def _count_retired(self, versions: list[str]) -> None:
+        """The judge's retirements (event time, ``Rounds``): counted and logged as the single agent's."""
+        for version in versions:
+            self.metrics.versions_retired.inc()
+            log.info("judge retired model version %s: in no merged window for retire_after_s %.0f s of event time",
+                     version, self.settings.pipeline.retire_after_s)
 
     def _export(self, reports: list[tuple[JudgeReport, PairedReport]]) -> None:
         """The judge's rows (drift and paired, built by ``JudgeRole``) exported at once, as the agent's."""

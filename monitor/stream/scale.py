@@ -70,8 +70,11 @@ class JudgeRole:
 
     def __init__(self, election: Election, partials: Table, state: Table, partitions: int, width_s: float,
                  config: JudgeConfig, keep: int | None = None, paired_config: PairedConfig | None = None,
-                 items_exported: int = 5, titles: Titles = lambda version, item: None) -> None:
+                 items_exported: int = 5, titles: Titles = lambda version, item: None,
+                 retire_after_s: float | None = None) -> None:
         self._election, self._partials, self._state = election, partials, state
+        self._retire_after_s = retire_after_s  # versions absent that long in event time retire (Rounds)
+        self.retired: list[str] = []  # versions retired by the last step's rounds (the caller counts them)
         self._partitions, self._width_s, self._config = partitions, width_s, config
         self._paired_config = paired_config or PairedConfig()
         self._items_exported = items_exported
@@ -98,6 +101,7 @@ class JudgeRole:
 
     def step(self, timeout_ms: int = 100) -> list[tuple[JudgeReport, PairedReport]]:
         """One turn: keep the membership, and judge what closed if elected; each round's reports."""
+        self.retired = []  # a step that judges nothing retires nothing
         if not self._election.poll(timeout_ms):
             if self.judge is not None:
                 log.warning("no longer the judge: dropping the judge's state (the next judge resumes it)")
@@ -129,6 +133,7 @@ class JudgeRole:
                 p = json.loads(value)
                 self.rounds.mark(int(key.split("/")[1]), int(p["sealed"]), bool(p["idle"]))
         rounds = self.rounds.advance_paired(self.judge, self.paired)
+        self.retired = self.rounds.take_retired()  # forgotten by the rounds; their rows leave in _export
         if rounds:
             self._export(rounds)
             self._state.put("judge", json.dumps({
@@ -175,13 +180,13 @@ class JudgeRole:
     def _resume(self) -> None:
         records, _ = self._state.read(0)
         saved = [v for k, v in records if k == "judge" and v is not None]
-        self.judge, self.rounds = Judge(self._config), Rounds(self._partitions, self._width_s)
+        self.judge, self.rounds = Judge(self._config), Rounds(self._partitions, self._width_s, self._retire_after_s)
         self.paired = PairedComparison(self._paired_config)
         if saved:
             state = json.loads(saved[-1])
             try:
                 judge = Judge.from_state(state["judge"], self._config)
-                rounds = Rounds.from_state(state["rounds"], self._partitions)
+                rounds = Rounds.from_state(state["rounds"], self._partitions, self._retire_after_s)
                 # A state saved before the judge paired: the comparison starts with the next round.
                 paired = (PairedComparison.from_state(state["paired"], self._paired_config) if "paired" in state
                           else PairedComparison(self._paired_config))
