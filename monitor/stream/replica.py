@@ -268,9 +268,10 @@ class Replica(Agent):
         was = self.role.judging
         rounds = self.role.step(50)
         self.scale_metrics.judging.set(1.0 if self.role.judging else 0.0)
-        if self.role.judging and not was:  # attnmon_drift_series: the judge's series, not the fold's
+        if self.role.judging and not was:
             assert self.role.judge is not None and self.role.paired is not None
-            self.pipeline.watch_usage(self.role.judge, self.role.paired)
+            self._rows = self.role.rows()  # the verdicts the last judge exported, restored with its state
+            self.pipeline.watch_usage(self.role.judge, self.role.paired)  # attnmon_drift_series: the judge's
         if was and not self.role.judging:
             self._rows = {}
             self.scale_metrics.closed_window.set(float("nan"))

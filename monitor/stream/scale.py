@@ -132,6 +132,13 @@ class JudgeRole:
             elif key.startswith("progress/"):
                 p = json.loads(value)
                 self.rounds.mark(int(key.split("/")[1]), int(p["sealed"]), bool(p["idle"]))
+        if resuming:
+            # Elected and holding the state: the judge has taken over. The rounds that closed
+            # meanwhile are judged from the next step on, so the handover is not held up by
+            # the backlog (how long it takes to judge grows with the time without a judge).
+            log.warning("judging: state restored, %d partials-table records read (%d keys) in %.1f s",
+                        len(records), len(last), time.monotonic() - started)
+            return []
         rounds = self.rounds.advance_paired(self.judge, self.paired)
         self.retired = self.rounds.take_retired()  # forgotten by the rounds; their rows leave in _export
         if rounds:
@@ -147,9 +154,6 @@ class JudgeRole:
                 del self.reports[: -self._keep]
                 del self.paired_reports[: -self._keep]
         self._tombstone()
-        if resuming:
-            log.warning("judging: state restored, %d partials-table records read (%d keys), %d rounds judged in %.1f s",
-                        len(records), len(last), len(rounds), time.monotonic() - started)
         return rounds
 
     def _export(self, rounds: list[tuple[JudgeReport, PairedReport]]) -> None:

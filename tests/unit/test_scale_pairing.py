@@ -333,3 +333,27 @@ def test_the_judge_names_the_items_it_exports_with_the_title_lookup_it_is_given(
         top=((7, 0.2, 0.01), (9, 0.1, 0.02)), update_at=None)
     role._export([(dataclasses.replace(role.reports[-1], items=(narrowed,)), role.paired_reports[-1])])
     assert role.item_rows.to_state()["titles"] == {"7": f"{version} title of 7", "9": f"{version} title of 9"}
+
+
+def test_the_takeover_step_restores_the_state_and_leaves_the_backlog_to_the_next(log) -> None:
+    """A new judge's first step ends once it holds the state (so how long a handover takes does
+    not grow with the windows that closed without a judge); its next step judges them."""
+    from monitor.stream.scale import JudgeRole
+
+    streams = [_partials(log, p, batch=64) for p in range(PARTITIONS)]
+    partials, state = _Table(), _Table()
+    first = JudgeRole(_Elected(), partials, state, PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
+    first.step()  # elected
+    for w in range(3):
+        for p, stream in enumerate(streams):
+            publish(partials, [stream[w]], p, stream[w].window, stream[w].end)
+        first.step()
+    judged = first.rounds.closed
+    for w in range(3, WINDOWS):  # no judge meanwhile: a backlog
+        for p, stream in enumerate(streams):
+            publish(partials, [stream[w]], p, stream[w].window, stream[w].end, idle=w == WINDOWS - 1)
+    heir = JudgeRole(_Elected(), partials, state, PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
+    assert heir.step() == [] and heir.judging
+    assert heir.rounds.closed == judged and first.drift_rows.to_state()["pairs"]
+    assert repr(heir.drift_rows.to_state()) == repr(first.drift_rows.to_state())  # exported at once
+    assert len(heir.step()) == WINDOWS - 1 - judged

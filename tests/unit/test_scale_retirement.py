@@ -102,6 +102,8 @@ def _run(streams, role: JudgeRole, table: _Table, windows: list[int]) -> dict[in
     """One window per step: what retired, the versions the judge holds, the versions in its rows."""
     seen = {}
     final = _windows(streams)[-1]
+    if not role.judging:
+        role.step()  # elected: restores the state; judging starts with the next step
     for w in windows:
         _publish_window(table, streams, w, last=w == final)
         role.step()
