@@ -102,3 +102,37 @@ def one_process(log: list[dict[str, np.ndarray]], batch: int = 500) -> list:
         parts.assign(p)
         streams.append(fold(sink, parts, p, log, 0, len(log[p]["ts"]), batch) + [parts.seal(p)])
     return verdicts(judge_stream(streams, seed=None)[0])
+
+
+class MemoryTable:
+    """A compacted topic in memory (``monitor.stream.scale.Table``): an append-only log of
+    (key, value), a value of None deleting the key."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, bytes | None]] = []
+
+    def put(self, key: str, value: bytes | None) -> None:
+        self.log.append((key, value))
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        pass
+
+    def read(self, start: int = 0, timeout_s: float = 30.0) -> tuple[list[tuple[str, bytes | None]], int]:
+        return self.log[start:], len(self.log)
+
+    def compacted(self) -> list[tuple[str, bytes]]:
+        """What the log compacts to: each key's last value, deleted keys left out."""
+        latest: dict[str, bytes | None] = {}
+        for key, value in self.log:
+            latest[key] = value
+        return [(k, v) for k, v in latest.items() if v is not None]
+
+
+class Election:
+    """The judge election (``monitor.stream.scale.Election``), decided by the test."""
+
+    def __init__(self, leader: bool = True) -> None:
+        self.leader = leader
+
+    def poll(self, timeout_ms: int = 100) -> bool:
+        return self.leader

@@ -20,6 +20,7 @@ from monitor.stream.memory import MemorySink, MemorySource
 from monitor.stream.source import CommitFailed, SourceError
 from monitor.tools.replay import EventFactory, Scenario
 from scaffold import publish_small, small_models
+from scale_log import Election, MemoryTable
 
 
 @pytest.fixture(scope="module")
@@ -229,27 +230,10 @@ def test_a_replica_assigned_a_partition_without_progress_folds_it_from_the_start
     partition it kept, so without a seek the events of that partial were never folded."""
     from monitor.stream.replica import Replica, ScaleParts
 
-    class Table:
-        def __init__(self) -> None:
-            self.log: list = []
-
-        def put(self, key, value) -> None:
-            self.log.append((key, value))
-
-        def flush(self, timeout_s: float = 30.0) -> None:
-            pass
-
-        def read(self, start: int = 0, timeout_s: float = 30.0):
-            return self.log[start:], len(self.log)
-
-    class Standby:
-        def poll(self, timeout_ms: int = 100) -> bool:
-            return False
-
     root, versions = models
     factory = EventFactory(load_movielens(), small_models(root, [versions[0]]), Scenario(versions=((0, versions[0]),)))
-    partials = Table()
-    scale = ScaleParts(partials=partials, state=Table(), election=Standby(), partitions=2)
+    partials = MemoryTable()
+    scale = ScaleParts(partials=partials, state=MemoryTable(), election=Election(leader=False), partitions=2)
     replica = Replica(_settings(root, tmp_path / "state"), lambda on_assigned, on_revoked: _Source(
         factory.events(10), 10, on_assigned, on_revoked), MemorySink(), scale)
     partials.put("progress/1", json.dumps({"sealed": 3, "next": 120, "idle": False, "versions": ["v"]}).encode())
@@ -265,29 +249,10 @@ def test_an_elected_replica_reports_its_judges_series_usage(models, tmp_path):
     reports its fold's again."""
     from monitor.stream.replica import Replica, ScaleParts
 
-    class Table:
-        def __init__(self) -> None:
-            self.log: list = []
-
-        def put(self, key, value) -> None:
-            self.log.append((key, value))
-
-        def flush(self, timeout_s: float = 30.0) -> None:
-            pass
-
-        def read(self, start: int = 0, timeout_s: float = 30.0):
-            return self.log[start:], len(self.log)
-
-    class Election:
-        elected = True
-
-        def poll(self, timeout_ms: int = 100) -> bool:
-            return self.elected
-
     root, versions = models
     factory = EventFactory(load_movielens(), small_models(root, [versions[0]]), Scenario(versions=((0, versions[0]),)))
     election = Election()
-    scale = ScaleParts(partials=Table(), state=Table(), election=election, partitions=2)
+    scale = ScaleParts(partials=MemoryTable(), state=MemoryTable(), election=election, partitions=2)
     replica = Replica(_settings(root, tmp_path / "state"), lambda on_assigned, on_revoked: _Source(
         factory.events(10), 10, on_assigned, on_revoked), MemorySink(), scale)
 
@@ -298,7 +263,7 @@ def test_an_elected_replica_reports_its_judges_series_usage(models, tmp_path):
     assert replica.role.judging and replica.role.judge is not None
     replica.role.judge.counts["refused_key_cap"] += 7  # as if the judge's store were full
     assert judge_row()["refused"] == 7  # old code: 0, the fold's count
-    election.elected = False
+    election.leader = False
     replica._judge_step()
     assert not replica.role.judging and judge_row()["refused"] == 0
     replica.pipeline.close()

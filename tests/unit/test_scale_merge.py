@@ -9,7 +9,18 @@ import pytest
 from monitor.drift.judge import Judge
 from monitor.drift.partial import Partitions, PartialSink
 from monitor.drift.rounds import Rounds
-from scale_log import CONFIG, PARTITIONS, WIDTH_S, fold, judge_stream, make_log, one_process, verdicts
+from scale_log import (
+    CONFIG,
+    PARTITIONS,
+    WIDTH_S,
+    Election,
+    MemoryTable,
+    fold,
+    judge_stream,
+    make_log,
+    one_process,
+    verdicts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,36 +104,6 @@ def test_a_new_judge_resumes_from_the_state_topic(log, single) -> None:
     assert verdicts(rest)[-1] == single[-1]
 
 
-class _Table:
-    """A compacted topic in memory: an append-only log of (key, value); value None deletes."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str, bytes | None]] = []
-
-    def put(self, key: str, value: bytes | None) -> None:
-        self.log.append((key, value))
-
-    def flush(self, timeout_s: float = 30.0) -> None:
-        pass
-
-    def read(self, start: int = 0, timeout_s: float = 30.0):
-        return self.log[start:], len(self.log)
-
-    def compacted(self) -> dict[str, bytes]:
-        latest: dict[str, bytes | None] = {}
-        for key, value in self.log:
-            latest[key] = value
-        return {k: v for k, v in latest.items() if v is not None}
-
-
-class _Elected:
-    def __init__(self, leader: bool = True) -> None:
-        self.leader = leader
-
-    def poll(self, timeout_ms: int = 100) -> bool:
-        return self.leader
-
-
 def test_the_judge_tombstones_what_its_saved_state_has_folded(log, single) -> None:
     """Every partial a saved state has folded is deleted (compaction drops it): the topic keeps
     only unfolded partials and the progress records; a judge that takes over from that
@@ -131,8 +112,8 @@ def test_the_judge_tombstones_what_its_saved_state_has_folded(log, single) -> No
 
     sink = PartialSink(CONFIG)
     parts = Partitions(sink, WIDTH_S)
-    partials, state = _Table(), _Table()
-    first = JudgeRole(_Elected(), partials, state, PARTITIONS, WIDTH_S, CONFIG)
+    partials, state = MemoryTable(), MemoryTable()
+    first = JudgeRole(Election(), partials, state, PARTITIONS, WIDTH_S, CONFIG)
     streams = []
     for p in range(PARTITIONS):
         parts.assign(p)
@@ -145,13 +126,13 @@ def test_the_judge_tombstones_what_its_saved_state_has_folded(log, single) -> No
         first.step()
     first.step()
     folded = first.rounds.folded
-    live = {k for k in partials.compacted() if k.startswith("partial/")}
+    live = {k for k, _ in partials.compacted() if k.startswith("partial/")}
     assert first.tombstoned > 0
     assert all(int(k.split("/")[2]) > folded.get(int(k.split("/")[1]), -1) for k in live), "folded ones deleted"
     # The judge is lost; the next one reads the compacted topic and the state.
-    topic = _Table()
-    topic.log = list(partials.compacted().items())
-    heir = JudgeRole(_Elected(), topic, state, PARTITIONS, WIDTH_S, CONFIG)
+    topic = MemoryTable()
+    topic.log = partials.compacted()
+    heir = JudgeRole(Election(), topic, state, PARTITIONS, WIDTH_S, CONFIG)
     for k in range(half, max(len(s) for s in streams)):
         for p, stream in enumerate(streams):
             if k < len(stream):

@@ -20,7 +20,7 @@ from monitor.drift.rounds import Rounds
 from monitor.stream.config import PipelineConfig
 from monitor.stream.scale import progress, publish
 from monitor.stream.updates import Pairing, Pairs, fold_pairs
-from scale_log import CONFIG
+from scale_log import CONFIG, Election, MemoryTable
 
 PARTITIONS = 4
 WIDTH_S = 10.0
@@ -225,54 +225,19 @@ def test_a_partition_pairs_with_the_version_its_own_log_showed_before() -> None:
     """The previous version is the partition's log's, and its next owner gets it from the
     progress record: pairing does not depend on who holds the partition."""
 
-    class Table:
-        def __init__(self) -> None:
-            self.log: list = []
-
-        def put(self, key, value) -> None:
-            self.log.append((key, value))
-
-        def flush(self, timeout_s: float = 30.0) -> None:
-            pass
-
-        def read(self, start: int = 0, timeout_s: float = 30.0):
-            return self.log[start:], len(self.log)
-
     parts = Partitions(PartialSink(CONFIG), WIDTH_S)
     parts.assign(0)
     runs = parts.split(0, [0, 1, 2], [1_000, 2_000, 12_000], ["v1", "v1", "v2"])
     assert parts.previous(0, "v2") == "v1" and parts.previous(0, "v1") is None
     sealed = runs[-1].sealed
     assert sealed[0].versions == ["v1"], "the sealed partial's history ends before the record that sealed it"
-    table = Table()
+    table = MemoryTable()
     publish(table, sealed, 0, parts.sealed(0), sealed[-1].end)
     heir = Partitions(PartialSink(CONFIG), WIDTH_S)
     record = progress(table)[0]
     heir.assign(0, sealed=record["sealed"], versions=record["versions"])
     heir.split(0, [2], [12_000], ["v2"])
     assert heir.previous(0, "v2") == "v1"
-
-
-
-class _Table:
-    """A compacted topic in memory: an append-only log of (key, value); value None deletes."""
-
-    def __init__(self) -> None:
-        self.log: list = []
-
-    def put(self, key, value) -> None:
-        self.log.append((key, value))
-
-    def flush(self, timeout_s: float = 30.0) -> None:
-        pass
-
-    def read(self, start: int = 0, timeout_s: float = 30.0):
-        return self.log[start:], len(self.log)
-
-
-class _Elected:
-    def poll(self, timeout_ms: int = 100) -> bool:
-        return True
 
 
 def test_a_new_judge_resumes_the_paired_comparison_from_the_state_topic(log) -> None:
@@ -284,19 +249,19 @@ def test_a_new_judge_resumes_the_paired_comparison_from_the_state_topic(log) -> 
 
     single = _one_process(log, batch=64)
     streams = [_partials(log, p, batch=64) for p in range(PARTITIONS)]
-    alone = JudgeRole(_Elected(), _Table(), _Table(), PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
+    alone = JudgeRole(Election(), MemoryTable(), MemoryTable(), PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
     for w in range(WINDOWS):
         for p, stream in enumerate(streams):
             publish(alone._partials, [stream[w]], p, stream[w].window, stream[w].end, idle=w == WINDOWS - 1)
         alone.step()
-    partials, state = _Table(), _Table()
-    first = JudgeRole(_Elected(), partials, state, PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
+    partials, state = MemoryTable(), MemoryTable()
+    first = JudgeRole(Election(), partials, state, PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
     for w in range(WINDOWS // 2 + 1):
         for p, stream in enumerate(streams):
             publish(partials, [stream[w]], p, stream[w].window, stream[w].end)
         first.step()
     assert first.paired_reports and any(r.results for r in first.paired_reports), "pairs judged before the loss"
-    heir = JudgeRole(_Elected(), partials, state, PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
+    heir = JudgeRole(Election(), partials, state, PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
     heir.step()  # elected: resumes, nothing new to judge
     assert first.drift_rows.to_state()["pairs"], "the first judge exported paired rows"
     assert not heir.reports and repr(heir.drift_rows.to_state()) == repr(first.drift_rows.to_state())
@@ -319,7 +284,7 @@ def test_the_judge_names_the_items_it_exports_with_the_title_lookup_it_is_given(
     from monitor.stream.scale import JudgeRole
 
     streams = [_partials(log, p, batch=64) for p in range(PARTITIONS)]
-    role = JudgeRole(_Elected(), _Table(), _Table(), PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED,
+    role = JudgeRole(Election(), MemoryTable(), MemoryTable(), PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED,
                      titles=lambda version, item: f"{version} title of {item}")
     for w in range(WINDOWS):
         for p, stream in enumerate(streams):
@@ -341,8 +306,8 @@ def test_the_takeover_step_restores_the_state_and_leaves_the_backlog_to_the_next
     from monitor.stream.scale import JudgeRole
 
     streams = [_partials(log, p, batch=64) for p in range(PARTITIONS)]
-    partials, state = _Table(), _Table()
-    first = JudgeRole(_Elected(), partials, state, PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
+    partials, state = MemoryTable(), MemoryTable()
+    first = JudgeRole(Election(), partials, state, PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
     first.step()  # elected
     for w in range(3):
         for p, stream in enumerate(streams):
@@ -352,7 +317,7 @@ def test_the_takeover_step_restores_the_state_and_leaves_the_backlog_to_the_next
     for w in range(3, WINDOWS):  # no judge meanwhile: a backlog
         for p, stream in enumerate(streams):
             publish(partials, [stream[w]], p, stream[w].window, stream[w].end, idle=w == WINDOWS - 1)
-    heir = JudgeRole(_Elected(), partials, state, PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
+    heir = JudgeRole(Election(), partials, state, PARTITIONS, WIDTH_S, CONFIG, paired_config=PAIRED)
     assert heir.step() == [] and heir.judging
     assert heir.rounds.closed == judged and first.drift_rows.to_state()["pairs"]
     assert repr(heir.drift_rows.to_state()) == repr(first.drift_rows.to_state())  # exported at once

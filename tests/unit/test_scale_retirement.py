@@ -14,37 +14,20 @@ from monitor.drift.paired import PairedComparison
 from monitor.drift.partial import Partial, Partitions, PartialSink
 from monitor.drift.rounds import Rounds
 from monitor.stream.scale import JudgeRole, publish
-from scale_log import CONFIG, PARTITIONS, WIDTH_S, fold, judge_stream, make_log, verdicts
+from scale_log import (
+    CONFIG,
+    PARTITIONS,
+    WIDTH_S,
+    Election,
+    MemoryTable,
+    fold,
+    judge_stream,
+    make_log,
+    verdicts,
+)
 
 RETIRE_AFTER_S = 20.0  # two windows of WIDTH_S
 EXTRA_S = 30_000  # v2-only traffic appended after the base log (ms), so v1 stays absent long enough
-
-
-class _Table:
-    """A compacted topic in memory (as tests/unit/test_scale_merge.py's)."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str, bytes | None]] = []
-
-    def put(self, key: str, value: bytes | None) -> None:
-        self.log.append((key, value))
-
-    def flush(self, timeout_s: float = 30.0) -> None:
-        pass
-
-    def read(self, start: int = 0, timeout_s: float = 30.0):
-        return self.log[start:], len(self.log)
-
-    def compacted(self) -> list[tuple[str, bytes]]:
-        latest: dict[str, bytes | None] = {}
-        for key, value in self.log:
-            latest[key] = value
-        return [(k, v) for k, v in latest.items() if v is not None]
-
-
-class _Elected:
-    def poll(self, timeout_ms: int = 100) -> bool:
-        return True
 
 
 @pytest.fixture(scope="module")
@@ -91,14 +74,14 @@ def _windows(streams: list[list[Partial]]) -> list[int]:
     return sorted({q.window for s in streams for q in s})
 
 
-def _publish_window(table: _Table, streams: list[list[Partial]], window: int, last: bool) -> None:
+def _publish_window(table: MemoryTable, streams: list[list[Partial]], window: int, last: bool) -> None:
     """Every partition's partial of ``window`` and its progress (idle after the last window)."""
     for p, stream in enumerate(streams):
         mine = [q for q in stream if q.window == window]
         publish(table, mine, p, window, mine[-1].end if mine else 0, idle=last)
 
 
-def _run(streams, role: JudgeRole, table: _Table, windows: list[int]) -> dict[int, tuple[list[str], set, set]]:
+def _run(streams, role: JudgeRole, table: MemoryTable, windows: list[int]) -> dict[int, tuple[list[str], set, set]]:
     """One window per step: what retired, the versions the judge holds, the versions in its rows."""
     seen = {}
     final = _windows(streams)[-1]
@@ -115,7 +98,7 @@ def _run(streams, role: JudgeRole, table: _Table, windows: list[int]) -> dict[in
 def test_a_version_absent_for_retire_after_s_of_event_time_retires_on_the_judge(log) -> None:
     streams = _streams(log, (((0, 1, 2, 3), 500),))
     at = _expected_window(streams, "v1")
-    role = JudgeRole(_Elected(), _Table(), _Table(), PARTITIONS, WIDTH_S, CONFIG, retire_after_s=RETIRE_AFTER_S)
+    role = JudgeRole(Election(), MemoryTable(), MemoryTable(), PARTITIONS, WIDTH_S, CONFIG, retire_after_s=RETIRE_AFTER_S)
     table = role._partials
     seen = _run(streams, role, table, _windows(streams))  # type: ignore[arg-type]
     for w, (retired, held, rows) in seen.items():
@@ -135,7 +118,7 @@ def test_a_version_absent_for_retire_after_s_of_event_time_retires_on_the_judge(
 
 def test_no_retirement_without_retire_after_s(log) -> None:
     streams = _streams(log, (((0, 1, 2, 3), 500),))
-    role = JudgeRole(_Elected(), _Table(), _Table(), PARTITIONS, WIDTH_S, CONFIG, retire_after_s=math.inf)
+    role = JudgeRole(Election(), MemoryTable(), MemoryTable(), PARTITIONS, WIDTH_S, CONFIG, retire_after_s=math.inf)
     seen = _run(streams, role, role._partials, _windows(streams))  # type: ignore[arg-type]
     assert all(not retired and "v1" in held for retired, held, _ in seen.values())
 
@@ -147,16 +130,16 @@ def test_a_judge_that_takes_over_retires_at_the_same_window(log, takeover) -> No
     streams = _streams(log, (((0, 1, 2, 3), 500),))
     windows = _windows(streams)
     at = _expected_window(streams, "v1")
-    whole = JudgeRole(_Elected(), _Table(), _Table(), PARTITIONS, WIDTH_S, CONFIG, retire_after_s=RETIRE_AFTER_S)
+    whole = JudgeRole(Election(), MemoryTable(), MemoryTable(), PARTITIONS, WIDTH_S, CONFIG, retire_after_s=RETIRE_AFTER_S)
     uninterrupted = _run(streams, whole, whole._partials, windows)  # type: ignore[arg-type]
 
-    partials, state = _Table(), _Table()
-    first = JudgeRole(_Elected(), partials, state, PARTITIONS, WIDTH_S, CONFIG, retire_after_s=RETIRE_AFTER_S)
+    partials, state = MemoryTable(), MemoryTable()
+    first = JudgeRole(Election(), partials, state, PARTITIONS, WIDTH_S, CONFIG, retire_after_s=RETIRE_AFTER_S)
     cut = windows.index(at) - takeover
     before = _run(streams, first, partials, windows[:cut])
-    topic = _Table()
+    topic = MemoryTable()
     topic.log = partials.compacted()
-    heir = JudgeRole(_Elected(), topic, state, PARTITIONS, WIDTH_S, CONFIG, retire_after_s=RETIRE_AFTER_S)
+    heir = JudgeRole(Election(), topic, state, PARTITIONS, WIDTH_S, CONFIG, retire_after_s=RETIRE_AFTER_S)
     after = _run(streams, heir, topic, windows[cut:])
     assert {**before, **after} == uninterrupted
     assert heir.rows() == whole.rows()
