@@ -271,6 +271,8 @@ class Replica(Agent):
         if self.role.judging and not was:
             assert self.role.judge is not None and self.role.paired is not None
             self._rows = self.role.rows()  # the verdicts the last judge exported, restored with its state
+            if self.role.rounds is not None:  # judged up to there already, with nothing new to judge yet
+                self.scale_metrics.closed_window.set(self.role.rounds.closed)
             self.pipeline.watch_usage(self.role.judge, self.role.paired)  # attnmon_drift_series: the judge's
         if was and not self.role.judging:
             self._rows = {}

@@ -243,10 +243,12 @@ def test_a_replica_assigned_a_partition_without_progress_folds_it_from_the_start
     replica.pipeline.close()
 
 
-def test_an_elected_replica_reports_its_judges_series_usage(models, tmp_path):
+def test_an_elected_replica_reports_its_judges_series_usage_and_last_window(models, tmp_path):
     """attnmon_drift_series on the elected replica counts the judge's series (and refusals),
     not its own fold's (a PartialSink, which holds none); a replica that loses the election
-    reports its fold's again."""
+    reports its fold's again. attnmon_scale_closed_window reads the restored state's last
+    window as soon as it is elected (seen in the scale e2e: a judge elected after the last
+    judge had judged every closed window showed none until new events closed one)."""
     from monitor.stream.replica import Replica, ScaleParts
 
     root, versions = models
@@ -261,6 +263,8 @@ def test_an_elected_replica_reports_its_judges_series_usage(models, tmp_path):
 
     replica._judge_step()
     assert replica.role.judging and replica.role.judge is not None
+    # judged up to the restored state's last window (none here) at once, not NaN until a new round
+    assert replica.registry.get_sample_value("attnmon_scale_closed_window") == replica.role.rounds.closed == -1
     replica.role.judge.counts["refused_key_cap"] += 7  # as if the judge's store were full
     assert judge_row()["refused"] == 7  # old code: 0, the fold's count
     election.leader = False
