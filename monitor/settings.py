@@ -80,6 +80,7 @@ _KAFKA_INTS = {
     "session_timeout_ms": (1_000, 3_600_000),
     "max_poll_interval_ms": (1_000, 86_400_000),
     "connect_timeout_ms": (100, 600_000),
+    "metadata_max_age_ms": (1_000, 86_400_000),
 }
 
 
@@ -116,6 +117,9 @@ class KafkaSettings:
     auto_offset_reset: str = "earliest"
     # How long a client waits at start-up for the first broker to answer.
     connect_timeout_ms: Count = 30_000
+    # How often the topic's metadata is refreshed: partitions added to it are taken up (a
+    # rebalance) within this long.
+    metadata_max_age_ms: Count = 300_000
     # Static group membership (KIP-345): a stable identity of this replica, e.g. the pod name
     # of a StatefulSet (ATTNMON__KAFKA__GROUP_INSTANCE_ID=$(POD_NAME)). A replica restarted
     # with the same id gets its partitions back at once, without waiting for the session

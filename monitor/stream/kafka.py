@@ -95,6 +95,46 @@ _CONNECTION_ERRORS = (
 )
 
 
+# The longest one call waits for a rebalance to finish (``_finish_join``): the broker answers a
+# JoinGroup within the group's rebalance timeout (max.poll.interval.ms), usually in seconds;
+# capped well inside the main loop's stall limit (``intervals.stall_s``).
+JOIN_WAIT_MS = 60_000
+
+
+def _finish_join(consumer: KafkaConsumer, wait_ms: int) -> None:
+    """If the member is rejoining its group, wait for the join to finish, in one call.
+
+    kafka-python 3.0 (3.0.12; its main branch too) runs a JoinGroup/SyncGroup round as a
+    task that ``poll()`` awaits only until its own timeout, and reads the round's result
+    (the assignment) at a later poll. Two ways that result is lost (docs/architecture.md,
+    "Kafka client (rejoins)"):
+
+    - a poll that finds the round finished starts a new one before reading it: a member
+      polled with short timeouts and busy in between never holds an assignment, and as the
+      group's leader restarts the group's rebalance over and over;
+    - a leader's round started because the topics' metadata changed stops being "needed"
+      once the leader has computed the assignment, so no later poll reads it: the member
+      keeps its old assignment (often none) for good, heartbeats stay off, and the broker
+      drops it while it believes it is a member.
+
+    So a round in flight, or finished and unread, is awaited here, right after the poll that
+    started it; a round whose result would no longer be read is redone (one extra rebalance).
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None:
+        return
+    stranded = getattr(coordinator, "_join_task", None) is not None
+    if not (stranded or coordinator.need_rejoin()):
+        return
+    if not coordinator.need_rejoin():
+        coordinator.request_rejoin()
+    started = time.monotonic()
+    if not coordinator.ensure_active_group(timeout_ms=wait_ms):
+        log.warning("rejoining the group did not finish within %.0f s; polling on", wait_ms / 1000)
+    elif time.monotonic() - started > 1.0:
+        log.info("rejoined the group in %.1f s", time.monotonic() - started)
+
+
 @dataclass(frozen=True, slots=True)
 class Skipped:
     """Offsets ``first_offset`` .. the marker record's ``offset`` could not be decoded."""
@@ -173,6 +213,7 @@ class KafkaSource:
         self._on_revoked = on_revoked
         self._on_lost = on_lost or on_revoked
         self._end_offsets_ttl_s = end_offsets_ttl_s
+        self._join_wait_ms = min(JOIN_WAIT_MS, settings.max_poll_interval_ms + 5_000)
         self._end_offsets: dict[TopicPartition, int] = {}
         self._end_offsets_at = float("-inf")
         self._paused = False
@@ -193,6 +234,7 @@ class KafkaSource:
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=settings.heartbeat_interval_ms,
                 max_poll_interval_ms=settings.max_poll_interval_ms,
+                metadata_max_age_ms=settings.metadata_max_age_ms,
                 group_instance_id=settings.group_instance_id,
             )
         except kafka_errors.KafkaError as error:
@@ -211,6 +253,8 @@ class KafkaSource:
             raise SourceError("poll() on a closed KafkaSource")
         try:
             batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+            if not batches:  # a poll that starts a rebalance returns nothing; one with records did not
+                _finish_join(self._consumer, self._join_wait_ms)
         except _CONNECTION_ERRORS as error:
             self._raise_callback_error()
             raise _source_error("poll failed", error) from error
@@ -752,13 +796,25 @@ class JudgeElection:
     """Who judges: the member of ``group_id`` assigned partition 0 of the one-partition
     ``topic`` (the Faust pattern). Failover is an ordinary rebalance: when the judge's
     session times out (kill -9) or it leaves, another member is assigned the partition.
-    ``poll()`` must be called often (it is the membership); it returns whether this
-    member judges now. Two members may both believe they judge for the length of one
-    rebalance: everything the judge writes is keyed (its state) or idempotent."""
+
+    The membership is kept on a thread of its own, which polls the group and waits out its
+    rebalances (``_finish_join``), so that neither the events' loop nor this group's joins
+    wait on the other (on one thread, a replica in one group's join could not answer the
+    other group's). ``poll()`` reads whether this member judges now, and is how the agent
+    says it is alive: when it has not asked for ``max_poll_interval_ms``, the thread stops
+    polling and the client leaves the group, so a stuck agent does not stay the judge.
+    Two members may both believe they judge for the length of one rebalance: everything
+    the judge writes is keyed (its state) or idempotent."""
+
+    POLL_MS = 500
 
     def __init__(self, settings: KafkaSettings, topic: str, group_id: str) -> None:
-        self.leader = False
         self.changes = 0
+        self._leader = threading.Event()
+        self._stop = threading.Event()
+        self._join_wait_ms = min(JOIN_WAIT_MS, settings.max_poll_interval_ms + 5_000)
+        self._max_silence_s = settings.max_poll_interval_ms / 1000
+        self._asked = time.monotonic()  # when the agent last called poll()
         try:
             self._consumer = KafkaConsumer(
                 **_client_config(settings), group_id=group_id, enable_auto_commit=False,
@@ -767,22 +823,50 @@ class JudgeElection:
         except kafka_errors.KafkaError as error:
             raise _source_error(f"cannot join Kafka at {settings.bootstrap_servers}", error) from error
         self._consumer.subscribe([topic], listener=_ElectionListener(self))
+        self._thread = threading.Thread(target=self._keep_membership, name="attnmon-judge-election", daemon=True)
+        self._thread.start()
+
+    @property
+    def leader(self) -> bool:
+        return self._leader.is_set()
 
     def _set(self, leader: bool) -> None:
+        """From the membership thread (the listener), or ``close()`` once it has stopped."""
         if leader != self.leader:
-            self.leader = leader
+            if leader:
+                self._leader.set()
+            else:
+                self._leader.clear()
             self.changes += 1
             log.info("judge election: this member %s", "judges" if leader else "does not judge")
 
-    def poll(self, timeout_ms: int = 100) -> bool:
-        try:
-            self._consumer.poll(timeout_ms=timeout_ms)
-        except _CONNECTION_ERRORS as error:
-            log.warning("judge election: %s", error)
-            self._set(False)
+    def _keep_membership(self) -> None:
+        while not self._stop.is_set():
+            if time.monotonic() - self._asked > self._max_silence_s:
+                # The agent is stuck: unpolled, the client leaves the group and another member
+                # judges. Should the agent come back, its next poll here tells it (a rebalance).
+                self._stop.wait(self.POLL_MS / 1000)
+                continue
+            try:
+                self._consumer.poll(timeout_ms=self.POLL_MS)
+                _finish_join(self._consumer, self._join_wait_ms)
+            except _CONNECTION_ERRORS as error:
+                # Still a member until the session times out; if it does, the group's next
+                # rebalance tells this member (on_partitions_lost) and another one judges.
+                log.warning("judge election: %s", error)
+                self._stop.wait(1.0)
+            except Exception:  # noqa: BLE001 -- the thread must outlive any one poll
+                log.exception("judge election: polling the group failed; retrying")
+                self._stop.wait(1.0)
+
+    def poll(self, timeout_ms: int = 0) -> bool:
+        """Whether this member judges now (``timeout_ms`` is unused: the thread polls)."""
+        self._asked = time.monotonic()
         return self.leader
 
     def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.POLL_MS / 1000 + self._join_wait_ms / 1000 + 5)
         self._set(False)
         self._consumer.close()
 

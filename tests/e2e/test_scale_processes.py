@@ -91,6 +91,11 @@ class Daemon:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def dump_stacks(self) -> None:
+        """Every thread's stack into the log (the CLI's SIGUSR1 handler): why a replica is stuck."""
+        if self.alive():
+            self.process.send_signal(signal.SIGUSR1)
+
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
@@ -127,7 +132,10 @@ def _wait(what, timeout_s: float, daemons: list[Daemon], why: str):
         if result:
             return result
         time.sleep(0.25)
-    logs = "\n".join(f"--- {d.name}\n{d.log.read_text()[-2500:]}" for d in daemons)
+    for d in daemons:
+        d.dump_stacks()
+    time.sleep(1.0)
+    logs = "\n".join(f"--- {d.name}\n{d.log.read_text()[-6000:]}" for d in daemons)
     pytest.fail(f"timed out waiting for {why}\n{logs}")
 
 

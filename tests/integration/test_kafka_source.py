@@ -5,16 +5,19 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
+from kafka.admin import KafkaAdminClient, NewPartitions
 
 from monitor.settings import KafkaSettings
 from monitor.stream.kafka import (
     CommitFailed,
     DeadLetterSink,
     EventProducer,
+    JudgeElection,
     KafkaSource,
     Partition,
     Record,
@@ -104,6 +107,149 @@ def test_second_member_resumes_after_committed_offsets(kafka_settings: KafkaSett
         assert r.offset >= first.processed.get((r.topic, r.partition), 0)
 
 
+def test_members_polled_without_waiting_and_busy_between_polls_are_assigned(
+    kafka_settings: KafkaSettings, topic2: str
+) -> None:
+    """The agent polls with short (under back-pressure, zero) timeouts and works between
+    polls. kafka-python 3.0 throws away a join that finishes between two polls and starts
+    another; such members never held an assignment (generation after generation, for as
+    long as the test ran). The source waits for a join it started in the same call."""
+    settings = dataclasses.replace(kafka_settings, topic=topic2)
+    agents = [Agent(), Agent()]
+    sources = [open_source(settings, agent) for agent in agents]
+    stop = threading.Event()
+
+    def member(source: KafkaSource) -> None:  # each member is its own process in production
+        while not stop.is_set():
+            source.poll(max_records=10, timeout_ms=0)
+            time.sleep(0.2)  # a batch's work
+
+    threads = [threading.Thread(target=member, args=(source,), daemon=True) for source in sources]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        held: list[list[Partition]] = []
+        while time.monotonic() < deadline:
+            held = [sorted(source.assignment()) for source in sources]
+            if all(held) and sorted(held[0] + held[1]) == [(topic2, 0), (topic2, 1)]:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"members never split the partitions: {held}, assigned {[a.assigned for a in agents]}")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        for source in sources:
+            source.close()
+
+
+def test_a_leader_polled_without_waiting_takes_partitions_added_later(kafka_settings: KafkaSettings, unique_topic) -> None:
+    """Partitions added to the topic change the leader's metadata, which starts a rebalance,
+    here while the caller's thread stalls after every poll of the client, so each round
+    finishes between polls: the member still takes the new partitions (kafka-python 3.0
+    can leave such a round unread; ``tests/unit/test_kafka_join.py`` has that case)."""
+    topic = unique_topic(1)
+    settings = dataclasses.replace(kafka_settings, topic=topic, metadata_max_age_ms=1_000)
+    agent = Agent()
+    source = open_source(settings, agent)
+    try:
+        deadline = time.monotonic() + 20
+        while source.assignment() != [(topic, 0)]:
+            assert time.monotonic() < deadline, "never assigned"
+            source.poll(max_records=10, timeout_ms=100)
+        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+        try:
+            admin.create_partitions({topic: NewPartitions(total_count=3)})
+        finally:
+            admin.close()
+        # The caller's thread stalls after each of the client's polls (under load, the worker
+        # holding the GIL), so the round the poll started finishes before the source looks.
+        client_poll = source._consumer.poll
+
+        def stalled_poll(*args, **kwargs):
+            result = client_poll(*args, **kwargs)
+            time.sleep(0.3)
+            return result
+
+        source._consumer.poll = stalled_poll
+        deadline = time.monotonic() + 30
+        while sorted(source.assignment()) != [(topic, 0), (topic, 1), (topic, 2)]:
+            assert time.monotonic() < deadline, f"still holding {source.assignment()}, assigned {agent.assigned}"
+            source.poll(max_records=10, timeout_ms=0)
+    finally:
+        source.close()
+
+
+def test_two_replicas_settle_both_groups_within_seconds(kafka_settings: KafkaSettings, unique_topic) -> None:
+    """A replica is a member of two groups, the events' and the judge election's. Two replicas
+    started together, each looping as the daemon does (poll the events for 100 ms, ask the
+    election, work for 200 ms): within 15 s each holds one events partition and exactly one
+    judges. With kafka-python 3.0 polled as it was, the joins were thrown away (never
+    settled); waiting out both groups' joins on the loop's one thread would have each
+    replica wait for the other's, blocked in the other group's join."""
+    events, control = unique_topic(2), unique_topic(1)
+    settings = dataclasses.replace(kafka_settings, topic=events)
+    stop = threading.Event()
+    replicas = []
+    for _ in range(2):
+        agent = Agent()
+        replicas.append((open_source(settings, agent), JudgeElection(settings, control, f"{settings.group_id}-judge")))
+
+    def loop(source: KafkaSource, election: JudgeElection) -> None:
+        while not stop.is_set():
+            source.poll(max_records=10, timeout_ms=100)
+            election.poll()
+            time.sleep(0.2)
+
+    threads = [threading.Thread(target=loop, args=replica, daemon=True) for replica in replicas]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    try:
+        state: list[tuple[list[Partition], bool]] = []
+        while time.monotonic() - started < 15:
+            state = [(sorted(source.assignment()), election.poll()) for source, election in replicas]
+            if all(len(held) == 1 for held, _ in state) and sum(judges for _, judges in state) == 1:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"not settled in 15 s: {state}")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        for source, election in replicas:
+            source.close()
+            election.close()
+
+
+def test_an_agent_that_stops_asking_hands_the_judge_role_over(kafka_settings: KafkaSettings, unique_topic) -> None:
+    """The election polls on its own thread, yet lives only as long as the agent asks it:
+    a judge whose agent is stuck past max_poll_interval_ms leaves, and another member judges."""
+    control = unique_topic(1)
+    settings = dataclasses.replace(kafka_settings, max_poll_interval_ms=2_000)
+    stuck = JudgeElection(settings, control, f"{settings.group_id}-judge")
+    heir = None
+    try:
+        deadline = time.monotonic() + 20
+        while not stuck.poll():
+            assert time.monotonic() < deadline, "never elected"
+            time.sleep(0.1)
+        heir = JudgeElection(settings, control, f"{settings.group_id}-judge")
+        time.sleep(1.0)
+        assert not heir.poll(), "the first member judges while its agent asks"
+        deadline = time.monotonic() + 15  # no stuck.poll() from here on
+        while not heir.poll():
+            assert time.monotonic() < deadline, "the stuck judge kept the role"
+            time.sleep(0.1)
+    finally:
+        stuck.close()
+        if heir is not None:
+            heir.close()
+
+
 def test_pause_keeps_member_past_max_poll_interval(kafka_settings: KafkaSettings, topic2: str) -> None:
     settings = dataclasses.replace(kafka_settings, topic=topic2, max_poll_interval_ms=2_000)
     produce(settings, topic2, [b"before-%d" % i for i in range(10)])
@@ -170,16 +316,27 @@ def test_commit_in_on_revoked_hands_over_cleanly(kafka_settings: KafkaSettings, 
         first.take(got_a)  # processed, not committed yet
         b = open_source(settings, second)
         got_b: list[Record] = []
-        deadline = time.monotonic() + 15
-        while not (second.assigned and first.assigned[1:]) and time.monotonic() < deadline:
-            got_a += a.poll(max_records=500, timeout_ms=100)
-            got_b += b.poll(max_records=500, timeout_ms=100)
+        # Each member polls on its own thread, as each is its own process in production: a
+        # poll that starts a rebalance returns once the group has rejoined, which takes the
+        # other member's poll.
+        rebalanced = threading.Event()
+        stop_at: list[float] = []
+
+        def member(source: KafkaSource, got: list[Record]) -> None:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < (stop_at[0] if stop_at else deadline):
+                got += source.poll(max_records=500, timeout_ms=100)
+                if second.assigned and first.assigned[1:] and not rebalanced.is_set():
+                    rebalanced.set()
+                    stop_at.append(time.monotonic() + 1.0)  # and a second more: nothing may come
+
+        threads = [threading.Thread(target=member, args=(a, got_a)), threading.Thread(target=member, args=(b, got_b))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
         assert first.revoked == [[(topic2, 0), (topic2, 1)]], first.revoked
-        assert second.assigned and first.assigned[1:], "the group did not rebalance"
-        end = time.monotonic() + 1.0
-        while time.monotonic() < end:
-            got_a += a.poll(max_records=500, timeout_ms=100)
-            got_b += b.poll(max_records=500, timeout_ms=100)
+        assert rebalanced.is_set(), "the group did not rebalance"
         assert got_b == [], "the new owner re-read records the old one had committed on revoke"
         assert sorted(r.value for r in got_a) == sorted(values)
     finally:
