@@ -82,6 +82,7 @@ class Replica(Agent):
         self._next: dict[int, int] = {}  # partition -> the offset after the last record folded
         self._last_record: dict[int, float] = {}  # partition -> monotonic time of its last record
         self._idle: set[int] = set()  # partitions whose idle progress is published
+        self._first_read: dict[int, int] = {}  # partition -> the first offset this replica read of it
         self.scale_metrics = ScaleMetrics(self.registry)
         self._partial_of: dict[int, Partial] = {}  # id(event) -> its partial, for the batch being folded
         # Route the fold (monitor.stream.fold) through _route: a polled batch mixes partitions.
@@ -105,20 +106,29 @@ class Replica(Agent):
         """Nothing on disk: partitions resume from their progress records, the judge from its state topic."""
 
     def _on_assigned(self, partitions: list[Partition]) -> dict[Partition, int]:
-        """Resume each partition after its last published partial, with that watermark; one
-        without a published partial from its log's start (offset 0: below the log start, the
-        consumer resets to the earliest). Always a seek: a member assigned a partition it held
-        before keeps its fetch position (kafka-python), past the events of the open partial
-        its revocation dropped, which would then never be folded."""
+        """Resume each partition after its last published partial, with that watermark.
+
+        One without a published partial starts where ``kafka.auto_offset_reset`` says: with
+        ``earliest`` at its log's start (offset 0: below the log start, the consumer resets
+        to the earliest); with ``latest`` at its end, unless this replica read it before,
+        then at the first offset it read. Both are a seek where possible: a member assigned a
+        partition it held before keeps its fetch position (kafka-python), past the events of
+        the open partial its revocation dropped, which would then never be folded. (Under
+        ``latest``, events another replica read of a partition, in the window before its
+        first partial was published, are skipped if the partition moves meanwhile.)"""
         records = progress(self._scale.partials)
+        earliest = self.settings.kafka.auto_offset_reset == "earliest"
         seeks: dict[Partition, int] = {}
         for tp in partitions:
             p = tp[1]
             mine = records.get(p, {})
             self.partitions.assign(p, sealed=int(mine.get("sealed", -1)), versions=mine.get("versions", ()))
-            seeks[tp] = int(mine.get("next", 0))
             if "next" in mine:
-                self._next[p] = int(mine["next"])
+                seeks[tp] = self._next[p] = int(mine["next"])
+            elif earliest:
+                seeks[tp] = 0
+            elif p in self._first_read:
+                seeks[tp] = self._first_read[p]
             self._last_record[p] = time.monotonic()
             self._idle.discard(p)
         log.info("assigned %s; resuming at %s", partitions, seeks)
@@ -242,6 +252,7 @@ class Replica(Agent):
             if records:
                 for record in records:
                     self._last_record[record.partition] = now
+                    self._first_read.setdefault(record.partition, record.offset)
                 decoded = self.pipeline.decode(records)
                 batch = self._worker.submit(self._fold, records, decoded)
                 self._batches.add(batch)

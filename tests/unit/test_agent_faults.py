@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from model.data import load_movielens
 from monitor.drift.sample import pack
-from monitor.settings import ModelSettings, Settings, StateSettings
+from monitor.settings import KafkaSettings, ModelSettings, Settings, StateSettings
 from monitor.stream import state as state_store
 from monitor.stream.agent import Agent
 from monitor.stream.config import PipelineConfig
@@ -240,6 +240,28 @@ def test_a_replica_assigned_a_partition_without_progress_folds_it_from_the_start
     seeks = replica._on_assigned([("events", 0), ("events", 1)])
     assert seeks == {("events", 0): 0, ("events", 1): 120}  # old code: {("events", 1): 120}
     assert replica.partitions.previous(1, "w") is None and replica.partitions.versions(1) == ["v"]
+    replica.pipeline.close()
+
+
+def test_a_replica_reading_from_latest_starts_a_new_partition_at_its_end_not_its_start(models, tmp_path):
+    """kafka.auto_offset_reset latest: a partition without a published partial starts where the
+    consumer resets it (the log's end), not at offset 0 (old code: the whole retained log was
+    replayed on a first deployment); one this replica read before, from its first offset read."""
+    from monitor.stream.replica import Replica, ScaleParts
+
+    root, versions = models
+    factory = EventFactory(load_movielens(), small_models(root, [versions[0]]), Scenario(versions=((0, versions[0]),)))
+    partials = MemoryTable()
+    scale = ScaleParts(partials=partials, state=MemoryTable(), election=Election(leader=False), partitions=3)
+    settings = Settings(models=ModelSettings(root=root, max_loaded=1), state=StateSettings(directory=tmp_path / "state"),
+                        pipeline=PipelineConfig(forward_processes=0), kafka=KafkaSettings(auto_offset_reset="latest"))
+    replica = Replica(settings, lambda on_assigned, on_revoked: _Source(
+        factory.events(10), 10, on_assigned, on_revoked), MemorySink(), scale)
+    partials.put("progress/2", json.dumps({"sealed": 3, "next": 120, "idle": False, "versions": ["v"]}).encode())
+    seeks = replica._on_assigned([("events", 0), ("events", 2)])
+    assert seeks == {("events", 2): 120}  # old code: {("events", 0): 0, ("events", 2): 120}
+    replica._first_read[1] = 57  # read from 57 before the partition moved away
+    assert replica._on_assigned([("events", 1)]) == {("events", 1): 57}
     replica.pipeline.close()
 
 
