@@ -266,8 +266,10 @@ class Pipeline:
                 "versions": [{"model_version": v, "last_seen": t} for v, t in last_seen.items()]}
 
     # -- retirement ----------------------------------------------------------------------
-    def retire_absent(self) -> list[str]:
+    def retire_absent(self, count: bool = True) -> list[str]:
         """Forget every version absent from the stream for ``retire_after_s``; returns them.
+        ``count``: into ``attnmon_versions_retired_total`` (a replica counts its judge's
+        retirements there instead, not its own series').
 
         A version the registry still holds in memory is in use (scored, or the previous
         version of a paired comparison) and stays. Forgotten: the judge's windows, baselines,
@@ -282,7 +284,8 @@ class Pipeline:
             self.paired.forget(version)
             previous = self._updates.forget(version)
             self.metrics.forget_version(version, previous)
-            self.metrics.versions_retired.inc()
+            if count:
+                self.metrics.versions_retired.inc()
             log.info("retired model version %s: absent from the stream for %.0f s (retire_after_s %.0f); "
                      "freed %d judge and %d paired series", version, absent_s, self.config.retire_after_s,
                      series - len(self.judge), pairs - len(self.paired))

@@ -263,6 +263,9 @@ class Replica(Agent):
             if now - last_lag >= cfg.intervals.lag_s:
                 self._export_lag()
                 self._check_idle(now)
+                # This replica's own per-version series (its statistics, its fold's state) retire
+                # as one process's do; the judge retires the verdicts (``_count_retired``).
+                self._queued.append(self._worker.submit(self.pipeline.retire_absent, count=False))
                 last_lag = now
         self._shutdown()
 

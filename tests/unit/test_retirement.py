@@ -157,6 +157,24 @@ def test_a_version_absent_for_retire_after_s_leaves_the_state_and_metrics(versio
                    layer="0") == 4 * 30
 
 
+def test_a_replica_retires_its_own_series_and_leaves_the_count_to_its_judge(versions) -> None:
+    """A replica's pipeline is never judged (``run_judgement``): its loop retires its own
+    per-version series on their own, and only the judge's retirements are counted."""
+    root, v1, v2 = versions
+    h = canary(root, v1, v2)
+    h.feed(v1, T0 + 11 + RETIRE_AFTER_S)
+    assert h.pipeline.retire_absent(count=False) == [v2]
+    # The series a replica exports of its own (its drift rows are its judge's, not these).
+    for name in ("attnmon_history_items_unknown_total", "attnmon_history_truncated_total"):
+        assert h.value(name, model_version=v2) is None
+    assert h.value("attnmon_attention_entropy_ratio_count", model_version=v2, dimension="all", cohort="all",
+                   layer="0") is None
+    assert h.value("attnmon_model_version_last_seen_timestamp_seconds", model_version=v2) is None
+    assert v2 not in judge_versions(h.pipeline.judge) and v2 not in h.pipeline._updates.last_seen
+    assert h.value("attnmon_model_versions_retired_total") == 0
+    assert_holds(h, v1)
+
+
 def test_last_seen_survives_a_checkpoint_and_downtime_is_not_absence(versions) -> None:
     root, v1, v2 = versions
     before = canary(root, v1, v2)
