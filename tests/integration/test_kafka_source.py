@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from kafka.admin import KafkaAdminClient, NewPartitions
@@ -69,6 +70,34 @@ def poll_until(
     return got
 
 
+@contextlib.contextmanager
+def members(*turns: Callable[[], None]) -> Iterator[None]:
+    """Each ``turn`` called over and over on a thread of its own (each group member is its own
+    process in production), until the block ends."""
+    stop = threading.Event()
+
+    def loop(turn: Callable[[], None]) -> None:
+        while not stop.is_set():
+            turn()
+
+    threads = [threading.Thread(target=loop, args=(turn,), daemon=True) for turn in turns]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+
+
+def settle(done: Callable[[], bool], timeout_s: float, state: Callable[[], object]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"not settled in {timeout_s:.0f} s: {state()}"
+        time.sleep(0.2)
+
+
 def produce(settings: KafkaSettings, topic: str, values: list[bytes], partition: int | None = None) -> None:
     producer = EventProducer(settings, topic=topic)
     try:
@@ -117,30 +146,21 @@ def test_members_polled_without_waiting_and_busy_between_polls_are_assigned(
     settings = dataclasses.replace(kafka_settings, topic=topic2)
     agents = [Agent(), Agent()]
     sources = [open_source(settings, agent) for agent in agents]
-    stop = threading.Event()
 
-    def member(source: KafkaSource) -> None:  # each member is its own process in production
-        while not stop.is_set():
+    def turn(source: KafkaSource) -> Callable[[], None]:
+        def poll_and_work() -> None:
             source.poll(max_records=10, timeout_ms=0)
             time.sleep(0.2)  # a batch's work
+        return poll_and_work
 
-    threads = [threading.Thread(target=member, args=(source,), daemon=True) for source in sources]
-    for thread in threads:
-        thread.start()
+    def split() -> bool:
+        held = [sorted(source.assignment()) for source in sources]
+        return all(held) and sorted(held[0] + held[1]) == [(topic2, 0), (topic2, 1)]
+
     try:
-        deadline = time.monotonic() + 30
-        held: list[list[Partition]] = []
-        while time.monotonic() < deadline:
-            held = [sorted(source.assignment()) for source in sources]
-            if all(held) and sorted(held[0] + held[1]) == [(topic2, 0), (topic2, 1)]:
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"members never split the partitions: {held}, assigned {[a.assigned for a in agents]}")
+        with members(*(turn(source) for source in sources)):
+            settle(split, 30, lambda: ([source.assignment() for source in sources], [a.assigned for a in agents]))
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
         for source in sources:
             source.close()
 
@@ -183,43 +203,33 @@ def test_a_leader_polled_without_waiting_takes_partitions_added_later(kafka_sett
 
 
 def test_two_replicas_settle_both_groups_within_seconds(kafka_settings: KafkaSettings, unique_topic) -> None:
-    """A replica is a member of two groups, the events' and the judge election's. Two replicas
-    started together, each looping as the daemon does (poll the events for 100 ms, ask the
-    election, work for 200 ms): within 15 s each holds one events partition and exactly one
-    judges. With kafka-python 3.0 polled as it was, the joins were thrown away (never
-    settled); waiting out both groups' joins on the loop's one thread would have each
-    replica wait for the other's, blocked in the other group's join."""
+    """A replica is a member of two groups, the events' and the judge election's (which keeps
+    its membership on its own thread). Two replicas started together, each looping as the
+    daemon does (poll the events for 100 ms, ask the election, work for 200 ms): within 15 s
+    each holds one events partition and exactly one judges."""
     events, control = unique_topic(2), unique_topic(1)
     settings = dataclasses.replace(kafka_settings, topic=events)
-    stop = threading.Event()
-    replicas = []
-    for _ in range(2):
-        agent = Agent()
-        replicas.append((open_source(settings, agent), JudgeElection(settings, control, f"{settings.group_id}-judge")))
+    replicas = [(open_source(settings, Agent()), JudgeElection(settings, control, f"{settings.group_id}-judge"))
+                for _ in range(2)]
 
-    def loop(source: KafkaSource, election: JudgeElection) -> None:
-        while not stop.is_set():
+    def turn(source: KafkaSource, election: JudgeElection) -> Callable[[], None]:
+        def loop_turn() -> None:
             source.poll(max_records=10, timeout_ms=100)
             election.poll()
             time.sleep(0.2)
+        return loop_turn
 
-    threads = [threading.Thread(target=loop, args=replica, daemon=True) for replica in replicas]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
+    def state() -> list[tuple[list[Partition], bool]]:
+        return [(sorted(source.assignment()), election.poll()) for source, election in replicas]
+
+    def settled() -> bool:
+        now = state()
+        return all(len(held) == 1 for held, _ in now) and sum(judges for _, judges in now) == 1
+
     try:
-        state: list[tuple[list[Partition], bool]] = []
-        while time.monotonic() - started < 15:
-            state = [(sorted(source.assignment()), election.poll()) for source, election in replicas]
-            if all(len(held) == 1 for held, _ in state) and sum(judges for _, judges in state) == 1:
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"not settled in 15 s: {state}")
+        with members(*(turn(*replica) for replica in replicas)):
+            settle(settled, 15, state)
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
         for source, election in replicas:
             source.close()
             election.close()
