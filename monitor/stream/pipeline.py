@@ -268,7 +268,7 @@ class Pipeline:
     # -- retirement ----------------------------------------------------------------------
     def retire_absent(self, count: bool = True) -> list[str]:
         """Forget every version absent from the stream for ``retire_after_s``; returns them.
-        ``count``: into ``attnmon_versions_retired_total`` (a replica counts its judge's
+        ``count``: into ``attnmon_model_versions_retired_total`` (a replica counts its judge's
         retirements there instead, not its own series').
 
         A version the registry still holds in memory is in use (scored, or the previous
