@@ -101,6 +101,11 @@ _CONNECTION_ERRORS = (
 JOIN_WAIT_MS = 60_000
 
 
+def _join_wait_ms(settings: KafkaSettings) -> int:
+    """How long ``_finish_join`` waits: the group's rebalance timeout plus a margin, capped."""
+    return min(JOIN_WAIT_MS, settings.max_poll_interval_ms + 5_000)
+
+
 def _finish_join(consumer: KafkaConsumer, wait_ms: int) -> None:
     """If the member is rejoining its group, wait for the join to finish, in one call.
 
@@ -213,7 +218,7 @@ class KafkaSource:
         self._on_revoked = on_revoked
         self._on_lost = on_lost or on_revoked
         self._end_offsets_ttl_s = end_offsets_ttl_s
-        self._join_wait_ms = min(JOIN_WAIT_MS, settings.max_poll_interval_ms + 5_000)
+        self._join_wait_ms = _join_wait_ms(settings)
         self._end_offsets: dict[TopicPartition, int] = {}
         self._end_offsets_at = float("-inf")
         self._paused = False
@@ -812,7 +817,7 @@ class JudgeElection:
         self.changes = 0
         self._leader = threading.Event()
         self._stop = threading.Event()
-        self._join_wait_ms = min(JOIN_WAIT_MS, settings.max_poll_interval_ms + 5_000)
+        self._join_wait_ms = _join_wait_ms(settings)
         self._max_silence_s = settings.max_poll_interval_ms / 1000
         self._asked = time.monotonic()  # when the agent last called poll()
         try:
