@@ -19,8 +19,9 @@ The same windows are judged four ways:
 (a) attnmon, through its reports only: the model_update cohort verdict
     (``JudgeReport.cohorts``), the paired verdict (``PairedReport.model_caused``),
     the model_update item-narrowing verdict ("narrowed": ``JudgeReport.items``, the alert
-    ``AttentionNarrowedToFewItems``), and "either": any of the three, what the agent
-    alerts on;
+    ``AttentionNarrowedToFewItems``), the served-recommendation verdict ("served": the
+    items' ``served`` rows, the alert ``RecommendationsNarrowedToFewItems``), and "either":
+    any of the four, what the agent alerts on;
 (b) Evidently 0.7's default data-drift test (``Report([DataDriftPreset()])``): per
     cohort and judged window, reference = the previous version's last
     ``reference_events`` events of that cohort before the switch (its recent traffic,
@@ -298,9 +299,10 @@ def _first(values: VersionValues, since: int, mark: int, cohorts: list[tuple[str
 
 
 def attnmon_detections(replay: Replay, new_values: VersionValues) -> dict[str, Detection | None]:
-    """First model_update cohort verdict, paired model-caused verdict and model_update item
-    verdict naming the new version; "either" is the earliest of them."""
-    cohort = paired = narrowed = None
+    """First model_update cohort verdict, paired model-caused verdict, model_update item
+    verdict (attention) and served-recommendation verdict naming the new version; "either"
+    is the earliest of them."""
+    cohort = paired = narrowed = served = None
     for round_, mark in zip(replay.rounds, replay.marks, strict=True):
         since = round_.events - replay.before
         hits = [(v.dimension, v.cohort) for v in round_.report.cohorts
@@ -310,11 +312,16 @@ def attnmon_detections(replay: Replay, new_values: VersionValues) -> dict[str, D
         hits = [(k.dimension, k.cohort) for k in round_.paired.model_caused if k.new_version == replay.new]
         if hits and paired is None:
             paired = _first(new_values, since, mark, hits)
-        hits = sorted({(i.key.dimension, i.key.cohort) for i in round_.report.items
-                       if i.kind == MODEL_UPDATE and i.drifting and i.key.model_version == replay.new})
+        raised = [i for i in round_.report.items
+                  if i.kind == MODEL_UPDATE and i.drifting and i.key.model_version == replay.new]
+        hits = sorted({(i.key.dimension, i.key.cohort) for i in raised if i.source == "attention"})
         if hits and narrowed is None:
             narrowed = _first(new_values, since, mark, hits)
-    return {"cohort": cohort, "paired": paired, "narrowed": narrowed, "either": _earliest(cohort, paired, narrowed)}
+        hits = sorted({(i.key.dimension, i.key.cohort) for i in raised if i.source == "served"})
+        if hits and served is None:
+            served = _first(new_values, since, mark, hits)
+    return {"cohort": cohort, "paired": paired, "narrowed": narrowed, "served": served,
+            "either": _earliest(cohort, paired, narrowed, served)}
 
 
 def _earliest(*found: Detection | None) -> Detection | None:
@@ -437,12 +444,13 @@ def window_detections(windows: list[Window]) -> tuple[dict[str, Detection | None
     return out, most_columns
 
 
-METHODS = ("cohort", "paired", "narrowed", "either", "evidently", "naive")
+METHODS = ("cohort", "paired", "narrowed", "served", "either", "evidently", "naive")
 METHOD_NAMES = {
     "cohort": "attnmon model_update cohort verdict",
     "paired": "attnmon paired model-caused verdict",
     "narrowed": "attnmon model_update item-narrowing verdict (AttentionNarrowedToFewItems)",
-    "either": "attnmon any of the three (what the agent alerts on)",
+    "served": "attnmon model_update served-recommendation verdict (RecommendationsNarrowedToFewItems)",
+    "either": "attnmon any of the four (what the agent alerts on)",
     "evidently": "Evidently DataDriftPreset per cohort window",
     "naive": "naive per-head KS p<.05, uncorrected",
 }

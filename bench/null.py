@@ -24,7 +24,9 @@ Each run replays its own stretch of traffic through the in-process pipeline
 The judge has the agent's defaults except two things a short replay cannot hold: it is
 event-paced (``reference_seconds`` 0: a replay has no wall clock), and references and
 windows are smaller (``--reference-events`` 500, ``--min-samples`` 100: a time-order
-slice holds 1,959 events). ``--min-users`` / ``--reference-users`` override the user
+slice holds 1,959 events). The events carry the version's served lists (top 10), as
+production events do, so the served-recommendation verdict is judged too (``--no-served``:
+without them, faster). ``--min-users`` / ``--reference-users`` override the user
 thresholds (default: the agent's).
 
 Per shape it prints runs, rounds (judge calls), rounds that judged anything, windows
@@ -84,6 +86,9 @@ class RunOutcome:
     item_flagged: int = 0  # ... flagged (narrowed: significant, large enough, share up)
     item_drifting: set = dataclasses.field(default_factory=set)  # (kind, dimension, cohort, layer) ever narrowed
     item_min_p: float = 1.0  # smallest adjusted p-value of any item window
+    served_judged: int = 0  # cohorts' served-recommendation windows judged
+    served_flagged: int = 0
+    served_drifting: set = dataclasses.field(default_factory=set)  # (kind, dimension, cohort) ever raised
 
 
 def replay(root: Path, factory: EventFactory, events: int, judge_every: int, config: JudgeConfig,
@@ -100,10 +105,15 @@ def replay(root: Path, factory: EventFactory, events: int, judge_every: int, con
         out.flagged_rounds += report.flagged > 0
         out.max_score = max([out.max_score] + [r.score for r in report.results if r.flagged])
         out.drifting |= {(v.kind, v.dimension, v.cohort) for v in report.cohorts if v.drifting}
-        out.item_judged += len(report.items)
-        out.item_flagged += sum(i.flagged for i in report.items)
-        out.item_drifting |= {(i.kind, i.key.dimension, i.key.cohort, i.layer) for i in report.items if i.drifting}
-        out.item_min_p = min([out.item_min_p] + [i.p_adjusted for i in report.items])
+        attention = [i for i in report.items if i.source == "attention"]
+        served = [i for i in report.items if i.source == "served"]
+        out.item_judged += len(attention)
+        out.item_flagged += sum(i.flagged for i in attention)
+        out.item_drifting |= {(i.kind, i.key.dimension, i.key.cohort, i.layer) for i in attention if i.drifting}
+        out.item_min_p = min([out.item_min_p] + [i.p_adjusted for i in attention])
+        out.served_judged += len(served)
+        out.served_flagged += sum(i.flagged for i in served)
+        out.served_drifting |= {(i.kind, i.key.dimension, i.key.cohort) for i in served if i.drifting}
     run.pipeline.close()
     return out
 
@@ -121,15 +131,16 @@ def sessions_shifted(data: Interactions, seed: int = 11) -> Interactions:
 
 
 def shape_runs(shape: str, data: Interactions, models: dict, version: str, runs: int, events: int | None,
-               judge_every: int | None) -> tuple[list[tuple[EventFactory, int]], int, int]:
-    """(factory, seed) per run, events per run and judge_every for one traffic shape."""
+               judge_every: int | None, recommend: bool = True) -> tuple[list[tuple[EventFactory, int]], int, int]:
+    """(factory, seed) per run, events per run and judge_every for one traffic shape; with
+    ``recommend`` the events carry the version's served lists, as production events do."""
     scenario = Scenario(((0, version),))
     if shape == "time_order":
         slice_len = len(timeline_steps(data)) // runs  # disjoint consecutive slices
         events = min(events or slice_len, slice_len)
         judge_every = judge_every or events // 21  # >= 20 rounds
         batch = min(250, judge_every)  # one batch never straddles two rounds
-        return ([(EventFactory(data, models, scenario, seed=i, batch=batch, offset=i * slice_len, recommend=False), i)
+        return ([(EventFactory(data, models, scenario, seed=i, batch=batch, offset=i * slice_len, recommend=recommend), i)
                  for i in range(runs)], events, judge_every)
     if shape == "sessions_shifted":
         data = sessions_shifted(data)
@@ -140,13 +151,13 @@ def shape_runs(shape: str, data: Interactions, models: dict, version: str, runs:
         judge_every = judge_every or events // 24
         batch = min(250, judge_every)
         offsets = np.random.default_rng(7).integers(0, total - events + 1, size=runs)  # seed-drawn starts
-        return ([(EventFactory(data, models, scenario, seed=200 + i, batch=batch, offset=int(offset), recommend=False),
+        return ([(EventFactory(data, models, scenario, seed=200 + i, batch=batch, offset=int(offset), recommend=recommend),
                   200 + i) for i, offset in enumerate(offsets.tolist())], events, judge_every)
     events = events or 6000
     judge_every = judge_every or 250
     batch = min(250, judge_every)
     return ([(EventFactory(serving_traffic(data, 100 + i), models, scenario, seed=100 + i, batch=batch,
-                           recommend=False), 100 + i) for i in range(runs)], events, judge_every)
+                           recommend=recommend), 100 + i) for i in range(runs)], events, judge_every)
 
 
 def summarise(outcomes: list[RunOutcome], events: int, judge_every: int) -> dict:
@@ -169,6 +180,9 @@ def summarise(outcomes: list[RunOutcome], events: int, judge_every: int) -> dict
         "item_flagged_windows": sum(o.item_flagged for o in outcomes),
         "runs_with_items_narrowed": sum(bool(o.item_drifting) for o in outcomes),
         "item_min_p_adjusted": min((o.item_min_p for o in outcomes), default=1.0),
+        "served_windows": sum(o.served_judged for o in outcomes),
+        "served_flagged_windows": sum(o.served_flagged for o in outcomes),
+        "runs_with_served_narrowed": sum(bool(o.served_drifting) for o in outcomes),
         "events_per_run": events,
         "judge_every": judge_every,
     }
@@ -197,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strata", type=int, nargs="+", help="history-length strata edges (default: the agent's)")
     parser.add_argument("--only-runs", type=int, nargs="+", help="replay only these run indices (diagnosis)")
     parser.add_argument("--quick", action="store_true", help="12 runs per shape, 3,000-event runs where not sliced")
+    parser.add_argument("--no-served", action="store_true",
+                        help="events without served lists (faster: no scoring of the catalogue per event)")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.events = min(args.runs, 12), args.events or 3000
@@ -224,33 +240,37 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         factories, events, judge_every = shape_runs(shape, data, models, base.version, args.runs,
                                                     args.events if shape != "time_order" else None,
-                                                    args.judge_every if shape != "time_order" else None)
+                                                    args.judge_every if shape != "time_order" else None,
+                                                    recommend=not args.no_served)
         outcomes = []
         for index, (factory, seed) in enumerate(factories):
             if args.only_runs is not None and index not in args.only_runs:
                 continue
             outcome = replay(args.root, factory, events, judge_every, config, seed)
             outcomes.append(outcome)
-            if outcome.drifting or outcome.flagged or outcome.item_flagged:
+            if outcome.drifting or outcome.flagged or outcome.item_flagged or outcome.served_flagged:
                 print(f"  {shape} run {index}: {outcome.flagged} flagged windows in {outcome.flagged_rounds} rounds, "
                       f"drifting {sorted(outcome.drifting)}; item windows flagged {outcome.item_flagged}, "
-                      f"narrowed {sorted(outcome.item_drifting)}", flush=True)
+                      f"narrowed {sorted(outcome.item_drifting)}; served windows flagged {outcome.served_flagged}, "
+                      f"raised {sorted(outcome.served_drifting)}", flush=True)
         shapes[shape] = with_targets(summarise(outcomes, events, judge_every), config.alpha)
         print(f"  {shape}: {len(outcomes)} runs in {time.perf_counter() - t0:.0f}s", flush=True)
 
     print()
     header = (f"{'shape':<12} {'runs':>5} {'events/run':>10} {'every':>6} {'rounds':>7} {'judged':>7} "
               f"{'windows':>8} {'flagged':>8} {'rate':>7} {'drifting runs':>14} {'item win':>8} {'flagged':>7} "
-              f"{'narrowed runs':>13}")
+              f"{'narrowed runs':>13} {'served win':>10} {'flagged':>7} {'raised runs':>11}")
     print(header)
     for shape, s in shapes.items():
         print(f"{shape:<12} {s['runs']:>5} {s['events_per_run']:>10} {s['judge_every']:>6} {s['rounds']:>7} "
               f"{s['judged_rounds']:>7} {s['judged_windows']:>8} {s['flagged_rounds']:>8} "
               f"{s['flagged_round_rate']:>7.4f} {s['runs_with_drift']:>8}/{s['runs']:<5} {s['item_windows']:>8} "
-              f"{s['item_flagged_windows']:>7} {s['runs_with_items_narrowed']:>7}/{s['runs']:<5}")
+              f"{s['item_flagged_windows']:>7} {s['runs_with_items_narrowed']:>7}/{s['runs']:<5} "
+              f"{s['served_windows']:>10} {s['served_flagged_windows']:>7} {s['runs_with_served_narrowed']:>5}/{s['runs']:<5}")
     print("(rounds: judge calls; judged: rounds that judged any window; windows: series windows judged; "
           "flagged: rounds with any flag; rate: flagged / judged rounds; item win / flagged: attention mass per "
-          "item windows judged / flagged; narrowed runs: runs with an item verdict raised)")
+          "item windows judged / flagged; narrowed runs: runs with an item verdict raised; served win / flagged / "
+          "raised runs: the same for the served recommendations)")
     total = {
         "runs": sum(s["runs"] for s in shapes.values()),
         "runs_with_drift": sum(s["runs_with_drift"] for s in shapes.values()),
@@ -259,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         "flagged_rounds": sum(s["flagged_rounds"] for s in shapes.values()),
         "item_flagged_windows": sum(s["item_flagged_windows"] for s in shapes.values()),
         "runs_with_items_narrowed": sum(s["runs_with_items_narrowed"] for s in shapes.values()),
+        "served_flagged_windows": sum(s["served_flagged_windows"] for s in shapes.values()),
+        "runs_with_served_narrowed": sum(s["runs_with_served_narrowed"] for s in shapes.values()),
         "alpha": config.alpha,
         "config": {k: v for k, v in dataclasses.asdict(config).items()
                    if k in ("reference_events", "reference_users", "reference_seconds", "min_samples", "min_users",

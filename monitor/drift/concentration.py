@@ -74,6 +74,9 @@ from monitor.drift.divergence import js_distance
 from monitor.drift.items import ItemSketch
 
 
+SERVED_LAYER = -1  # the "layer" of a cohort's served-recommendation row (ItemResult, hysteresis keys)
+
+
 class Figures(NamedTuple):
     top_share: float  # share of all mass held by the top_k items
     effective_items: float  # exp(entropy) of the item-mass distribution (module docstring)
@@ -283,9 +286,47 @@ def compare(windows: Sequence[Side], references: Sequence[Side], window_design: 
     )
 
 
+def compare_served(windows: Sequence[Side], references: Sequence[Side], window_design: np.ndarray,
+                   reference_design: np.ndarray, *, top_k: int) -> tuple[Comparison, np.ndarray]:
+    """The served-recommendation test of each row, and each row's concentration ratio.
+
+    Served slots are not attention: a retrain serves other items than its predecessor (the
+    top-10 overlap of two re-seeds is ~0), so "more of the window's own top items than the
+    reference served" holds for any update. What a flooded or broken model changes is how
+    *concentrated* its lists are, whichever items they favour. So each side is measured on
+    its *own* cross-fitted top items (``cross_share``), and the two shares are compared: the
+    same 2 x 2 chi-square (Yates) on effective counts and bias-corrected JS distance as
+    ``compare``; ``narrowed`` when the window's share is the larger; the ratio (window over
+    reference) is what the served floor applies to (docs/drift.md, "Served recommendations").
+    """
+    base = compare(windows, references, window_design, reference_design, top_k=top_k)
+    k = len(windows)
+    own = np.array([cross_share(w, top_k)[0] for w in windows]) if k else np.zeros(0)
+    own_reference = np.array([cross_share(r, top_k)[0] for r in references]) if k else np.zeros(0)
+    n_eff = base.window_events / np.maximum(window_design, 1.0)
+    m = np.array([r.whole.mass_total(r.layer) for r in references]) if k else np.zeros(0)
+    m_eff = m / np.maximum(reference_design, 1.0)
+    judged = (n_eff > 0) & (m_eff > 0)
+    a = np.where(judged[:, None], np.stack([own * n_eff, (1.0 - own) * n_eff], axis=1) if k else np.zeros((0, 2)), 1.0)
+    b = np.where(judged[:, None], np.stack([own_reference * m_eff, (1.0 - own_reference) * m_eff], axis=1)
+                 if k else np.zeros((0, 2)), 1.0)
+    score = js_distance(a, b, bias_corrected=True, n=np.where(judged, n_eff, 1.0), m=np.where(judged, m_eff, 1.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(own_reference > 0, own / own_reference, np.where(own > 0, np.inf, 1.0))
+    out = base._replace(score=np.where(judged, score, 0.0), js_raw=np.where(judged, js_distance(a, b), 0.0),
+                        p_value=np.where(judged, _yates(a, b), 1.0), narrowed=judged & (own > own_reference),
+                        watch_next=[(np.zeros(0, dtype=np.int64),) * 2 for _ in range(k)])
+    return out, np.where(judged, ratio, 1.0)
+
+
 @dataclass(frozen=True, slots=True)
 class ItemResult:
-    """One (cohort, layer)'s attention mass per item judged in one round: what the item gauges export."""
+    """One (cohort, layer)'s attention mass per item judged in one round: what the item gauges export.
+
+    ``layer`` is ``SERVED_LAYER`` for the cohort's served recommendations (``compare_served``):
+    then ``score`` is the JS distance of the two sides' own concentrations, ``threshold`` the
+    served floor on ``ratio``.
+    """
 
     key: CohortKey
     layer: int
@@ -295,7 +336,7 @@ class ItemResult:
     js_raw: float
     p_value: float  # chi-square on effective counts
     p_adjusted: float  # Benjamini-Hochberg, in the round's one family
-    threshold: float  # item_min_effect
+    threshold: float  # item_min_effect (served rows: served_min_ratio)
     flagged: bool  # significant, large enough, and narrowed
     drifting: bool  # hysteresis verdict after this window: "narrowed"
     top_share: float  # the window's top-k share
@@ -306,3 +347,9 @@ class ItemResult:
     samples: int  # events (mass) in the window
     top: tuple[tuple[int, float, float], ...]  # the window's top items: (item id, share, reference share)
     update_at: float | None
+    ratio: float = float("nan")  # served rows: the window's own cross-fitted top share over the reference's
+
+    @property
+    def source(self) -> str:
+        """"served" for the served recommendations' row, else "attention"."""
+        return "served" if self.layer == SERVED_LAYER else "attention"

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +158,19 @@ class Attended:
     def of_events(self, members: np.ndarray, halves: np.ndarray | None = None) -> ItemMass:
         """The mass per item of the events where ``members`` [B] (bool) holds."""
         return self.by_cohort(np.asarray(members, dtype=np.int64), 2, halves)[1]
+
+
+def served_slots(lists: Sequence[Sequence[int]]) -> Attended | None:
+    """A batch's served recommendations as mass per item: each event's list (raw item ids) is
+    one unit spread evenly over its slots, as an attention row is over its history; None when
+    no event carries a list. Served ids need not be in any model's catalogue."""
+    sizes = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    if not sizes.any():
+        return None
+    raw = np.fromiter((item for x in lists for item in x), dtype=np.int64, count=int(sizes.sum()))
+    event = np.repeat(np.arange(len(lists), dtype=np.int64), sizes)
+    mass = np.repeat(1.0 / np.maximum(sizes, 1), sizes).reshape(-1, 1)
+    return Attended.of_raw(event, raw, mass)
 
 
 class ItemSketch:

@@ -45,6 +45,13 @@ A judged window also leaves each half of its users' top items to the cohort, whi
 window's events of the *other* half watch as they are folded, summed per random group of
 users: the second, more powerful test of ``concentration.watched``.
 
+Served recommendations. ``observe_batch(..., served=...)`` folds the events' served lists
+the same way, into each sample's served sketch; a window and its reference are compared on
+how concentrated each side's lists are on its *own* top items (``concentration.compare_served``:
+a retrain serves other items, so only the concentration counts), flagged when significant and
+at least ``served_min_ratio`` times the reference's, as one more item row per cohort (layer
+``SERVED_LAYER``) in the same BH family and hysteresis.
+
 Model updates. ``start_update(new, previous, at)`` freezes the previous version's
 *recent* traffic of every cohort (``monitor.drift.recent``: its last one to two
 references' worth of judged windows, and its open window) as the update reference,
@@ -85,7 +92,16 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from monitor.drift.baseline import BaselineStore, CohortKey, ReferenceRule, SeriesKey
-from monitor.drift.concentration import Comparison, ItemResult, Side, combine, compare, watched
+from monitor.drift.concentration import (
+    SERVED_LAYER,
+    Comparison,
+    ItemResult,
+    Side,
+    combine,
+    compare,
+    compare_served,
+    watched,
+)
 from monitor.drift.divergence import chi2_homogeneity, js_distance, psi
 from monitor.drift.histogram import Histogram
 from monitor.drift.items import Attended, ItemMass, split_halves
@@ -129,6 +145,10 @@ class JudgeConfig:
     min_expected: float = 5.0  # chi-square: merge bins until expected counts reach this
     item_top_k: int = 10  # attention mass per item: the top items compared and their share reported
     item_min_effect: float = 0.1  # JS distance floor of a narrowed verdict (both kinds)
+    # Served recommendations: how many times as concentrated on their own top items the window's
+    # lists must be as the reference's (docs/drift.md, "Served recommendations"; benign retrains
+    # measured at most 1.3, the flooded retrain 3.0-3.8)
+    served_min_ratio: float = 2.0
 
     def __post_init__(self) -> None:
         Histogram(self.bins)  # validates bins
@@ -151,6 +171,7 @@ class JudgeConfig:
             (self.min_expected > 0, "min_expected must be > 0"),
             (1 <= self.item_top_k <= 100, "item_top_k must be in [1, 100]"),
             (0.0 <= self.item_min_effect <= 1.0, "item_min_effect must be in [0, 1]"),
+            (self.served_min_ratio >= 1.0, "served_min_ratio must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -291,6 +312,10 @@ class _Part(NamedTuple):
     clipped: int
     items: ItemMass | None = None  # mass per item: (ids [d], mass [d, layers])
     watch: np.ndarray | None = None  # [user groups, layers + 1]: mass on the watched items, then events
+    served: ItemMass | None = None  # served slots per item: (ids [d], mass [d, 1])
+
+    def add_to(self, sample: Sample) -> None:
+        sample.add(*self[:7], served=self.served)
 
 
 @dataclass
@@ -360,7 +385,8 @@ class Judge:
 
     def observe_batch(self, version: str, dimension: str, codes: np.ndarray, labels: Sequence[str],
                       values: np.ndarray, users: np.ndarray, strata: np.ndarray, now: float | None = None, *,
-                      statistics: Sequence[str], attended: Attended | None = None) -> dict[str, str]:
+                      statistics: Sequence[str], attended: Attended | None = None,
+                      served: Attended | None = None) -> dict[str, str]:
         """Fold one cohort dimension of a batch into every cohort it touches.
 
         ``codes`` [B]: each event's cohort, named by ``labels[code]``; ``values`` [B, S, L]
@@ -368,7 +394,8 @@ class Judge:
         user hashes (``users.hash_users``); ``strata`` [B] from ``stratum_of``. ``now``
         (seconds) advances the judge's clock; it matters when ``reference_seconds`` > 0.
         ``attended``: the attention each event put on each item, summed per cohort and
-        item into the samples' item sketches.
+        item into the samples' item sketches; ``served``: the same for the events' served
+        recommendations (one column, each event's list one unit), into their served sketches.
 
         Returns where each cohort's events went: "baseline", "window",
         "baseline+window" (a new version under update, or a batch that completed the
@@ -394,14 +421,15 @@ class Judge:
         shape = (len(series), len(self.strata), c.bins)
         halves = self._halves(groups)  # two random halves of the users (the test cross-fits them)
         items = attended.by_cohort(cohorts, len(present), halves) if attended is not None else [None] * len(present)
+        slots = served.by_cohort(cohorts, len(present), halves) if served is not None else [None] * len(present)
         keys = [CohortKey(version, dimension, labels[code]) for code in present.tolist()]
         watch_x, watch = self._watched(keys, cohorts, groups, halves, attended, batch)
         outcomes = {}
         for i, key in enumerate(keys):
             part = _Part(binned.counts[i], binned.by_group[i], counters[i], int(binned.events[i]),
-                         int(binned.nan[i]), int(binned.clipped[i]), items[i], watch[i])
+                         int(binned.nan[i]), int(binned.clipped[i]), items[i], watch[i], slots[i])
             outcomes[key.cohort] = self._observe_cohort(key, series, shape, part, cohorts == i, flat, strata, users,
-                                                        attended, watch_x, groups)
+                                                        attended, watch_x, groups, served)
         return outcomes
 
     def _watched(self, keys: list[CohortKey], cohorts: np.ndarray, groups: np.ndarray, halves: np.ndarray,
@@ -461,7 +489,7 @@ class Judge:
     def _observe_cohort(self, key: CohortKey, series: tuple[tuple[str, int], ...], shape: tuple[int, int, int],
                         part: _Part, members: np.ndarray, flat: np.ndarray, strata: np.ndarray,
                         users: np.ndarray, attended: Attended | None = None, watch_x: np.ndarray | None = None,
-                        groups: np.ndarray | None = None) -> str:
+                        groups: np.ndarray | None = None, served: Attended | None = None) -> str:
         """One cohort's share of a batch: to its window, its baseline, or split between them."""
         events = part.events
         cohort = self._cohort_for(key, series, shape, events)
@@ -480,20 +508,20 @@ class Judge:
             rows = np.flatnonzero(members)
             first, rest = rows[:taken], rows[taken:]
             halves = user_groups(users, USER_GROUPS) & 1
-            rest_part = self._part(shape, flat[rest], strata[rest], users[rest], attended, rest, halves)
+            rest_part = self._part(shape, flat[rest], strata[rest], users[rest], attended, rest, halves, served)
             if part.watch is not None and watch_x is not None and groups is not None:
                 rest_part = rest_part._replace(watch=_group_sums(watch_x[rest], groups[rest],
                                                                  np.zeros(rest.size, dtype=np.intp), 1)[0])
-            baseline.sample.add(*self._part(shape, flat[first], strata[first], users[first], attended, first,
-                                            halves)[:7])
+            self._part(shape, flat[first], strata[first], users[first], attended, first, halves,
+                       served).add_to(baseline.sample)
             if self._store.settle(key, self._clock):
                 self.counts["baseline_events"] += taken
                 cohort.reset_window()  # the window restarts with the first events after the reference
                 return self._to_window(cohort, rest_part, "baseline+window")
             # Heavy users among the first events left the effective users short: keep collecting.
-            baseline.sample.add(*rest_part[:7])
+            rest_part.add_to(baseline.sample)
         else:
-            baseline.sample.add(*part[:7])
+            part.add_to(baseline.sample)
         self.counts["baseline_events"] += events
         if self._store.settle(key, self._clock):
             cohort.reset_window()
@@ -544,7 +572,7 @@ class Judge:
     @staticmethod
     def _part(shape: tuple[int, int, int], flat: np.ndarray, strata: np.ndarray, users: np.ndarray,
               attended: Attended | None = None, rows: np.ndarray | None = None,
-              halves: np.ndarray | None = None) -> _Part:
+              halves: np.ndarray | None = None, served: Attended | None = None) -> _Part:
         """A few events of one cohort, binned (a batch split where it completes a baseline):
         ``rows``, their places in the batch, select their ``attended`` items; ``halves`` [B]
         the batch's users' halves."""
@@ -552,16 +580,17 @@ class Judge:
         binned = bin_batch(flat, strata, one, 1, shape[1], shape[2], user_groups(users, USER_GROUPS))
         cells, signs = sketch_cells(users, SKETCH_WIDTH, SKETCH_DEPTH)
         counters = group_counters(cells, signs, one, 1, SKETCH_WIDTH)
-        items = None
-        if attended is not None and rows is not None and halves is not None:
+        items = slots = None
+        if rows is not None and halves is not None:
             members = np.zeros(len(halves), dtype=bool)
             members[rows] = True
-            items = attended.of_events(members, halves)
+            items = attended.of_events(members, halves) if attended is not None else None
+            slots = served.of_events(members, halves) if served is not None else None
         return _Part(binned.counts[0], binned.by_group[0], counters[0], int(binned.events[0]), int(binned.nan[0]),
-                     int(binned.clipped[0]), items)
+                     int(binned.clipped[0]), items, served=slots)
 
     def _to_window(self, cohort: _Cohort, part: _Part, outcome: str = "window") -> str:
-        cohort.window.add(*part[:7])
+        part.add_to(cohort.window)
         if part.watch is not None:
             cohort.watch_mass = part.watch.copy() if cohort.watch_mass is None else cohort.watch_mass + part.watch
         self.counts["window_events"] += part.events
@@ -753,11 +782,14 @@ class Judge:
                                    c.min_expected)
         p = np.where(judged, p, 1.0)
         item_rows, comparison = self._compare_items(pending)
+        served_rows, served, ratios = self._compare_served(pending)
         p_adj = np.ones_like(p)
-        # One BH family: the statistics' series and the item-mass series of the round.
-        adjusted = bh_adjust(np.concatenate([p[judged], comparison.p_value]))
-        p_adj[judged] = adjusted[: int(judged.sum())]
-        item_p_adj = adjusted[int(judged.sum()):]
+        # One BH family: the statistics' series, the item-mass series and the served series of the round.
+        adjusted = bh_adjust(np.concatenate([p[judged], comparison.p_value, served.p_value]))
+        n_judged, n_items = int(judged.sum()), len(item_rows)
+        p_adj[judged] = adjusted[:n_judged]
+        item_p_adj = adjusted[n_judged:n_judged + n_items]
+        served_p_adj = adjusted[n_judged + n_items:]
         kinds = np.repeat([p_.kind for p_ in pending], sizes)
         floors = np.array([self._floor(kind) for kind in kinds])
         flags = judged & (p_adj <= c.alpha) & (score >= floors)
@@ -806,7 +838,8 @@ class Judge:
                 ))
                 k += 1
             unmatched_events += cohort_unmatched
-        return tuple(results), self._item_results(item_rows, comparison, item_p_adj), unmatched_events
+        items = self._item_results(item_rows, comparison, item_p_adj)
+        return tuple(results), items + self._served_results(served_rows, served, served_p_adj, ratios), unmatched_events
 
     def _compare_items(self, pending: list[_Pending]) -> tuple[list[tuple[_Pending, int]], Comparison]:
         """The attention mass per item of every pending window whose reference has it, per layer."""
@@ -849,6 +882,54 @@ class Judge:
         for k, (p_, layer) in enumerate(rows):  # what the cohort's next window watches
             p_.cohort.watch[layer] = comparison.watch_next[k]
         return rows, comparison
+
+    def _compare_served(self, pending: list[_Pending]) -> tuple[list[_Pending], Comparison, np.ndarray]:
+        """The served recommendations of every pending window whose reference has them."""
+        rows: list[_Pending] = []
+        windows: list[Side] = []
+        references: list[Side] = []
+        design: list[float] = []
+        reference_design: list[float] = []
+        for p_ in pending:
+            window, reference = p_.window_sample, p_.reference_sample
+            if window is None or reference is None or window.served is None or reference.served is None:
+                continue
+            w_whole, *w_halves = split_halves(window.served, _half_events(window))
+            r_whole, *r_halves = split_halves(reference.served, _half_events(reference))
+            rows.append(p_)
+            windows.append(Side(w_whole, (w_halves[0], w_halves[1]), 0))
+            references.append(Side(r_whole, (r_halves[0], r_halves[1]), 0))
+            design.append(float(p_.window_design.max()))
+            reference_design.append(float(p_.reference_design.max()))
+        comparison, ratios = compare_served(windows, references, np.array(design), np.array(reference_design),
+                                            top_k=self.config.item_top_k)
+        return rows, comparison, ratios
+
+    def _served_results(self, rows: list[_Pending], comparison: Comparison, p_adj: np.ndarray,
+                        ratios: np.ndarray) -> tuple[ItemResult, ...]:
+        """Flags and verdicts of the round's served-recommendation series: significant, and the
+        window's lists at least ``served_min_ratio`` times as concentrated as the reference's."""
+        c = self.config
+        out = []
+        for k, p_ in enumerate(rows):
+            flagged = bool(p_adj[k] <= c.alpha and ratios[k] >= c.served_min_ratio and comparison.narrowed[k])
+            trackers = p_.cohort.items_update if p_.kind == MODEL_UPDATE else p_.cohort.items_within
+            tracker = trackers.setdefault(SERVED_LAYER, Hysteresis(c.raise_after, c.clear_after))
+            tracker.update(flagged)
+            out.append(ItemResult(
+                key=p_.key, layer=SERVED_LAYER, kind=p_.kind, reference_version=p_.reference_version,
+                score=float(comparison.score[k]), js_raw=float(comparison.js_raw[k]),
+                p_value=float(comparison.p_value[k]), p_adjusted=float(p_adj[k]), threshold=c.served_min_ratio,
+                flagged=flagged, drifting=tracker.drifting, top_share=float(comparison.top_share[k]),
+                reference_top_share=float(comparison.reference_top_share[k]),
+                effective_items=float(comparison.effective_items[k]),
+                reference_effective_items=float(comparison.reference_effective_items[k]),
+                overlap=float(comparison.overlap[k]), samples=int(round(comparison.window_events[k])),
+                top=tuple(comparison.top[k]),
+                update_at=self._updates[p_.key.model_version].at if p_.kind == MODEL_UPDATE else None,
+                ratio=float(ratios[k]),
+            ))
+        return tuple(out)
 
     def _item_results(self, rows: list[tuple[_Pending, int]], comparison: Comparison,
                       p_adj: np.ndarray) -> tuple[ItemResult, ...]:

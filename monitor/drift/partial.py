@@ -205,13 +205,13 @@ class PartialSink(Judge):
 
     def observe_batch(self, version: str, dimension: str, codes: np.ndarray, labels: Any, values: np.ndarray,
                       users: np.ndarray, strata: np.ndarray, now: float | None = None, *, statistics: Any,
-                      attended: Attended | None = None) -> dict[str, str]:
+                      attended: Attended | None = None, served: Attended | None = None) -> dict[str, str]:
         """As the judge's, into ``target``; or, with ``rows`` set (one partial per row of the
         batch: a whole poll folded at once, its partitions' runs mixed), each row into its own
         partial, one ``Judge.observe_batch`` per partial."""
         if self.rows is None:
             return super().observe_batch(version, dimension, codes, labels, values, users, strata, now,
-                                         statistics=statistics, attended=attended)
+                                         statistics=statistics, attended=attended, served=served)
         if len(self.rows) != len(codes):
             raise ValueError(f"PartialSink: {len(self.rows)} row partials for a batch of {len(codes)}")
         slots: dict[int, int] = {}
@@ -225,7 +225,7 @@ class PartialSink(Judge):
             self.target = partial
             outcomes.update(super().observe_batch(
                 version, dimension, codes[rows], labels, values[rows], users[rows], strata[rows], now,
-                statistics=statistics, attended=_rows_of(attended, rows)))
+                statistics=statistics, attended=_rows_of(attended, rows), served=_rows_of(served, rows)))
         self.target = None
         return outcomes
 
@@ -240,12 +240,12 @@ class PartialSink(Judge):
 
     def _observe_cohort(self, key: CohortKey, series: Series, shape: tuple[int, int, int], part: _Part,
                         members: np.ndarray, flat: np.ndarray, strata: np.ndarray, users: np.ndarray,
-                        attended: Any = None, watch_x: Any = None, groups: Any = None) -> str:
+                        attended: Any = None, watch_x: Any = None, groups: Any = None, served: Any = None) -> str:
         if self.target is None:
             raise RuntimeError("PartialSink: no partial to fold into (set target to a run's partial)")
         # A sink never judges, so none of its cohorts watches items (the judge's watched-items
         # test needs the previous window's top items): the part carries no watched sums.
-        self.target.sample(key, series, shape).add(*part[:7])
+        part.add_to(self.target.sample(key, series, shape))
         return "partial"
 
     def start_update(self, new_version: str, previous_version: str, at: float) -> bool:

@@ -116,7 +116,7 @@ def unpack(state: dict[str, Any]) -> np.ndarray:
 class Sample:
     """Bin counts ``[series, strata, bins]`` of a run of one cohort's events, and their users."""
 
-    __slots__ = ("counts", "by_group", "users", "nan", "clipped", "items")
+    __slots__ = ("counts", "by_group", "users", "nan", "clipped", "items", "served")
 
     def __init__(self, series: int, strata: int, bins: int) -> None:
         self.counts = np.zeros((series, strata, bins), dtype=np.int64)
@@ -125,6 +125,7 @@ class Sample:
         self.nan = 0
         self.clipped = 0
         self.items: ItemSketch | None = None  # attention mass per item and layer (once fed)
+        self.served: ItemSketch | None = None  # served recommendation slots per item (once fed)
 
     @property
     def events(self) -> int:
@@ -165,9 +166,11 @@ class Sample:
         return np.clip(estimate, 1.0, max(1.0, self.design_effect()))
 
     def add(self, counts: np.ndarray, by_group: np.ndarray, user_counters: np.ndarray, events: int, nan: int = 0,
-            clipped: int = 0, items: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+            clipped: int = 0, items: tuple[np.ndarray, np.ndarray] | None = None,
+            served: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Add one batch's counts ``[series, strata, bins]``, ``[series, groups, bins]``, its
-        users' sketch counters and, when given, its mass per item (ids [d], mass [d, layers])."""
+        users' sketch counters and, when given, its mass per item (ids [d], mass [d, layers])
+        and its served slots per item (ids [d], mass [d, 1]: each event's list is one unit)."""
         self.counts += counts
         self.by_group += by_group
         self.users.add_counters(user_counters, events)
@@ -178,6 +181,10 @@ class Sample:
             if self.items is None:
                 self.items = ItemSketch(layers=mass.shape[1])
             self.items.add(ids, mass)
+        if served is not None:
+            if self.served is None:
+                self.served = ItemSketch()
+            self.served.add(*served)
 
     def merge(self, other: Sample) -> None:
         """Add another sample of the same shape (the events of both)."""
@@ -192,6 +199,10 @@ class Sample:
             if self.items is None:
                 self.items = ItemSketch(other.items.capacity, other.items.layers)
             self.items.merge(other.items)
+        if other.served is not None:
+            if self.served is None:
+                self.served = ItemSketch(other.served.capacity, other.served.layers)
+            self.served.merge(other.served)
 
     def reset(self) -> None:
         self.counts[:] = 0
@@ -200,6 +211,8 @@ class Sample:
         self.nan = self.clipped = 0
         if self.items is not None:
             self.items.reset()
+        if self.served is not None:
+            self.served.reset()
 
     def copy(self) -> Sample:
         twin = Sample(*self.counts.shape)
@@ -210,7 +223,8 @@ class Sample:
         """JSON-able state; the arrays packed (``pack``): a checkpoint holds hundreds of samples."""
         return {"counts": pack(self.counts), "by_group": pack(self.by_group), "users": pack(self.users.counters),
                 "events": self.events, "nan": self.nan, "clipped": self.clipped,
-                "items": None if self.items is None else self.items.to_state()}
+                "items": None if self.items is None else self.items.to_state(),
+                "served": None if self.served is None else self.served.to_state()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Sample:
@@ -228,6 +242,8 @@ class Sample:
         sample.clipped = int(state.get("clipped", 0))
         items = state.get("items")  # absent before item mass
         sample.items = ItemSketch.from_state(items) if items else None
+        served = state.get("served")  # absent before served recommendations were judged
+        sample.served = ItemSketch.from_state(served) if served else None
         return sample
 
     def __eq__(self, other: object) -> bool:
@@ -235,7 +251,8 @@ class Sample:
             return NotImplemented
         return (np.array_equal(self.counts, other.counts) and np.array_equal(self.by_group, other.by_group)
                 and self.users.to_state() == other.users.to_state()
-                and (self.nan, self.clipped) == (other.nan, other.clipped) and self.items == other.items)
+                and (self.nan, self.clipped) == (other.nan, other.clipped) and self.items == other.items
+                and self.served == other.served)
 
     def __repr__(self) -> str:
         series, strata, bins = self.counts.shape

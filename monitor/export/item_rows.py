@@ -5,7 +5,8 @@ verdict, and its top ``top_n`` items with their share in the window and in the r
 per exported item its catalogue title, cleaned and cut to ``TITLE_MAX`` characters (a title
 is a label value: prometheus_client escapes it, this bounds it). The series are bounded:
 ``2 * top_n + 7`` per (kind, cohort, layer), plus one title per distinct exported item
-(docs/drift.md, "Exported").
+(docs/drift.md, "Exported"). A cohort's served recommendations are one more such row, with
+the layer label ``served`` (its shares are of the served slots, not of attention).
 """
 
 from __future__ import annotations
@@ -23,6 +24,21 @@ MAX_TOP_N = 20  # exported items per (kind, cohort, layer), at most
 _SPACE = re.compile(r"\s+")
 
 Titles = Callable[[str, int], str | None]  # (model version, raw item id) -> catalogue title, None if unknown
+SERVED_LABEL = "served"  # the layer label of the served recommendations' row (SERVED_LAYER)
+
+
+def layer_label(layer: int) -> str:
+    """The ``layer`` label value of an item row: the layer's index, or "served"."""
+    from monitor.drift.concentration import SERVED_LAYER
+
+    return SERVED_LABEL if layer == SERVED_LAYER else str(layer)
+
+
+def layer_of(label: str) -> int:
+    """``layer_label``'s inverse (rows read back from a saved state)."""
+    from monitor.drift.concentration import SERVED_LAYER
+
+    return SERVED_LAYER if label == SERVED_LABEL else int(label)
 
 
 def clean_title(title: str | None) -> str:
@@ -57,7 +73,7 @@ class ItemRows:
         """Fold a round's item results in; drop rows of versions no longer remembered."""
         for r in results:
             labels = {"kind": r.kind, "model_version": r.key.model_version, "reference_version": r.reference_version,
-                      "dimension": r.key.dimension, "cohort": r.key.cohort, "layer": str(r.layer)}
+                      "dimension": r.key.dimension, "cohort": r.key.cohort, "layer": layer_label(r.layer)}
             top = [(rank + 1, item, share, before) for rank, (item, share, before) in enumerate(r.top[: self.top_n])]
             self._latest[(r.kind, r.key, r.layer)] = {
                 **labels, "score": r.score, "p_adjusted": r.p_adjusted, "narrowed": int(r.drifting),
@@ -83,7 +99,7 @@ class ItemRows:
 
         rows = cls(top_n)
         for row in state["latest"]:
-            key = (row["kind"], CohortKey(row["model_version"], row["dimension"], row["cohort"]), int(row["layer"]))
+            key = (row["kind"], CohortKey(row["model_version"], row["dimension"], row["cohort"]), layer_of(row["layer"]))
             rows._latest[key] = {**row, "top": [tuple(entry) for entry in row["top"]]}
         rows._titles = {int(i): t for i, t in state["titles"].items()}
         return rows

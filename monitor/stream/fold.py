@@ -6,6 +6,9 @@ not the window the model read: a model with a shorter context must not move ever
 into the shortest bucket. The same lengths give the judge's strata, and the users' hashes
 are computed once per batch; each dimension is then one ``Judge.observe_batch`` call.
 
+The events' served recommendations (``recommended``) go to the judge too, as mass per
+item (``items.served_slots``): what a flooded model serves, attention may not show.
+
 The judge sees head-averaged values only; per-head statistics (when configured) go to
 their own histograms as within-version detail.
 """
@@ -19,7 +22,7 @@ import numpy as np
 
 from monitor.attention.stats import STATISTICS
 from monitor.drift.cohorts import CohortAssigner
-from monitor.drift.items import Attended
+from monitor.drift.items import Attended, served_slots
 from monitor.drift.judge import Judge
 from monitor.drift.users import hash_users
 from monitor.export.metrics import AgentMetrics
@@ -49,6 +52,7 @@ class Fold:
         labels = assigner.labels()
         users = hash_users(e.user_id for e in kept)  # [B]
         strata = judge.stratum_of(lengths)  # [B]
+        slots = served_slots([[r.item for r in e.recommended] for e in kept])  # the lists the events served
         for column, dimension in enumerate(assigner.dimensions):
             column_codes = codes[:, column]
             dim_labels = labels[dimension]
@@ -56,7 +60,7 @@ class Fold:
             if per_head is not None:  # within-version detail only: the judge sees head-averaged rows
                 self._metrics.attention_per_head.fold(version, dimension, column_codes, dim_labels, per_head)
             judge.observe_batch(version, dimension, column_codes, dim_labels, statistics, users, strata, now,
-                                statistics=STATISTICS, attended=attended)
+                                statistics=STATISTICS, attended=attended, served=slots)
         event_seconds = np.fromiter((e.ts for e in kept), dtype=np.float64, count=len(kept)) / 1000.0
         self._metrics.latency.observe_many(np.maximum(0.0, self._clock() - event_seconds))
         self._processed.inc(len(kept))

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from model import checkpoint
 from model.data import load_movielens
-from monitor.drift.judge import MODEL_UPDATE, JudgeConfig
+from monitor.drift.judge import MODEL_UPDATE, JudgeConfig, JudgeReport
 from monitor.export.http import MetricsServer
 from monitor.stream.agent import Agent
 from monitor.stream.memory import MemorySink, MemorySource
@@ -90,6 +90,8 @@ class Narrator:
         self.drifting_by_phase: dict[str, int] = {}  # the most cohorts drifting at once, per phase
         self.paged: list[str] = []  # the alerts that would page, as announced
         self._update_drifting: set[tuple[str, str, str]] = set()  # (version, dimension, cohort)
+        self._served_raised: set[tuple[str, str, str, str]] = set()  # (kind, version, dimension, cohort)
+        self.served_by_phase: dict[str, int] = {}  # served-list verdicts raised, per phase
 
     def _stamp(self) -> str:
         return f"[{time.monotonic() - self._started:6.1f}s]"
@@ -131,11 +133,26 @@ class Narrator:
             self.drifting_by_phase[title] = max(self.drifting_by_phase.get(title, 0), len(drifting))
             line += (f"  | judge round {report.round}: {report.judged} series judged, {report.collecting} baselines "
                      f"collecting, {len(drifting)} cohort(s) drifting")
+            self._served(report, title)
             updated = [c for c in report.cohorts if c.kind == MODEL_UPDATE and c.model_version == self.phase().version]
             if updated:
                 line += (f"; the update to {self.phase().role}: {sum(c.drifting for c in updated)} of {len(updated)} "
                          "judged cohort(s) drifted from the previous version")
         self._out.write(line + "\n")
+
+    def _served(self, report: JudgeReport, title: str) -> None:
+        """Narrate served-list verdicts (RecommendationsNarrowedToFewItems) as they are raised."""
+        for r in report.items:
+            key = (r.kind, r.key.model_version, r.key.dimension, r.key.cohort)
+            if r.source != "served" or not r.drifting or key in self._served_raised:
+                if r.source == "served" and not r.drifting:
+                    self._served_raised.discard(key)
+                continue
+            self._served_raised.add(key)
+            self.served_by_phase[title] = self.served_by_phase.get(title, 0) + 1
+            self._out.write(f"{self._stamp()} SERVED lists narrowed ({r.kind}): {r.key.dimension}={r.key.cohort} of "
+                            f"{self._name(r.key.model_version)}: top items {r.reference_top_share:.0%} of the slots "
+                            f"before, {r.top_share:.0%} now ({r.ratio:.1f}x, floor {r.threshold:g}x)\n")
 
     def _change(self, c: dict) -> None:
         out = self._out
@@ -297,7 +314,9 @@ def run_demo(*, versions: Mapping[str, str], models_root: Path, events: int | No
         return 1
     narrator.tell()
     drifts = ", ".join(f"{title}: {n}" for title, n in narrator.drifting_by_phase.items())
+    served = ", ".join(f"{title}: {n}" for title, n in narrator.served_by_phase.items())
     out.write(f"most cohorts drifting at once, per phase: {drifts or 'no judgement yet'}\n"
+              f"served-list verdicts raised, per phase: {served or 'none'}\n"
               f"would have paged: {len(narrator.paged)} alert(s)"
               + (f", first {narrator.paged[0]}" if narrator.paged else "") + "\n")
     out.flush()

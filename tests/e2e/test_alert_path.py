@@ -256,6 +256,9 @@ def test_benign_update_is_judged_and_pages_nobody(agent_for, models, traffic, we
     assert not _query(prometheus_url, f'ALERTS{{alertname="AttentionDriftAfterModelUpdate",model_version="{benign}"}}')
     assert not webhook.alerts("AttentionDriftAfterModelUpdate", began, model_version=benign)
     assert not webhook.alerts("AttentionCollapse", began, model_version=benign)
+    # A retrain serves other items than its predecessor, not more concentrated lists.
+    assert not webhook.alerts("RecommendationsNarrowedToFewItems", began, model_version=benign)
+    assert not webhook.alerts("AttentionNarrowedToFewItems", began, model_version=benign)
 
 
 def test_cohort_shift_alerts_for_that_cohort_only(agent_for, models, traffic, webhook, prometheus_url):
