@@ -910,49 +910,38 @@ class Judge:
         """Flags and verdicts of the round's served-recommendation series: significant, and the
         window's lists at least ``served_min_ratio`` times as concentrated as the reference's."""
         c = self.config
-        out = []
-        for k, p_ in enumerate(rows):
-            flagged = bool(p_adj[k] <= c.alpha and ratios[k] >= c.served_min_ratio and comparison.narrowed[k])
-            trackers = p_.cohort.items_update if p_.kind == MODEL_UPDATE else p_.cohort.items_within
-            tracker = trackers.setdefault(SERVED_LAYER, Hysteresis(c.raise_after, c.clear_after))
-            tracker.update(flagged)
-            out.append(ItemResult(
-                key=p_.key, layer=SERVED_LAYER, kind=p_.kind, reference_version=p_.reference_version,
-                score=float(comparison.score[k]), js_raw=float(comparison.js_raw[k]),
-                p_value=float(comparison.p_value[k]), p_adjusted=float(p_adj[k]), threshold=c.served_min_ratio,
-                flagged=flagged, drifting=tracker.drifting, top_share=float(comparison.top_share[k]),
-                reference_top_share=float(comparison.reference_top_share[k]),
-                effective_items=float(comparison.effective_items[k]),
-                reference_effective_items=float(comparison.reference_effective_items[k]),
-                overlap=float(comparison.overlap[k]), samples=int(round(comparison.window_events[k])),
-                top=tuple(comparison.top[k]),
-                update_at=self._updates[p_.key.model_version].at if p_.kind == MODEL_UPDATE else None,
-                ratio=float(ratios[k]),
-            ))
-        return tuple(out)
+        flags = (p_adj <= c.alpha) & (ratios >= c.served_min_ratio) & comparison.narrowed
+        return self._verdicts([(p_, SERVED_LAYER) for p_ in rows], comparison, p_adj, flags, c.served_min_ratio,
+                              ratios)
 
     def _item_results(self, rows: list[tuple[_Pending, int]], comparison: Comparison,
                       p_adj: np.ndarray) -> tuple[ItemResult, ...]:
         """Flags and verdicts of the round's item-mass series (module docstring)."""
         c = self.config
+        flags = (p_adj <= c.alpha) & (comparison.score >= c.item_min_effect) & comparison.narrowed
+        return self._verdicts(rows, comparison, p_adj, flags, c.item_min_effect)
+
+    def _verdicts(self, rows: list[tuple[_Pending, int]], comparison: Comparison, p_adj: np.ndarray,
+                  flags: np.ndarray, threshold: float, ratios: np.ndarray | None = None) -> tuple[ItemResult, ...]:
+        """Each (window, layer) row's flag through its hysteresis, as an ``ItemResult``."""
+        c = self.config
         out = []
         for k, (p_, layer) in enumerate(rows):
-            flagged = bool(p_adj[k] <= c.alpha and comparison.score[k] >= c.item_min_effect
-                           and comparison.narrowed[k])
             trackers = p_.cohort.items_update if p_.kind == MODEL_UPDATE else p_.cohort.items_within
             tracker = trackers.setdefault(layer, Hysteresis(c.raise_after, c.clear_after))
-            tracker.update(flagged)
+            tracker.update(bool(flags[k]))
             out.append(ItemResult(
                 key=p_.key, layer=layer, kind=p_.kind, reference_version=p_.reference_version,
                 score=float(comparison.score[k]), js_raw=float(comparison.js_raw[k]),
-                p_value=float(comparison.p_value[k]), p_adjusted=float(p_adj[k]), threshold=c.item_min_effect,
-                flagged=flagged, drifting=tracker.drifting, top_share=float(comparison.top_share[k]),
+                p_value=float(comparison.p_value[k]), p_adjusted=float(p_adj[k]), threshold=threshold,
+                flagged=bool(flags[k]), drifting=tracker.drifting, top_share=float(comparison.top_share[k]),
                 reference_top_share=float(comparison.reference_top_share[k]),
                 effective_items=float(comparison.effective_items[k]),
                 reference_effective_items=float(comparison.reference_effective_items[k]),
                 overlap=float(comparison.overlap[k]), samples=int(round(comparison.window_events[k])),
                 top=tuple(comparison.top[k]),
                 update_at=self._updates[p_.key.model_version].at if p_.kind == MODEL_UPDATE else None,
+                ratio=float(ratios[k]) if ratios is not None else float("nan"),
             ))
         return tuple(out)
 
