@@ -14,10 +14,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from monitor.drift.concentration import ItemResult
+from monitor.drift.concentration import SERVED_LAYER, ItemResult
 
 TITLE_MAX = 80  # characters of a catalogue title on /metrics
 MAX_TOP_N = 20  # exported items per (kind, cohort, layer), at most
@@ -29,15 +28,11 @@ SERVED_LABEL = "served"  # the layer label of the served recommendations' row (S
 
 def layer_label(layer: int) -> str:
     """The ``layer`` label value of an item row: the layer's index, or "served"."""
-    from monitor.drift.concentration import SERVED_LAYER
-
     return SERVED_LABEL if layer == SERVED_LAYER else str(layer)
 
 
 def layer_of(label: str) -> int:
     """``layer_label``'s inverse (rows read back from a saved state)."""
-    from monitor.drift.concentration import SERVED_LAYER
-
     return SERVED_LAYER if label == SERVED_LABEL else int(label)
 
 

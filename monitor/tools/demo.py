@@ -143,10 +143,13 @@ class Narrator:
     def _served(self, report: JudgeReport, title: str) -> None:
         """Narrate served-list verdicts (RecommendationsNarrowedToFewItems) as they are raised."""
         for r in report.items:
+            if r.source != "served":
+                continue
             key = (r.kind, r.key.model_version, r.key.dimension, r.key.cohort)
-            if r.source != "served" or not r.drifting or key in self._served_raised:
-                if r.source == "served" and not r.drifting:
-                    self._served_raised.discard(key)
+            if not r.drifting:
+                self._served_raised.discard(key)  # cleared: a later raise is told again
+                continue
+            if key in self._served_raised:
                 continue
             self._served_raised.add(key)
             self.served_by_phase[title] = self.served_by_phase.get(title, 0) + 1
