@@ -480,6 +480,8 @@ def judge_update(family: UpdateFamily, replay: Replay, served: dict[str, ServedM
     items_raised: set = set()
     paired_share: list[float] = []
     agreements: list[float] = []
+    served_all: list[float] = []  # the "all" cohort's paired served-list ratio, round by round
+    served_any: list[float] = []
     for round_ in replay.rounds:
         for r in round_.report.results:
             if r.kind == MODEL_UPDATE and r.key.model_version == replay.new:
@@ -490,6 +492,9 @@ def judge_update(family: UpdateFamily, replay: Replay, served: dict[str, ServedM
                          if i.drifting and i.key.model_version == replay.new}
         paired_share += [r.fraction_above for r in round_.paired.results if r.key.dimension == "all"]
         agreements += [r.agreement for r in round_.paired.results if r.agreement is not None]
+        served_all += [r.served_ratio for r in round_.paired.results
+                       if r.served_ratio is not None and r.key.dimension == "all"]
+        served_any += [r.served_ratio for r in round_.paired.results if r.served_ratio is not None]
     detail = {
         "windows": len(windows),
         "windows_count_mismatch": mismatched,
@@ -499,6 +504,10 @@ def judge_update(family: UpdateFamily, replay: Replay, served: dict[str, ServedM
         "paired_share_all_max": max(paired_share, default=float("nan")),
         # lowest per-event agreement any cohort showed (monitor.drift.agreement; NaN: never judged)
         "paired_agreement_min": min(agreements, default=float("nan")),
+        # what each version would serve on the same events (monitor.drift.served_pairs): the new lists'
+        # concentration over the previous lists', cohort "all" at the last round, and the largest of any cohort
+        "paired_served_ratio_all": served_all[-1] if served_all else float("nan"),
+        "paired_served_ratio_max": max(served_any, default=float("nan")),
         "evidently_columns_max": evidently_columns,
         "windows_sample": windows[:1] + [w for w in windows if w.cohort == ("platform", "android")][:1],
     }
@@ -570,6 +579,8 @@ def family_figures(family: UpdateFamily | TrafficFamily, outcomes: list[Outcome]
     figures["median_delay_events"] = delay
     figures["median_delay_s"] = None if delay is None else round(delay / EVENTS_PER_SECOND, 2)
     figures["median_delay_cohort_events"] = _median([d.cohort_events for d in either])
+    ratios = [o.detail["paired_served_ratio_all"] for o in outcomes if np.isfinite(o.detail.get("paired_served_ratio_all", np.nan))]
+    figures["paired_served_ratio_all"] = [round(min(ratios), 2), round(max(ratios), 2)] if ratios else None
     for served in (False, True):
         for figure in ("hr10", "ndcg10"):
             figures[("served_" if served else "") + figure] = round(models.mean(figure, served), 4)
@@ -672,6 +683,7 @@ def main(argv: list[str] | None = None) -> int:
                   + f", within-version raised {len(d['within_raised'])}, item verdicts {d['items_raised']}"
                   + f", paired share>cut (all) max {d['paired_share_all_max']:.2f}"
                   + f", agreement min {d['paired_agreement_min']:.2f}"
+                  + f", served ratio (all) {d['paired_served_ratio_all']:.2f} (max {d['paired_served_ratio_max']:.2f})"
                   + f" [{time.perf_counter() - t0:.0f}s]", flush=True)
     replay_s = time.perf_counter() - started
 

@@ -139,8 +139,10 @@ class _Block(nn.Module):
         q_h . (W_h n_j + b_h) = (W_h^T q_h) . n_j + q_h . b_h, so each row costs one
         [L, d] x [d, H] product instead of an [L, d] x [d, d] projection of all keys.
         """
-        b, length, d = x.shape
-        normed = self.attn_norm(x)
+        return self._last_row(self.attn_norm(x), key_bias)
+
+    def _last_row(self, normed: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        b, length, d = normed.shape
         w_q, w_k, _ = self.qkv.weight.split(d, dim=0)
         b_q, b_k, _ = self.qkv.bias.split(d, dim=0)
         q = F.linear(normed[:, -1], w_q, b_q).view(b, self.heads, self.head_dim) / math.sqrt(self.head_dim)
@@ -148,6 +150,23 @@ class _Block(nn.Module):
         offset = (q * b_k.view(self.heads, self.head_dim)).sum(-1, keepdim=True)  # [B, H, 1]
         logits = torch.bmm(folded, normed.transpose(1, 2)) + offset  # [B, H, L]
         return torch.softmax(logits + key_bias, dim=-1)
+
+    def last_row_output(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        """The block's output at the last position only [B, d] (``forward``'s ``x[:, -1]``).
+
+        The value projection is folded like the key's: a row's weights sum to 1, so
+        sum_j w_j (W_h n_j + b_h) = W_h (sum_j w_j n_j) + b_h: the weights mix the normed
+        inputs, and one [d] x [d, dh] product per head follows.
+        """
+        b, _, d = x.shape
+        normed = self.attn_norm(x)
+        weights = self._last_row(normed, key_bias)  # [B, H, L]
+        _, _, w_v = self.qkv.weight.split(d, dim=0)
+        _, _, b_v = self.qkv.bias.split(d, dim=0)
+        mixed = torch.bmm(weights, normed)  # [B, H, d]
+        context = torch.einsum("bhd,hed->bhe", mixed, w_v.view(self.heads, self.head_dim, d))
+        y = x[:, -1] + self.out((context + b_v.view(self.heads, self.head_dim)).reshape(b, d))
+        return y + self.ffn(self.ffn_norm(y))
 
 
 class SASRec(nn.Module):
@@ -219,6 +238,35 @@ class SASRec(nn.Module):
         hidden, _ = self._encode(histories)
         return self._logits(hidden[:, -1])
 
+    def next_item_scores(self, histories: torch.Tensor) -> torch.Tensor:
+        """Fast path for what a version would serve: the same scores as ``scores`` [B, n_items + 1].
+
+        Left-padded histories only (the last column real). As ``attention_rows``, columns that
+        are padding for the whole batch are dropped; the last block computes its last position
+        only (``_Block.last_row_output``).
+        """
+        _, x, bias, key_bias, keep = self._serving_inputs(histories)
+        for block in self.blocks[:-1]:
+            x, _ = block.serving_forward(x, bias)
+            x = x * keep
+        return self._logits(self.final_norm(self.blocks[-1].last_row_output(x, key_bias)))
+
+    def _serving_inputs(self, histories: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                torch.Tensor]:
+        """The fast paths' inputs: the first column any history uses, the embedded histories
+        from there on, the [B, L, L] causal and key bias, the [B, 1, L] key bias alone, and the
+        [B, L, 1] real-position mask."""
+        real = histories != 0
+        first_used = int(real.any(dim=0).nonzero()[0]) if bool(real.any()) else histories.shape[1] - 1
+        trimmed = histories[:, first_used:]
+        valid = trimmed != 0
+        width_used = trimmed.shape[1]
+        x = self._embed(trimmed)
+        key_bias = torch.zeros(len(histories), 1, width_used, dtype=x.dtype).masked_fill_(~valid[:, None, :], _MASKED)
+        causal_bias = torch.full((width_used, width_used), _MASKED, dtype=x.dtype).triu_(1)
+        # [B, L, L]: key_bias [B, 1, L] broadcast over the queries
+        return first_used, x, key_bias + causal_bias, key_bias, valid.unsqueeze(-1)
+
     def attention(self, histories: torch.Tensor) -> Attention:
         """The last position's attention per layer and head, with the scores it produced."""
         hidden, per_block = self._encode(histories)
@@ -233,16 +281,7 @@ class SASRec(nn.Module):
         query row's softmax (no values, output projection, feed-forward or scores).
         """
         batch, width = histories.shape
-        real = histories != 0
-        first_used = int(real.any(dim=0).nonzero()[0]) if bool(real.any()) else width - 1
-        trimmed = histories[:, first_used:]
-        valid = trimmed != 0
-        width_used = trimmed.shape[1]
-        x = self._embed(trimmed)
-        key_bias = torch.zeros(batch, 1, width_used, dtype=x.dtype).masked_fill_(~valid[:, None, :], _MASKED)
-        causal_bias = torch.full((width_used, width_used), _MASKED, dtype=x.dtype).triu_(1)
-        bias = key_bias + causal_bias  # [B, L, L]: key_bias [B, 1, L] broadcast over the queries
-        keep = valid.unsqueeze(-1)
+        first_used, x, bias, key_bias, keep = self._serving_inputs(histories)
         rows = []
         for block in self.blocks[:-1]:
             x, row = block.serving_forward(x, bias)

@@ -286,8 +286,17 @@ def compare(windows: Sequence[Side], references: Sequence[Side], window_design: 
     )
 
 
+class ServedComparison(NamedTuple):
+    """``compare_served``'s answer per row: the test, and the concentrations it compared."""
+
+    test: Comparison
+    ratio: np.ndarray  # [K] share over reference_share (1 where a row is not judged)
+    share: np.ndarray  # [K] the window's share on its own cross-fitted top items
+    reference_share: np.ndarray  # [K] the reference's, on its own
+
+
 def compare_served(windows: Sequence[Side], references: Sequence[Side], window_design: np.ndarray,
-                   reference_design: np.ndarray, *, top_k: int) -> tuple[Comparison, np.ndarray]:
+                   reference_design: np.ndarray, *, top_k: int) -> ServedComparison:
     """The served-recommendation test of each row, and each row's concentration ratio.
 
     Served slots are not attention: a retrain serves other items than its predecessor (the
@@ -316,7 +325,7 @@ def compare_served(windows: Sequence[Side], references: Sequence[Side], window_d
     out = base._replace(score=np.where(judged, score, 0.0), js_raw=np.where(judged, js_distance(a, b), 0.0),
                         p_value=np.where(judged, _yates(a, b), 1.0), narrowed=judged & (own > own_reference),
                         watch_next=[(np.zeros(0, dtype=np.int64),) * 2 for _ in range(k)])
-    return out, np.where(judged, ratio, 1.0)
+    return ServedComparison(out, np.where(judged, ratio, 1.0), own, own_reference)
 
 
 @dataclass(frozen=True, slots=True)

@@ -901,9 +901,9 @@ class Judge:
             references.append(Side(r_whole, (r_halves[0], r_halves[1]), 0))
             design.append(float(p_.window_design.max()))
             reference_design.append(float(p_.reference_design.max()))
-        comparison, ratios = compare_served(windows, references, np.array(design), np.array(reference_design),
-                                            top_k=self.config.item_top_k)
-        return rows, comparison, ratios
+        served = compare_served(windows, references, np.array(design), np.array(reference_design),
+                                top_k=self.config.item_top_k)
+        return rows, served.test, served.ratio
 
     def _served_results(self, rows: list[_Pending], comparison: Comparison, p_adj: np.ndarray,
                         ratios: np.ndarray) -> tuple[ItemResult, ...]:

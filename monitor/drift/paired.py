@@ -44,6 +44,13 @@ regularised incomplete beta, exact at integers). A heavy user's 40
 near-identical pairs then weigh as one user's evidence. Because the tolerance
 sits in H0, a huge sample does not turn a benign-sized change into a verdict.
 
+A third test, on the agreement layer too, asks what each version would *serve* on the same
+events (``monitor.drift.served_pairs``): both recompute their top-k list there, and the layer is
+flagged when the new version's lists are credibly at least ``served_min_ratio`` times as
+concentrated on their own top items as the previous version's (a retrain on promotion-flooded
+logs, which attends like a benign retrain, serves its handful of titles in most lists). Same BH
+family, same hysteresis.
+
 Everything a window holds adds up (histograms, counts, sums, user sketches) and the agreement
 sample is a bottom-k sample by event hash, so comparisons of disjoint parts of the stream merge
 (``merge``) into the comparison of the whole: the scale-out judge merges the partitions' paired
@@ -85,12 +92,14 @@ from scipy import special
 
 from monitor.drift.agreement import AgreementSample, agreement, below_cutoff_p, effective_users
 from monitor.drift.histogram import Histogram
+from monitor.drift.served_pairs import ServedPairs, judge_lists
 from monitor.drift.users import UserSketch
 from monitor.drift.verdict import Hysteresis, bh_adjust
 
 # 1: one series per cohort, layers averaged, no users (restored as empty); 2: no agreement; 3: agreement
-# samples without priorities (uniform reservoirs: restored with priorities drawn to match, agreement.py)
-STATE_FORMAT = 4
+# samples without priorities (uniform reservoirs: restored with priorities drawn to match, agreement.py);
+# 4: no served lists (restored without: they accumulate from the restart)
+STATE_FORMAT = 5
 USER_SKETCH_WIDTH = 256  # counters per row: about 6 % error on n_eff, 10 KiB per cohort window
 
 
@@ -140,6 +149,14 @@ class PairedConfig:
     agreement_capacity: int = 1024  # pairs kept per cohort (a bottom-k sample by event hash over the whole update)
     agreement_min_pairs: int = 200  # ... before agreement is judged
     agreement_strata_edges: tuple[int, ...] = (10, 50, 200)  # history-length strata; shorter ones left out
+    # Served lists (monitor.drift.served_pairs), judged on the agreement layer: each version's top
+    # served_slots items on the same events; flagged when the new lists' share on their own top
+    # served_top_k items is credibly at least served_min_ratio times the previous lists' (benign
+    # retrains measured .66-1.30, a promotion-flooded retrain 2.99-3.77: docs/drift.md).
+    served_slots: int = 10
+    served_top_k: int = 10
+    served_min_ratio: float = 2.0
+    served_min_lists: int = 200  # pairs of lists since the update (and min_users effective users) before judging
 
     def __post_init__(self) -> None:
         Histogram(self.bins)
@@ -157,6 +174,9 @@ class PairedConfig:
             (self.agreement_capacity >= 1, "agreement_capacity must be >= 1"),
             (1 <= self.agreement_min_pairs <= self.agreement_capacity,
              "agreement_min_pairs must be in [1, agreement_capacity]"),
+            (self.served_slots >= 1 and self.served_top_k >= 1, "served_slots and served_top_k must be >= 1"),
+            (self.served_min_ratio > 1.0, "served_min_ratio must be > 1"),
+            (self.served_min_lists >= 1, "served_min_lists must be >= 1"),
             (len(self.agreement_strata_edges) >= 1 and self.agreement_strata_edges[0] >= 1
              and list(self.agreement_strata_edges) == sorted(set(self.agreement_strata_edges)),
              "agreement_strata_edges must be ascending positive lengths"),
@@ -241,6 +261,14 @@ class PairedResult:
     agreement_p_adjusted: float = 1.0  # H0: agreement >= agreement_cutoff, BH with the rows tests
     agreement_flagged: bool = False
     rows_flagged: bool = False  # the share of rows past the cutoff is credibly above the tolerance
+    # What each version would serve on the same events (agreement layer; None until judged:
+    # served_min_lists pairs of lists from min_users effective users since the update)
+    served_ratio: float | None = None  # the new lists' own top-k share over the previous lists'
+    served_share: float | None = None
+    served_previous_share: float | None = None
+    served_lists: int = 0  # pairs of lists since the update
+    served_p_adjusted: float = 1.0
+    served_flagged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +348,7 @@ class _Window:
 class _Cohort:
     """A cohort's window and, per layer, its verdict and totals."""
 
-    __slots__ = ("window", "verdicts", "total_pairs", "total_above", "agreement")
+    __slots__ = ("window", "verdicts", "total_pairs", "total_above", "agreement", "served")
 
     def __init__(self, config: PairedConfig, layers: int) -> None:
         self.window = _Window(config.bins, layers)
@@ -329,6 +357,7 @@ class _Cohort:
         self.total_above = [0] * layers
         # paired per-event statistics [pairs, statistics x layers]: column statistic * layers + layer
         self.agreement: AgreementSample | None = None
+        self.served: ServedPairs | None = None  # both versions' recomputed lists since the update
 
     @property
     def layers(self) -> int:
@@ -416,6 +445,16 @@ class PairedComparison:
         state.agreement.add(flat_old[ok], flat_new[ok], np.asarray(lengths)[ok], np.asarray(users)[ok],
                             None if priorities is None else np.asarray(priorities)[ok])
 
+    def observe_served(self, cohort: PairCohort, previous: np.ndarray, new: np.ndarray, users: np.ndarray) -> None:
+        """Fold a cohort's pairs of recomputed top-k lists in (``served_pairs.ServedPairs.add``:
+        raw item ids [P, k], -1 for an empty slot). Call after ``observe`` for the same pairs."""
+        state = self._cohorts.get(cohort)
+        if state is None:
+            return
+        if state.served is None:
+            state.served = ServedPairs()
+        state.served.add(previous, new, users)
+
     def merge(self, other: PairedComparison, versions: Collection[str] | None = None) -> None:
         """Fold ``other``'s open windows and agreement samples in (pairs of other events: a
         partition's share of a window), cohorts in key order; its verdicts are not merged (a
@@ -440,6 +479,10 @@ class PairedComparison:
                 if state.agreement is None:
                     state.agreement = AgreementSample(self.config.agreement_capacity, part.agreement.series)
                 state.agreement.merge(part.agreement)
+            if part.served is not None:
+                if state.served is None:
+                    state.served = ServedPairs()
+                state.served.merge(part.served)
         for name, count in other.counts.items():
             self.counts[name] = self.counts.get(name, 0) + count
 
@@ -456,6 +499,11 @@ class PairedComparison:
             return None, None, result.pairs, 1.0
         return result.value, result.standard_error, result.pairs, below_cutoff_p(
             result.value, result.standard_error, c.agreement_cutoff)
+
+    def _served_ready(self, state: _Cohort, layer: int) -> bool:
+        c, held = self.config, state.served
+        return (layer == c.agreement_layer % state.layers and held is not None
+                and held.lists >= c.served_min_lists and held.users.effective_users() >= c.min_users)
 
     def _ready(self, state: _Cohort) -> bool:
         w = state.window
@@ -477,17 +525,26 @@ class PairedComparison:
             # The share above the cutoff comes from the events; the evidence for it from the users.
             p = binomial_tail(above / n * n_eff, n_eff, c.benign_fraction)
             agreements = [self._agreement_of(self._cohorts[k], layer) for k, layer in series]
-            # Both tests of every series in one Benjamini-Hochberg family (only agreements judged).
+            served_rows = [i for i, (k, layer) in enumerate(series) if self._served_ready(self._cohorts[k], layer)]
+            # (each held: _served_ready)
+            served = judge_lists([held for i in served_rows if (held := self._cohorts[series[i][0]].served)],
+                                 top_k=c.served_top_k)
+            # Every test of every series in one Benjamini-Hochberg family (only those judged).
             judged = [i for i, a in enumerate(agreements) if a[0] is not None]
-            adjusted = bh_adjust(np.concatenate([p, [agreements[i][3] for i in judged]]))
+            adjusted = bh_adjust(np.concatenate([p, [agreements[i][3] for i in judged], served.test.p_value]))
             p_adj = adjusted[:len(series)]
             agreement_adj = np.ones(len(series))
-            agreement_adj[judged] = adjusted[len(series):]
+            agreement_adj[judged] = adjusted[len(series):len(series) + len(judged)]
+            served_adj = adjusted[len(series) + len(judged):]
+            served_at = {row: j for j, row in enumerate(served_rows)}
             for i, (cohort, layer) in enumerate(series):
                 state, w = self._cohorts[cohort], windows[i]
                 rows_flagged = bool(p_adj[i] <= c.alpha)
                 agreement_flagged = bool(agreement_adj[i] <= c.alpha)
-                flagged = rows_flagged or agreement_flagged
+                j = served_at.get(i)
+                served_flagged = j is not None and bool(
+                    served_adj[j] <= c.alpha and served.ratio[j] >= c.served_min_ratio and served.test.narrowed[j])
+                flagged = rows_flagged or agreement_flagged or served_flagged
                 verdict = state.verdicts[layer]
                 verdict.update(flagged)
                 pairs, hits = w.pairs, int(w.above[layer])
@@ -519,6 +576,12 @@ class PairedComparison:
                         agreement_p_adjusted=float(agreement_adj[i]),
                         agreement_flagged=agreement_flagged,
                         rows_flagged=rows_flagged,
+                        served_ratio=None if j is None else float(served.ratio[j]),
+                        served_share=None if j is None else float(served.share[j]),
+                        served_previous_share=None if j is None else float(served.reference_share[j]),
+                        served_lists=0 if state.served is None else state.served.lists,
+                        served_p_adjusted=1.0 if j is None else float(served_adj[j]),
+                        served_flagged=served_flagged,
                     )
                 )
             for cohort in ready:
@@ -546,7 +609,8 @@ class PairedComparison:
             "counts": dict(self.counts),
             "cohorts": [
                 [list(k), s.window.to_state(), [v.to_state() for v in s.verdicts], s.total_pairs, list(s.total_above),
-                 None if s.agreement is None else s.agreement.to_state()]
+                 None if s.agreement is None else s.agreement.to_state(),
+                 None if s.served is None else s.served.to_state()]
                 for k, s in self._cohorts.items()
             ],
         }
@@ -558,10 +622,11 @@ class PairedComparison:
         A format-1 state (layers averaged, no users) keeps its round and counts; its series
         cannot be split into layers, so they restart empty (pairing goes on). A format-2 state
         (before the agreement test) resumes with empty agreement samples; a format-3 state's
-        samples (uniform reservoirs) are given priorities (``AgreementSample.from_state``).
+        samples (uniform reservoirs) are given priorities (``AgreementSample.from_state``); a
+        format-4 state (before the served lists) resumes without lists.
         """
         fmt = state.get("format")
-        if fmt not in (1, 2, 3, STATE_FORMAT):
+        if fmt not in (1, 2, 3, 4, STATE_FORMAT):
             raise ValueError(f"unknown paired state format {fmt!r}")
         saved = PairedConfig.from_mapping(state["config"])
         config = config or saved
@@ -576,6 +641,8 @@ class PairedComparison:
             restored = _Cohort(config, len(verdicts))
             if rest and rest[0] is not None:
                 restored.agreement = AgreementSample.from_state(rest[0], seed=len(pc._cohorts))
+            if len(rest) > 1 and rest[1] is not None:
+                restored.served = ServedPairs.from_state(rest[1])
             restored.window = _Window.from_state(window)
             restored.verdicts = [Hysteresis.from_state(v, config.raise_after, config.clear_after) for v in verdicts]
             restored.total_pairs = int(total_pairs)

@@ -53,7 +53,7 @@ class DriftRows:
                 "dimension": result.key.dimension, "cohort": result.key.cohort, "layer": result.key.layer,
                 "mean_js": result.mean_js, "pairs": result.total_pairs, "effective_users": result.effective_users,
                 "share_above": result.fraction_above, "changed": int(result.model_caused),
-                "agreement": result.agreement,
+                "agreement": result.agreement, "served_ratio": result.served_ratio,
             }
         self._prune(alive)
         rolled_up = explained(self._latest_keys.values(),

@@ -117,6 +117,9 @@ class LiveState:
                 "p_value": result.p_value, "p_adjusted": result.p_adjusted, "model_caused": result.model_caused,
                 "agreement": result.agreement, "agreement_se": result.agreement_se,
                 "agreement_pairs": result.agreement_pairs, "agreement_p_adjusted": result.agreement_p_adjusted,
+                "served_ratio": result.served_ratio, "served_share": result.served_share,
+                "served_previous_share": result.served_previous_share, "served_lists": result.served_lists,
+                "served_p_adjusted": result.served_p_adjusted,
             }
         versions = {v.model_version for v in report.cohorts}
         self._latest = {k: r for k, r in self._latest.items() if k[1].model_version in versions}

@@ -114,16 +114,19 @@ def _update(update: dict | None) -> str:
         f"<td class=num>{_num(r['effective_users'], 0)}</td><td class=num>{_num(r['mean_js'])}</td>"
         f"<td class=num>{r['share_above']:.0%}</td><td class=num>{_p(r['p_adjusted'])}</td>"
         f"<td class=num>{'-' if r.get('agreement') is None else _num(r['agreement'])}</td>"
+        f"<td class=num>{'-' if r.get('served_ratio') is None else _num(r['served_ratio'], 1) + 'x'}</td>"
         f"<td>{'CONFIRMS a model-caused change' if r['model_caused'] else 'no model-caused change'}</td></tr>"
         for r in update["results"])
     cutoff = update["results"][0] if update["results"] else None
     note = (f"rows past per-event JS {cutoff['cutoff']:.2f}, against a benign share of {cutoff['benign_fraction']:.0%}; "
-            "per-event agreement of the last layer, a change below 0.2 (benign retrains: 0.31 or more)"
+            "per-event agreement of the last layer, a change below 0.2 (benign retrains: 0.31 or more); "
+            "lists each version would serve there, the new ones' concentration over the previous ones', "
+            "a change from 2x (benign retrains: 1.3x or less)"
             if cutoff else "no paired window judged yet (too few pairs or users)")
     return (f"<h2>Latest model update</h2><p id=update>{_e(update['new_version'])} replaced "
             f"{_e(update['previous_version'])}: paired comparison on the same events ({_e(note)}).</p>"
             + ("<table><tr><th>cohort</th><th>layer</th><th>pairs</th><th>eff. users</th><th>mean JS</th>"
-               "<th>share past cutoff</th><th>p adj.</th><th>agreement</th><th>verdict</th></tr>" + rows + "</table>" if rows else ""))
+               "<th>share past cutoff</th><th>p adj.</th><th>agreement</th><th>served lists</th><th>verdict</th></tr>" + rows + "</table>" if rows else ""))
 
 
 def _sparkline(points: Sequence[dict], statistic: str) -> str:

@@ -31,6 +31,9 @@ class PipelineConfig:
     max_held_bytes: int = 16 * 1024 * 1024
     paired_fraction: float = 0.2  # share of a new version's events also run through the previous version
     paired_max_per_batch: int = 64  # cap on those per batch, so an update cannot halve throughput
+    # ... of which at most this many (the lowest event hashes) also get each version's served list
+    # recomputed: a pass to the item scores, about 1.3 attention passes (docs/architecture.md).
+    paired_lists_max_per_batch: int = 64
     max_versions_remembered: int = 32  # stream order of versions kept for update detection
     # A version absent from the stream this long (processing time, while other versions' events
     # flow) is forgotten: judge, paired comparison, update bookkeeping and its exported series.
@@ -48,8 +51,10 @@ class PipelineConfig:
     limits: EventLimits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.forward_threads < 1 or self.max_held < 0 or self.paired_max_per_batch < 0:
-            raise ValueError("max_batch and forward_threads must be >= 1; max_held and paired_max_per_batch >= 0")
+        if (self.max_batch < 1 or self.forward_threads < 1 or self.max_held < 0 or self.paired_max_per_batch < 0
+                or self.paired_lists_max_per_batch < 0):
+            raise ValueError("max_batch and forward_threads must be >= 1; max_held, paired_max_per_batch and "
+                             "paired_lists_max_per_batch >= 0")
         if self.max_held_bytes < 0:
             raise ValueError("max_held_bytes must be >= 0")
         if self.forward_processes < 0:

@@ -94,7 +94,7 @@ class Pipeline:
         self._recompute = Recompute(registry, config, metrics)
         self._fold = Fold(metrics, clock)
         self._updates = ModelUpdates(metrics, config.max_versions_remembered)
-        self.pairing = Pairing(registry, self._recompute, config, metrics)
+        self.pairing = Pairing(registry, self._recompute, config, metrics, served_slots=paired.config.served_slots)
         # Pairs a folded batch: (batch, cohort codes [B, dimensions], labels). A scale-out replica
         # replaces it (monitor.stream.replica): it pairs by each partition's versions, into partials.
         self.pair: Callable[[Prepared, np.ndarray, dict[str, tuple[str, ...]]], None] = self._pair

@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
+from model.data import left_pad
 from monitor.attention.recompute import collect
 from monitor.attention.registry import ModelRegistry, ServedModel
 from monitor.attention.stats import STATISTICS, compute, paired_divergence, union_rows
 from monitor.drift.judge import Judge
-from monitor.drift.paired import PairCohort, PairedComparison
+from monitor.drift.paired import PairCohort, PairedComparison, PairedConfig
 from monitor.drift.agreement import event_priorities
 from monitor.drift.users import hash_users
 from monitor.export.metrics import AgentMetrics
@@ -150,6 +152,8 @@ class Pairs(NamedTuple):
     lengths: np.ndarray  # [P] the events' own history lengths (strata of the agreement)
     users: np.ndarray  # uint64 [P] user hashes
     priorities: np.ndarray  # uint64 [P] event hashes (the agreement's bottom-k sample)
+    old_lists: np.ndarray  # int64 [P, slots] the previous version's top items there (raw ids, -1: none)
+    new_lists: np.ndarray  # int64 [P, slots] the new version's
 
     def subset(self, keep: np.ndarray) -> Pairs:
         """The pairs where ``keep`` [P] (bool or indices)."""
@@ -168,6 +172,7 @@ def fold_pairs(pairs: Pairs, new_version: str, codes: np.ndarray, labels: dict[s
             paired.observe(cohort, pairs.js[members], pairs.overlap[members], pairs.users[members])
             paired.observe_statistics(cohort, pairs.old_stats[members], pairs.new_stats[members],
                                       pairs.lengths[members], pairs.users[members], pairs.priorities[members])
+            paired.observe_served(cohort, pairs.old_lists[members], pairs.new_lists[members], pairs.users[members])
 
 
 class Pairing:
@@ -185,11 +190,12 @@ class Pairing:
     """
 
     def __init__(self, registry: ModelRegistry, recompute: Recompute, config: PipelineConfig,
-                 metrics: AgentMetrics) -> None:
+                 metrics: AgentMetrics, *, served_slots: int = PairedConfig.served_slots) -> None:
         self._registry = registry
         self._recompute = recompute
         self._config = config
         self._metrics = metrics
+        self._served_slots = served_slots  # the length of the lists each version recomputes
 
     def __call__(self, served: ServedModel, previous: str, events: Sequence[Event], codes: np.ndarray,
                  labels: dict[str, tuple[str, ...]], dimensions: Sequence[str], paired: PairedComparison) -> None:
@@ -256,8 +262,16 @@ class Pairing:
         users = hash_users(events[row].user_id for row in rows.tolist())  # [P]
         history_lengths = np.fromiter((len(events[row].history) for row in rows.tolist()), dtype=np.int64,
                                       count=rows.size)  # [P] the event's own length (strata of the agreement)
+        # Served lists for the lowest event hashes among them (the same events in any process while
+        # the cap does not bind); the others' stay empty (-1) and are left out of the lists test.
+        kept = priorities[readable]
+        listed = np.sort(np.lexsort((np.arange(rows.size), kept))[:self._config.paired_lists_max_per_batch])
+        old_lists = np.full((rows.size, self._served_slots), -1, dtype=np.int64)
+        new_lists = old_lists.copy()
+        old_lists[listed] = top_lists(old, [old_w.histories[i] for i in listed.tolist()], self._served_slots)
+        new_lists[listed] = top_lists(served, [new_histories[i] for i in listed.tolist()], self._served_slots)
         return Pairs(rows, js, overlap, old_stats[:, :, :layers], new_stats[:, :, :layers], history_lengths, users,
-                     priorities[readable])
+                     kept, old_lists, new_lists)
 
     def _count_catalogue_differences(self, served: ServedModel, old: ServedModel, events: list[Event],
                                      old_positions: list[np.ndarray], new_positions: list[np.ndarray],
@@ -288,6 +302,31 @@ class Pairing:
             statistics[chunk.rows] = compute(averaged[:, :, None, :], chunk.lengths, chunk.item_index,
                                              served.genre_matrix, averaged_config)
         return out, statistics
+
+
+def top_lists(served: ServedModel, histories: Sequence[np.ndarray], slots: int, *,
+              max_batch: int = 64) -> np.ndarray:
+    """What ``served`` would recommend after each window (model indices, as
+    ``window_histories`` gives them): its ``slots`` best-scored items, the window's own items
+    excluded, as raw item ids ``int64 [P, slots]`` (-1 where fewer items remain). Runs here, in
+    the fold's thread, on the paired sample only (``PipelineConfig.paired_lists_max_per_batch``):
+    a pass to the item scores, which the attention path's child processes do not compute."""
+    out = np.full((len(histories), slots), -1, dtype=np.int64)
+    if not histories:
+        return out
+    model, ids = served.checkpoint.model, served.checkpoint.catalog.item_ids
+    lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))
+    order = np.argsort(lengths, kind="stable")
+    with torch.inference_mode():
+        for begin in range(0, len(order), max_batch):
+            rows = order[begin:begin + max_batch]
+            padded = torch.from_numpy(left_pad([histories[i] for i in rows], int(lengths[rows].max())))
+            scores = model.next_item_scores(padded)
+            scores.scatter_(1, padded, float("-inf"))  # never what the window holds (nor padding)
+            top = torch.topk(scores, min(slots, scores.shape[1]), dim=1)
+            picked = np.where(np.isfinite(top.values.numpy()), ids[top.indices.numpy()], -1)
+            out[rows, :picked.shape[1]] = picked
+    return out
 
 
 def _served_reads_every_event(record: RecordLike, reason: Reason, detail: str) -> None:

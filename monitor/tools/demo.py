@@ -196,9 +196,11 @@ class Narrator:
             shares = ", ".join(f"layer {r['layer']} {r['share_above']:.0%}" for r in paired["layers"])
             agreements = ", ".join(f"layer {r['layer']} {r['agreement']:.2f}" for r in paired["layers"]
                                    if r.get("agreement") is not None)
+            ratios = [r["served_ratio"] for r in paired["layers"] if r.get("served_ratio") is not None]
+            lists = f"; what it would serve, {ratios[0]:.1f}x as concentrated as the previous version" if ratios else ""
             out.write(f"           paired comparison {paired['status']} a model-caused change "
                       f"(rows past the cutoff: {shares}"
-                      f"{f'; per-event agreement: {agreements}' if agreements else ''})\n")
+                      f"{f'; per-event agreement: {agreements}' if agreements else ''}{lists})\n")
         self._page(c["kind"], cohort, c["model_version"])
 
     def _page(self, kind: str, cohort: str, version: str) -> None:

@@ -10,14 +10,14 @@ over one 4-partition log of events with a within-version cohort shift and a mode
 "The verdicts" are everything the judge exports at the end: every series' drift verdict
 and score (version, kind, dimension, cohort, statistic, layer), every cohort verdict, and
 the update's paired comparison per (cohort, layer): its verdict, pairs, effective users,
-share above the cutoff, divergence and agreement (``attnmon_update_paired_*``; the replicas
+share above the cutoff, divergence, agreement and served-list ratio (``attnmon_update_paired_*``; the replicas
 pair the events of their own partitions, the judge merges them); only the judge exports them.
 Pairing samples half the events of the new version and its per-batch cap is out of reach,
 so the sample is a function of the events alone (a binding cap would make it one of the polls).
-Everything is compared exactly but two continuous estimates, the mean divergence and the
+Everything is compared exactly but three continuous estimates, the mean divergence and the
 agreement: they come from attention recomputed in batches, and a row's float32 attention
 moves by ~1e-7 with the batch it is computed in (its padding and row count), which polls of
-other sizes change (``TOLERANCE``). Windows are event time (``intervals.judge_s`` wide); the
+other sizes change; and the served-list ratio, read from item sketches (``TOLERANCE``). Windows are event time (``intervals.judge_s`` wide); the
 events' times are fixed, and a last event per partition far in the future seals every real
 window, so nothing depends on when a process noticed a partition idle (``scale.idle_s`` is
 out of reach here).
@@ -145,11 +145,15 @@ def _judges(daemons: list[Daemon]) -> list[Daemon]:
 
 PAIRED_METRICS = ("attnmon_update_paired_verdict", "attnmon_update_paired_pairs",
                   "attnmon_update_paired_effective_users", "attnmon_update_paired_share_above",
-                  "attnmon_update_paired_divergence", "attnmon_update_paired_agreement")
+                  "attnmon_update_paired_divergence", "attnmon_update_paired_agreement",
+                  "attnmon_update_paired_served_ratio")
 VERDICT_METRICS = ("attnmon_drift_verdict", "attnmon_drift_score", "attnmon_drift_cohort_verdict", *PAIRED_METRICS)
 # A mean of per-event distances moves by ~1e-9 with that noise; the agreement, a rank correlation
 # of quantised statistics, by ~1e-4 should the noise swap two events' ranks (its cutoff is 0.2).
-TOLERANCE = {"attnmon_update_paired_divergence": 1e-6, "attnmon_update_paired_agreement": 1e-3}
+# The served lists' concentration comes from item sketches: merged in partition order rather than
+# folded batch by batch, a sketch that compacted holds other counters, each within its error bound.
+TOLERANCE = {"attnmon_update_paired_divergence": 1e-6, "attnmon_update_paired_agreement": 1e-3,
+             "attnmon_update_paired_served_ratio": 0.05}
 
 
 def _verdicts(judge: Daemon) -> dict:
@@ -224,7 +228,8 @@ class Run:
             "state": {"directory": str(log["tmp"] / f"state-{name}")},
             "intervals": {"judge_s": WIDTH_S, "lag_s": 0.5},
             # paired_max_per_batch above poll.max_records: the cap never binds (see the module's docstring)
-            "pipeline": {"forward_processes": 0, "paired_fraction": 0.5, "paired_max_per_batch": 1024},
+            "pipeline": {"forward_processes": 0, "paired_fraction": 0.5, "paired_max_per_batch": 1024,
+                         "paired_lists_max_per_batch": 1024},
             "judge": {"reference_events": 1000, "reference_seconds": 2 * WIDTH_S},
             "cohorts": [{"name": c.name, "allowlist": list(c.allowlist)} if c.kind != "history_length" else
                         {"name": c.name, "kind": c.kind, "edges": list(c.edges)} for c in scenarios.scenario_cohorts()],

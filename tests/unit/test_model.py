@@ -156,6 +156,21 @@ def test_fast_path_equals_full_path(layers, heads):
         assert torch.all(fast[(histories == 0)[:, None, None, :].expand_as(fast)] == 0)
 
 
+@pytest.mark.parametrize("layers,heads", [(1, 1), (2, 2), (3, 4)])
+def test_next_item_scores_equal_the_full_scores(layers, heads):
+    """The served-list fast path (last block at the last position only, value projection folded)
+    scores every item as the full pass does, and ranks them alike."""
+    model = _tiny_model(layers=layers, heads=heads, hidden=16)
+    rng = np.random.default_rng(6)
+    for batch in (1, 7, 64):
+        histories = _histories(rng, batch, 12, 50)
+        with torch.inference_mode():
+            full, fast = model.scores(histories), model.next_item_scores(histories)
+        assert fast.shape == full.shape and torch.isinf(fast[:, 0]).all()
+        assert torch.allclose(fast[:, 1:], full[:, 1:], atol=1e-4)
+        assert torch.equal(torch.topk(fast, 10).indices, torch.topk(full, 10).indices)
+
+
 def test_fast_path_trims_shared_padding_without_changing_rows():
     model = _tiny_model()
     short = torch.from_numpy(left_pad([np.array([3, 9, 4]), np.array([7, 1])], 12))

@@ -57,6 +57,7 @@ class RecordingPaired(PairedComparison):
         super().__init__(PairedConfig(min_pairs=10, min_users=1))
         self.js: list[np.ndarray] = []
         self.statistics: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (old, new, lengths) of `all`
+        self.lists: list[tuple[np.ndarray, np.ndarray]] = []  # (old, new) recomputed top lists of `all`
 
     def observe(self, cohort: PairCohort, js, overlap, users=None) -> str:
         if cohort.dimension == "all":
@@ -68,9 +69,14 @@ class RecordingPaired(PairedComparison):
             self.statistics.append((np.asarray(old), np.asarray(new), np.asarray(lengths)))
         super().observe_statistics(cohort, old, new, lengths, users, priorities)
 
+    def observe_served(self, cohort: PairCohort, previous, new, users) -> None:
+        if cohort.dimension == "all":
+            self.lists.append((np.asarray(previous), np.asarray(new)))
+        super().observe_served(cohort, previous, new, users)
+
 
 class Harness:
-    def __init__(self, root: Path, **registry) -> None:
+    def __init__(self, root: Path, lists_per_batch: int = 64, **registry) -> None:
         self.registry_metrics = CollectorRegistry()
         self.paired = RecordingPaired()
         self.pipeline = Pipeline(
@@ -80,7 +86,7 @@ class Harness:
             self.paired,
             AgentMetrics(self.registry_metrics),
             lambda record, reason, detail: None,
-            PipelineConfig(forward_processes=0, paired_fraction=1.0),
+            PipelineConfig(forward_processes=0, paired_fraction=1.0, paired_lists_max_per_batch=lists_per_batch),
         )
         self.fed: list[tuple[str, list[np.ndarray]]] = []  # (version, histories) of every forward start
         start = self.pipeline._recompute.start
@@ -221,3 +227,63 @@ def test_each_versions_statistics_are_paired_for_the_agreement_test(tmp_path, ca
     old_d, new_d, _ = (np.concatenate(parts) for parts in zip(*different.paired.statistics))
     np.testing.assert_allclose(old_d, old, atol=1e-6)  # the previous version's side is the same model
     assert np.abs(new_d - old_d).max() > 0.05
+
+
+def _served_list(model: SASRec, window: np.ndarray, ids: np.ndarray, slots: int = 10) -> list[int]:
+    """What a producer serves after ``window`` (model indices): the top ``slots`` scores at
+    full width (max_len), the window's own items excluded, as raw ids."""
+    padded = torch.zeros((1, model.config.max_len), dtype=torch.int64)
+    padded[0, -len(window):] = torch.from_numpy(window)
+    with torch.inference_mode():
+        scores = model.scores(padded)[0]
+        scores[padded[0]] = float("-inf")
+        return ids[torch.topk(scores, slots).indices.numpy()].tolist()
+
+
+def test_each_version_recomputes_its_served_list_on_its_own_window(tmp_path, catalog):
+    """The served-list test gets what each version would serve on the same event: its top 10
+    after its own window, seen items excluded, exactly what a producer serving it computes.
+    The same weights under two version ids serve the same lists; a context cut serves others."""
+    old = _publish(tmp_path, catalog, 0, "old", max_len=20)
+    twin = _publish(tmp_path, catalog, 0, "twin", max_len=20)
+    cut = _publish(tmp_path, catalog, 0, "cut", max_len=3)
+    rng = np.random.default_rng(5)
+    histories = [[int(i) for i in rng.choice(catalog.item_ids[1:], int(n), replace=False)]
+                 for n in rng.integers(4, 30, 25)]
+    same, shorter = Harness(tmp_path), Harness(tmp_path)
+    same.update(old, twin, histories)
+    shorter.update(old, cut, histories)
+    old_lists, new_lists = (np.concatenate(parts) for parts in zip(*same.paired.lists))
+    assert old_lists.shape == (25, 10)
+    np.testing.assert_array_equal(old_lists, new_lists)
+    registry = same.pipeline.registry
+    models = {v: registry.get(v) for v in (old, cut)}
+    expected = {v: sorted(_served_list(m.checkpoint.model, m.to_indices(np.asarray(h))[-m.max_len:],
+                                       m.checkpoint.catalog.item_ids) for h in histories)
+                for v, m in models.items()}
+    cut_old, cut_new = (np.concatenate(parts) for parts in zip(*shorter.paired.lists))
+    assert sorted(old_lists.tolist()) == expected[old]
+    assert sorted(cut_old.tolist()) == expected[old] and sorted(cut_new.tolist()) == expected[cut]
+    assert sorted(cut_new.tolist()) != expected[old]
+    seen = [set(h) for h in histories]
+    assert not any(seen_items & set(row) for seen_items, row in zip(seen, map(set, old_lists.tolist())))
+
+
+def test_served_lists_are_recomputed_for_the_lowest_hashes_up_to_the_cap(tmp_path, catalog):
+    """paired_lists_max_per_batch bounds the scoring passes: past it, pairs keep their rows test
+    and agreement but no lists (-1), and the ones listed are those with the lowest event hashes."""
+    from monitor.drift.agreement import event_priorities
+
+    old = _publish(tmp_path, catalog, 0, "old")
+    new = _publish(tmp_path, catalog, 1, "new")
+    rng = np.random.default_rng(6)
+    histories = [[int(i) for i in rng.choice(catalog.item_ids[1:], 15, replace=False)] for _ in range(30)]
+    h = Harness(tmp_path, lists_per_batch=7)
+    h.update(old, new, histories)
+    old_lists, new_lists = (np.concatenate(parts) for parts in zip(*h.paired.lists))
+    listed = (old_lists >= 0).all(axis=1)
+    assert listed.sum() == 7 and ((new_lists >= 0).all(axis=1) == listed).all()
+    assert (old_lists[~listed] == -1).all() and np.concatenate(h.paired.js).shape == (30, 2)
+    assert h.paired._cohorts[PairCohort(new, "all", "all")].served.lists == 7
+    priorities = event_priorities([f"user-{i}" for i in range(30)], ["e"] * 30)
+    assert sorted(np.argsort(priorities)[:7].tolist()) == np.flatnonzero(listed).tolist(), "rows in batch order"

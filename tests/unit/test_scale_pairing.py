@@ -35,9 +35,10 @@ EDGES = (10, 50, 200)
 
 def _pairs(rng: np.random.Generator, window: int, partition: int) -> tuple[Pairs, np.ndarray]:
     """One partition's pairs of one window, and their cohort codes [P, dimensions]. ios moved a
-    lot (its rows past the cutoff, its statistics out of order), android did not. JS and
-    overlap are multiples of 2^-10, so their sums are exact in any order (float addition
-    of such values does not round): equality below is exact, not approximate."""
+    lot (its rows past the cutoff, its statistics out of order, its lists piled on 3 items),
+    android did not. JS and overlap are multiples of 2^-10 and list slots of 1/8, so their
+    sums are exact in any order (float addition of such values does not round), and 90
+    items fit the served sketches: equality below is exact, not approximate."""
     n = PER_WINDOW
     ios = rng.random(n) < 0.5
     js = np.round(np.where(ios[:, None], rng.beta(12, 2, (n, 2)), rng.beta(2, 8, (n, 2))) * 1024) / 1024
@@ -47,8 +48,10 @@ def _pairs(rng: np.random.Generator, window: int, partition: int) -> tuple[Pairs
     events = [f"e-{partition}-{window}-{i}" for i in range(n)]
     from monitor.drift.users import hash_users
 
+    old_lists = rng.integers(1, 91, (n, 8))
+    new_lists = np.where(ios[:, None] & (rng.random((n, 8)) < 0.7), rng.integers(1, 4, (n, 8)), rng.integers(1, 91, (n, 8)))
     pairs = Pairs(np.arange(n), js, 1.0 - js, old, new, rng.integers(5, 300, n), hash_users(users),
-                  event_priorities(users, events))
+                  event_priorities(users, events), old_lists, new_lists)
     codes = np.stack([np.zeros(n, dtype=np.intp), ios.astype(np.intp)], axis=1)
     return pairs, codes
 
@@ -119,8 +122,11 @@ def test_one_process_sees_a_model_caused_change_in_ios_only(log) -> None:
     # "all" holds the ios events too: half its rows moved, far past the tolerated tenth
     assert {(k.cohort, k.layer) for k in final.model_caused} == {("ios", 0), ("ios", 1), ("all", 0), ("all", 1)}
     layer1 = {r.key.cohort: r for r in final.results if r.key.layer == 1}
-    assert layer1["ios"].agreement_flagged and layer1["ios"].rows_flagged
+    assert layer1["ios"].agreement_flagged and layer1["ios"].rows_flagged and layer1["ios"].served_flagged
+    assert layer1["ios"].served_ratio > 3 and layer1["ios"].served_lists == (WINDOWS - UPDATE_WINDOW) * PER_WINDOW * PARTITIONS - layer1["android"].served_lists
     assert layer1["android"].agreement > 0.9 and not layer1["android"].flagged
+    assert layer1["android"].served_ratio < 1.5 and not layer1["android"].served_flagged
+    assert all(r.served_ratio is None for r in final.results if r.key.layer == 0), "lists are judged on the last layer"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
