@@ -32,8 +32,8 @@ class PipelineConfig:
     paired_fraction: float = 0.2  # share of a new version's events also run through the previous version
     paired_max_per_batch: int = 64  # cap on those per batch, so an update cannot halve throughput
     # ... of which at most this many (the lowest event hashes) also get each version's served list
-    # recomputed: a pass to the item scores, about 1.3 attention passes (docs/architecture.md).
-    paired_lists_max_per_batch: int = 64
+    # recomputed: a pass to the item scores, about 1.5 attention passes (bench/update_cost.py).
+    paired_lists_max_per_batch: int = 16
     max_versions_remembered: int = 32  # stream order of versions kept for update detection
     # A version absent from the stream this long (processing time, while other versions' events
     # flow) is forgotten: judge, paired comparison, update bookkeeping and its exported series.

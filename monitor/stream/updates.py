@@ -304,17 +304,22 @@ class Pairing:
         return out, statistics
 
 
+SCORES_HELD = 4 * 1024 * 1024  # item scores computed at once (16 MiB of float32): rows per chunk shrink with the catalogue
+
+
 def top_lists(served: ServedModel, histories: Sequence[np.ndarray], slots: int, *,
               max_batch: int = 64) -> np.ndarray:
     """What ``served`` would recommend after each window (model indices, as
     ``window_histories`` gives them): its ``slots`` best-scored items, the window's own items
     excluded, as raw item ids ``int64 [P, slots]`` (-1 where fewer items remain). Runs here, in
     the fold's thread, on the paired sample only (``PipelineConfig.paired_lists_max_per_batch``):
-    a pass to the item scores, which the attention path's child processes do not compute."""
+    a pass to the item scores, which the attention path's child processes do not compute. A
+    chunk holds at most ``SCORES_HELD`` scores, so a large catalogue scores fewer rows at once."""
     out = np.full((len(histories), slots), -1, dtype=np.int64)
     if not histories:
         return out
     model, ids = served.checkpoint.model, served.checkpoint.catalog.item_ids
+    max_batch = max(1, min(max_batch, SCORES_HELD // len(ids)))
     lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))
     order = np.argsort(lengths, kind="stable")
     with torch.inference_mode():

@@ -287,3 +287,22 @@ def test_served_lists_are_recomputed_for_the_lowest_hashes_up_to_the_cap(tmp_pat
     assert h.paired._cohorts[PairCohort(new, "all", "all")].served.lists == 7
     priorities = event_priorities([f"user-{i}" for i in range(30)], ["e"] * 30)
     assert sorted(np.argsort(priorities)[:7].tolist()) == np.flatnonzero(listed).tolist(), "rows in batch order"
+
+
+def test_a_large_catalogue_scores_fewer_rows_at_once_with_the_same_lists(tmp_path, catalog, monkeypatch):
+    """Item scores held at once are bounded (SCORES_HELD): a catalogue three times the budget per
+    row scores three rows per chunk, and the lists are the same."""
+    from monitor.stream import updates
+
+    served = ModelRegistry(tmp_path).get(_publish(tmp_path, catalog, 0, "old"))
+    rng = np.random.default_rng(8)
+    histories = [served.to_indices(rng.choice(catalog.item_ids[1:], int(n), replace=False))
+                 for n in rng.integers(3, 20, 20)]
+    whole = updates.top_lists(served, histories, 10)
+    rows_scored: list[int] = []
+    model = served.checkpoint.model
+    score = model.next_item_scores
+    monkeypatch.setattr(model, "next_item_scores", lambda padded: rows_scored.append(len(padded)) or score(padded))
+    monkeypatch.setattr(updates, "SCORES_HELD", 3 * len(catalog.item_ids))
+    np.testing.assert_array_equal(updates.top_lists(served, histories, 10), whole)
+    assert max(rows_scored) == 3 and sum(rows_scored) == 20
