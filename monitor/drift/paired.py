@@ -152,7 +152,7 @@ class PairedConfig:
     # Served lists (monitor.drift.served_pairs), judged on the agreement layer: each version's top
     # served_slots items on the same events; flagged when the new lists' share on their own top
     # served_top_k items is credibly at least served_min_ratio times the previous lists' (benign
-    # retrains measured .66-1.30, a promotion-flooded retrain 2.99-3.77: docs/drift.md).
+    # retrains measured .64-1.31 on the same events, a promotion-flooded retrain 3.49-5.09: docs/drift.md).
     served_slots: int = 10
     served_top_k: int = 10
     served_min_ratio: float = 2.0

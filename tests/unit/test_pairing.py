@@ -50,6 +50,13 @@ def _event(version: str, history: list[int], user: str) -> bytes:
                                 "history": history, "context": {"platform": "ios"}})
 
 
+def _random_histories(catalog, seed: int, count: int, shortest: int, longest: int) -> list[list[int]]:
+    """``count`` histories of distinct random raw ids, of lengths in [shortest, longest)."""
+    rng = np.random.default_rng(seed)
+    return [[int(i) for i in rng.choice(catalog.item_ids[1:], int(n), replace=False)]
+            for n in rng.integers(shortest, longest, count)]
+
+
 class RecordingPaired(PairedComparison):
     """Keeps what the pipeline folds for cohort ``all``: per-event JS [P, layers] and user hashes."""
 
@@ -215,9 +222,7 @@ def test_each_versions_statistics_are_paired_for_the_agreement_test(tmp_path, ca
     twin_a = _publish(tmp_path, catalog, 0, "twin-a")
     twin_b = _publish(tmp_path, catalog, 0, "twin-b")
     other = _publish(tmp_path, catalog, 5, "other")
-    rng = np.random.default_rng(3)
-    histories = [[int(i) for i in rng.choice(catalog.item_ids[1:], int(n), replace=False)]
-                 for n in rng.integers(12, 20, 30)]
+    histories = _random_histories(catalog, 3, 30, 12, 20)
     same, different = Harness(tmp_path), Harness(tmp_path)
     same.update(twin_a, twin_b, histories)
     different.update(twin_a, other, histories)
@@ -247,9 +252,7 @@ def test_each_version_recomputes_its_served_list_on_its_own_window(tmp_path, cat
     old = _publish(tmp_path, catalog, 0, "old", max_len=20)
     twin = _publish(tmp_path, catalog, 0, "twin", max_len=20)
     cut = _publish(tmp_path, catalog, 0, "cut", max_len=3)
-    rng = np.random.default_rng(5)
-    histories = [[int(i) for i in rng.choice(catalog.item_ids[1:], int(n), replace=False)]
-                 for n in rng.integers(4, 30, 25)]
+    histories = _random_histories(catalog, 5, 25, 4, 30)
     same, shorter = Harness(tmp_path), Harness(tmp_path)
     same.update(old, twin, histories)
     shorter.update(old, cut, histories)
