@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from monitor.drift.concentration import ServedComparison, Side, compare_served
-from monitor.drift.items import DEFAULT_CAPACITY, ItemSketch, split_halves
+from monitor.drift.items import DEFAULT_CAPACITY, ItemSketch, served_slots, split_halves
 from monitor.drift.sample import USER_GROUPS  # halves are the parity of the judge's random groups of users
 from monitor.drift.users import UserSketch, user_groups
 
@@ -77,10 +77,12 @@ class ServedPairs:
         if not len(users):
             return
         half = (user_groups(users, USER_GROUPS) & 1).astype(np.int64)
+        everyone = np.ones(len(users), dtype=bool)
         for sketch, lists in ((self.previous, previous), (self.new, new)):
-            filled = lists >= 0
-            mass = np.repeat(1.0 / filled.sum(axis=1), filled.sum(axis=1))
-            sketch.add(lists[filled] * 2 + np.broadcast_to(half[:, None], lists.shape)[filled], mass)
+            # each list one unit over its slots, keyed item * 2 + half: as the judge's served sketches
+            slots = served_slots([row[row >= 0] for row in lists])
+            assert slots is not None  # every kept pair has an item on both sides
+            sketch.add(*slots.of_events(everyone, half))
         self.halves += np.bincount(half, minlength=2)
         self.users.add(users)
 
