@@ -13,7 +13,8 @@ Each run replays its own stretch of traffic through the in-process pipeline
   At the default user thresholds such a slice is too few users to judge (the judge
   waits for users), hence:
 - ``time_order_long``: the same time order, 12,000 events per run (~60 users) from a
-  seed-drawn start each (runs overlap; the starts are fixed by seed 7).
+  seed-drawn start each (runs overlap; the starts are fixed by seed 7). MovieLens holds
+  12.6 ratings a day, so a run spans 0.8 to 4.1 years of the site's calendar (median 2.4).
 - ``sessions_shifted``: as ``time_order_long``, but each user's whole timeline (its
   sessions and gaps kept) moved to a random start: as bursty, from a population that
   does not change with the calendar. Flags in ``time_order_long`` that vanish here are
@@ -32,7 +33,11 @@ thresholds (default: the agent's).
 Per shape it prints runs, rounds (judge calls), rounds that judged anything, windows
 judged, flagged rounds (any series flagged) and runs in which any cohort's verdict was
 drifting. Targets: at most 5 % of runs drifting, flagged rounds / judged rounds <= alpha.
-The last line is one JSON object with the figures.
+Is a run's traffic itself stationary? ``population_moved`` answers without any model: the
+users active only in the run's first third against those only in its last third, each user
+one unit (the mean log popularity of the items in their histories), Mann-Whitney. Per shape
+it counts the runs whose population moved (p <= .01) and how the drifting runs split
+between moved and not moved. The last line is one JSON object with the figures.
 
     python bench/null.py --root var/models            # 50 runs per shape (~15-25 min on 2 cores)
     python bench/null.py --root var/models --quick    # 12 runs per shape, 3,000-event runs where not sliced
@@ -50,6 +55,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import mannwhitneyu
 
 _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
@@ -89,6 +95,7 @@ class RunOutcome:
     served_judged: int = 0  # cohorts' served-recommendation windows judged
     served_flagged: int = 0
     served_drifting: set = dataclasses.field(default_factory=set)  # (kind, dimension, cohort) ever raised
+    population_p: float = float("nan")  # model-free: did the users' histories move? (``population_moved``)
 
 
 def replay(root: Path, factory: EventFactory, events: int, judge_every: int, config: JudgeConfig,
@@ -116,6 +123,40 @@ def replay(root: Path, factory: EventFactory, events: int, judge_every: int, con
         out.served_drifting |= {(i.kind, i.key.dimension, i.key.cohort) for i in served if i.drifting}
     run.pipeline.close()
     return out
+
+
+MOVED_ALPHA = 0.01  # population_moved: p-value at which a run's traffic counts as moved
+MOVED_MIN_USERS = 5  # per third: fewer and the run is not tested (p NaN)
+
+
+def population_moved(factory: EventFactory, events: int, popularity: np.ndarray) -> float:
+    """Did the traffic itself move within a run? Model-free, with each user one unit.
+
+    The users active only in the run's first third are compared with those active only in
+    its last third (users in both are left out, so the two samples share nobody): each
+    user's value is the mean, over their events there, of the mean log popularity of the
+    items in the event's history. Two-sided Mann-Whitney p-value; NaN when either third has
+    fewer than ``MOVED_MIN_USERS`` users. On traffic from one population, p <= .01 in about
+    1 % of runs; a small p says the population changed, whatever any model attends to.
+    """
+    log_popularity = np.log1p(popularity)
+    indices = (factory.offset + np.arange(events)) % len(factory.steps)
+    third = events // 3
+
+    def per_user(part: np.ndarray) -> dict[int, float]:
+        values: dict[int, list[float]] = {}
+        for user, step in factory.steps[part].tolist():
+            history = factory.data.sequences[user][max(0, step - factory.history_limit):step]
+            values.setdefault(user, []).append(float(log_popularity[history].mean()))
+        return {user: float(np.mean(v)) for user, v in values.items()}
+
+    first, last = per_user(indices[:third]), per_user(indices[-third:])
+    shared = first.keys() & last.keys()
+    early = [v for u, v in first.items() if u not in shared]
+    late = [v for u, v in last.items() if u not in shared]
+    if min(len(early), len(late)) < MOVED_MIN_USERS:
+        return float("nan")
+    return float(mannwhitneyu(early, late).pvalue)
 
 
 def sessions_shifted(data: Interactions, seed: int = 11) -> Interactions:
@@ -161,6 +202,7 @@ def shape_runs(shape: str, data: Interactions, models: dict, version: str, runs:
 
 
 def summarise(outcomes: list[RunOutcome], events: int, judge_every: int) -> dict:
+    moved = [o for o in outcomes if o.population_p <= MOVED_ALPHA]
     rounds = sum(o.rounds for o in outcomes)
     judged_rounds = sum(o.judged_rounds for o in outcomes)
     flagged_rounds = sum(o.flagged_rounds for o in outcomes)
@@ -183,6 +225,14 @@ def summarise(outcomes: list[RunOutcome], events: int, judge_every: int) -> dict
         "served_windows": sum(o.served_judged for o in outcomes),
         "served_flagged_windows": sum(o.served_flagged for o in outcomes),
         "runs_with_served_narrowed": sum(bool(o.served_drifting) for o in outcomes),
+        # model-free check of the traffic (population_moved): runs tested, runs whose users moved,
+        # and the drifting runs and rounds of both kinds ("not moved" includes untested runs)
+        "runs_population_tested": sum(not np.isnan(o.population_p) for o in outcomes),
+        "runs_population_moved": len(moved),
+        "runs_with_drift_population_moved": sum(bool(o.drifting) for o in moved),
+        "runs_with_drift_population_not_moved": sum(bool(o.drifting) for o in outcomes) - sum(bool(o.drifting) for o in moved),
+        "judged_rounds_population_not_moved": judged_rounds - sum(o.judged_rounds for o in moved),
+        "flagged_rounds_population_not_moved": flagged_rounds - sum(o.flagged_rounds for o in moved),
         "events_per_run": events,
         "judge_every": judge_every,
     }
@@ -229,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     config = dataclasses.replace(EVENT_PACED_JUDGE, **overrides)
     data = load_movielens()
     base = train_family_model(args.root, "base", 0, data=data)
+    popularity = np.bincount(np.concatenate(data.sequences), minlength=len(data.catalog.item_ids))
     models = load_models(args.root, [base.version])
     print(f"model {base.label} {base.version}; judge: reference {config.reference_events} events / "
           f"{config.reference_users:g} users, windows {config.min_samples} events / {config.min_users:g} users, "
@@ -247,30 +298,34 @@ def main(argv: list[str] | None = None) -> int:
             if args.only_runs is not None and index not in args.only_runs:
                 continue
             outcome = replay(args.root, factory, events, judge_every, config, seed)
+            outcome.population_p = population_moved(factory, events, popularity)
             outcomes.append(outcome)
             if outcome.drifting or outcome.flagged or outcome.item_flagged or outcome.served_flagged:
                 print(f"  {shape} run {index}: {outcome.flagged} flagged windows in {outcome.flagged_rounds} rounds, "
                       f"drifting {sorted(outcome.drifting)}; item windows flagged {outcome.item_flagged}, "
                       f"narrowed {sorted(outcome.item_drifting)}; served windows flagged {outcome.served_flagged}, "
-                      f"raised {sorted(outcome.served_drifting)}", flush=True)
+                      f"raised {sorted(outcome.served_drifting)}; population moved p {outcome.population_p:.2g}",
+                      flush=True)
         shapes[shape] = with_targets(summarise(outcomes, events, judge_every), config.alpha)
         print(f"  {shape}: {len(outcomes)} runs in {time.perf_counter() - t0:.0f}s", flush=True)
 
     print()
     header = (f"{'shape':<12} {'runs':>5} {'events/run':>10} {'every':>6} {'rounds':>7} {'judged':>7} "
               f"{'windows':>8} {'flagged':>8} {'rate':>7} {'drifting runs':>14} {'item win':>8} {'flagged':>7} "
-              f"{'narrowed runs':>13} {'served win':>10} {'flagged':>7} {'raised runs':>11}")
+              f"{'narrowed runs':>13} {'served win':>10} {'flagged':>7} {'raised runs':>11} {'moved runs':>10}")
     print(header)
     for shape, s in shapes.items():
         print(f"{shape:<12} {s['runs']:>5} {s['events_per_run']:>10} {s['judge_every']:>6} {s['rounds']:>7} "
               f"{s['judged_rounds']:>7} {s['judged_windows']:>8} {s['flagged_rounds']:>8} "
               f"{s['flagged_round_rate']:>7.4f} {s['runs_with_drift']:>8}/{s['runs']:<5} {s['item_windows']:>8} "
               f"{s['item_flagged_windows']:>7} {s['runs_with_items_narrowed']:>7}/{s['runs']:<5} "
-              f"{s['served_windows']:>10} {s['served_flagged_windows']:>7} {s['runs_with_served_narrowed']:>5}/{s['runs']:<5}")
+              f"{s['served_windows']:>10} {s['served_flagged_windows']:>7} {s['runs_with_served_narrowed']:>5}/{s['runs']:<5} "
+              f"{s['runs_population_moved']:>4}/{s['runs_population_tested']:<5}")
     print("(rounds: judge calls; judged: rounds that judged any window; windows: series windows judged; "
           "flagged: rounds with any flag; rate: flagged / judged rounds; item win / flagged: attention mass per "
           "item windows judged / flagged; narrowed runs: runs with an item verdict raised; served win / flagged / "
-          "raised runs: the same for the served recommendations)")
+          "raised runs: the same for the served recommendations; moved runs: runs whose users' histories moved, "
+          "model-free, of the runs tested (population_moved))")
     total = {
         "runs": sum(s["runs"] for s in shapes.values()),
         "runs_with_drift": sum(s["runs_with_drift"] for s in shapes.values()),
