@@ -135,9 +135,10 @@ def population_moved(factory: EventFactory, events: int, popularity: np.ndarray)
     The users active only in the run's first third are compared with those active only in
     its last third (users in both are left out, so the two samples share nobody): each
     user's value is the mean, over their events there, of the mean log popularity of the
-    items in the event's history. Two-sided Mann-Whitney p-value; NaN when either third has
-    fewer than ``MOVED_MIN_USERS`` users. On traffic from one population, p <= .01 in about
-    1 % of runs; a small p says the population changed, whatever any model attends to.
+    items in the event's history (``popularity``: ratings per item over the whole data set).
+    Two-sided Mann-Whitney p-value; NaN when either third has fewer than
+    ``MOVED_MIN_USERS`` users. On traffic from one population, p <= .01 in about 1 % of
+    runs; a small p says the population changed, whatever any model attends to.
     """
     log_popularity = np.log1p(popularity)
     indices = (factory.offset + np.arange(events)) % len(factory.steps)
