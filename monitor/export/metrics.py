@@ -95,6 +95,7 @@ FIXED_METRICS = (
     "attnmon_update_paired_effective_users",
     "attnmon_update_paired_share_above",
     "attnmon_update_paired_verdict",
+    "attnmon_update_paired_window_flagged",
     "attnmon_update_paired_agreement",
     "attnmon_update_paired_served_ratio",
     "attnmon_update_paired_events_total",
@@ -279,6 +280,7 @@ class DriftCollector(Collector):
             "attnmon_update_paired_effective_users": ("Effective number of users (Kish) behind the last judged window's pairs: the sample size the paired test uses.", "effective_users"),
             "attnmon_update_paired_share_above": ("Share of the last judged window's pairs whose per-event JS exceeds the paired cutoff (a benign retrain may reach the tolerated share).", "share_above"),
             "attnmon_update_paired_verdict": ("1 while the paired comparison says the model changed the layer's attention (rows moved past the tolerance, or per-event agreement below its cutoff) or, on the last layer, what it serves (its recomputed lists on the same events at least twice as concentrated as the previous version's), else 0.", "changed"),
+            "attnmon_update_paired_window_flagged": ("1 when the paired comparison's last judged window of the layer was flagged (rows, agreement or, on the last layer, served lists), before hysteresis: a second flagged window in a row sets attnmon_update_paired_verdict. Absent for a row restored from a state file written before this gauge existed.", "window_flagged"),
             "attnmon_update_paired_agreement": ("Per-event agreement of the layer: rank correlation, within history-length strata, of the previous and the new version's attention statistics on the same events (median over statistics; every benign retrain measured >= 0.31). Judged on the last layer only; absent until judged.", "agreement"),
             "attnmon_update_paired_served_ratio": ("Concentration of what the new version would serve over what the previous one would, on the same events: each version's recomputed top-10 lists, the share of their slots on their own top 10 items, new over previous (benign retrains measured 0.64-1.31; 2 or more, credibly, is a model-caused change). On the last layer's series only; absent until judged.", "served_ratio"),
         }

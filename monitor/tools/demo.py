@@ -16,8 +16,11 @@ agent tracks which items its models attend to: see ``story_phases``.)
 The terminal shows each verdict as the judge reaches it: the cohort, the statistics
 that moved with their score, threshold and p-value, the paired comparison, and the
 alert that would fire with its Alertmanager route (``monitor.tools.alerting``, read from
-the shipped files). Without ``events`` it keeps serving, at ``idle_rate`` once the story
-is told, until Ctrl-C.
+the shipped files). The model-update alert's severity follows the paired comparison
+(critical while it confirms, flags a window or has not judged, warning once it judged without
+confirming or flagging), so the narration also tells when a later paired verdict hands a cohort from one to the
+other. Without ``events`` it keeps serving, at ``idle_rate`` once the story is told,
+until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from monitor.export.http import MetricsServer
 from monitor.stream.agent import Agent
 from monitor.stream.memory import MemorySink, MemorySource
 from monitor.settings import HttpSettings, IntervalSettings, ModelSettings, Settings, StateSettings
-from monitor.tools.alerting import ALERTS_DIR, PAIRED, AlertCatalogue
+from monitor.tools.alerting import (ALERTS_DIR, PAIRED, PAIRED_CONFIRMS, PAIRED_NONE, PAIRED_UNCONFIRMED,
+                                    AlertCatalogue)
 from monitor.tools.replay import EventFactory, Scenario, serving_traffic
 
 log = logging.getLogger(__name__)
@@ -89,7 +93,8 @@ class Narrator:
         self.labels = {p.version: f"{p.role}" for p in phases}
         self.drifting_by_phase: dict[str, int] = {}  # the most cohorts drifting at once, per phase
         self.paged: list[str] = []  # the alerts that would page, as announced
-        self._update_drifting: set[tuple[str, str, str]] = set()  # (version, dimension, cohort)
+        # (version, dimension, cohort) of drifting model-update cohorts -> the paired state told
+        self._update_drifting: dict[tuple[str, str, str], int] = {}
         self._served_raised: set[tuple[str, str, str, str]] = set()  # (kind, version, dimension, cohort)
         self.served_by_phase: dict[str, int] = {}  # served-list verdicts raised, per phase
 
@@ -115,6 +120,7 @@ class Narrator:
         for change in self._agent.pipeline.live.changes(self._seen):
             self._seen = change["seq"]
             self._change(change)
+        self._paired_judged()
         if status:
             self._status()
         out.flush()
@@ -157,30 +163,80 @@ class Narrator:
                             f"{self._name(r.key.model_version)}: top items {r.reference_top_share:.0%} of the slots "
                             f"before, {r.top_share:.0%} now ({r.ratio:.1f}x, floor {r.threshold:g}x)\n")
 
+    def _paired_lines(self, verb: str, cohort: str, version: str, previous: str, layers: list[dict]) -> None:
+        out = self._out
+        out.write(f"{self._stamp()} PAIRED {verb}: {cohort}, {self._name(version)} vs {self._name(previous)} "
+                  "on the same events\n")
+        for layer in layers:
+            out.write(f"           layer {layer['layer']}: {layer['share_above']:.0%} of rows moved past JS "
+                      f"{layer['cutoff']:.2f} (a benign retrain: <= {layer['benign_fraction']:.0%}); "
+                      f"{layer['pairs']} pairs, {layer['effective_users']:.0f} effective users, "
+                      f"p adj. {layer['p_adjusted']:.2g}{_agreement_note(layer)}\n")
+
+    def _paired_judged(self) -> None:
+        """A drifting update cohort whose paired state moved without a confirmation in the change
+        log (which records only confirmations and their end): a first judged window that does not
+        confirm, or a last window flagged (or no longer flagged) before any confirmation."""
+        if not self._update_drifting:
+            return
+        for v in self._agent.pipeline.live.snapshot().get("verdicts", []):
+            key = (v["model_version"], v["dimension"], v["cohort"])
+            paired = v.get("paired")
+            if v["kind"] != MODEL_UPDATE or key not in self._update_drifting or paired is None:
+                continue
+            value = _paired_value(paired)
+            if value == self._update_drifting[key] or paired["status"] == "confirms":
+                continue  # unchanged, or a confirmation: the change log tells it
+            verb = ("flags a model-caused change in its last window, not yet confirmed" if value == PAIRED_CONFIRMS
+                    else "judged, does not confirm a model-caused change")
+            self._paired_lines(verb, f"{v['dimension']}={v['cohort']}", v["model_version"], v["reference_version"],
+                               paired["layers"])
+            self._pending_note(paired)
+            self._update_paired(key, value)
+
+    def _pending_note(self, paired: dict) -> None:
+        """Not confirmed yet, but a layer's last window was flagged: the next flagged one confirms."""
+        if paired["status"] != "confirms" and any(r.get("flagged") for r in paired["layers"]):
+            self._out.write("           (a layer's last paired window was flagged: a second flagged window in a row "
+                            "confirms; the alert is critical meanwhile, as for a confirmation)\n")
+
+    def _update_paired(self, key: tuple[str, str, str], value: int) -> None:
+        """The paired state of a drifting update cohort changed: say which alert it now fires."""
+        told, self._update_drifting[key] = self._update_drifting[key], value
+        if self._catalogue is None:
+            return
+        before, page = self._catalogue.page_for(MODEL_UPDATE, told), self._catalogue.page_for(MODEL_UPDATE, value)
+        if page is None:
+            return
+        if page == before:
+            if value == PAIRED_CONFIRMS:
+                self._out.write(f"           confirms the {page.alert} page above (its value 2: paired confirms)\n")
+            return
+        ends = f"{before.alert} ({before.severity}) ends; " if before is not None else ""
+        self._out.write(f"           its value is now {value}: {ends}would fire: {page.describe()}\n")
+        if page.severity == "critical":
+            self.paged.append(f"{page.alert} {key[1]}={key[2]} {key[0]}")
+
     def _change(self, c: dict) -> None:
         out = self._out
         cohort = f"{c['dimension']}={c['cohort']}"
         if c["what"] == "paired":
             verb = "CONFIRMS a model-caused change" if c["model_caused"] else "no longer confirms a change"
-            out.write(f"{self._stamp()} PAIRED {verb}: {cohort}, {self._name(c['model_version'])} vs "
-                      f"{self._name(c['previous_version'])} on the same events\n")
-            for layer in c["layers"]:
-                out.write(f"           layer {layer['layer']}: {layer['share_above']:.0%} of rows moved past JS "
-                          f"{layer['cutoff']:.2f} (a benign retrain: <= {layer['benign_fraction']:.0%}); "
-                          f"{layer['pairs']} pairs, {layer['effective_users']:.0f} effective users, "
-                          f"p adj. {layer['p_adjusted']:.2g}{_agreement_note(layer)}\n")
-            if not c["model_caused"]:
+            self._paired_lines(verb, cohort, c["model_version"], c["previous_version"], c["layers"])
+            key = (c["model_version"], c["dimension"], c["cohort"])
+            if key in self._update_drifting:
+                self._update_paired(key, PAIRED_CONFIRMS if c["model_caused"] else PAIRED_UNCONFIRMED)
                 return
-            if (c["model_version"], c["dimension"], c["cohort"]) in self._update_drifting:
-                page = self._catalogue.page_for(MODEL_UPDATE) if self._catalogue is not None else None
-                if page is not None:
-                    out.write(f"           confirms the {page.alert} page above (its value 2: paired confirms)\n")
-                return
-            self._page(PAIRED, cohort, c["model_version"])
+            if c["model_caused"]:
+                self._page(PAIRED, cohort, c["model_version"])
             return
         key = (c["model_version"], c["dimension"], c["cohort"])
+        value = _paired_value(c.get("paired"))
         if c["kind"] == MODEL_UPDATE:
-            (self._update_drifting.add if c["drifting"] else self._update_drifting.discard)(key)
+            if c["drifting"]:
+                self._update_drifting[key] = value
+            else:
+                self._update_drifting.pop(key, None)
         if not c["drifting"]:
             out.write(f"{self._stamp()} cleared {c['kind']}: {cohort} of {self._name(c['model_version'])}\n")
             return
@@ -201,12 +257,13 @@ class Narrator:
             out.write(f"           paired comparison {paired['status']} a model-caused change "
                       f"(rows past the cutoff: {shares}"
                       f"{f'; per-event agreement: {agreements}' if agreements else ''}{lists})\n")
-        self._page(c["kind"], cohort, c["model_version"])
+            self._pending_note(paired)
+        self._page(c["kind"], cohort, c["model_version"], value if c["kind"] == MODEL_UPDATE else None)
 
-    def _page(self, kind: str, cohort: str, version: str) -> None:
+    def _page(self, kind: str, cohort: str, version: str, value: int | None = None) -> None:
         if self._catalogue is None:
             return
-        page = self._catalogue.page_for(kind)
+        page = self._catalogue.page_for(kind, value)
         if page is None:
             self._out.write(f"           no shipped alert fires on a {kind} verdict\n")
             return
@@ -326,6 +383,16 @@ def run_demo(*, versions: Mapping[str, str], models_root: Path, events: int | No
               + (f", first {narrator.paged[0]}" if narrator.paged else "") + "\n")
     out.flush()
     return 0
+
+
+def _paired_value(paired: dict | None) -> int:
+    """The model-update alert's value for a verdict's paired status (``live``'s ``_paired_status``):
+    2 when it confirms or a layer's last window was flagged (``attnmon_update_paired_window_flagged``)."""
+    if paired is None:
+        return PAIRED_NONE
+    if paired["status"] == "confirms" or any(layer.get("flagged") for layer in paired["layers"]):
+        return PAIRED_CONFIRMS
+    return PAIRED_UNCONFIRMED
 
 
 def _agreement_note(layer: dict) -> str:

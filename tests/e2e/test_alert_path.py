@@ -6,10 +6,12 @@ Prometheus scrapes and evaluates `alerts/attnmon.rules.yml` on; the real Alertma
 routes with `alerts/alertmanager.yml` to a webhook receiver this test runs on
 127.0.0.1:19095 (the address that config names).
 
-- harmful update: a critical notification naming the new model version and a cohort;
+- harmful update: a critical notification (AttentionDriftAfterModelUpdate pages while the
+  paired comparison confirms, flags a window or has not judged yet) naming the new model version and a cohort;
   every dashboard panel query then returns data from the real Prometheus, except the
   panels that only a within-version drift fills (checked in the cohort-shift scenario);
-- benign update: judged, and no notification;
+- benign update: judged, and nothing pages (no critical update alert, no collapse or
+  narrowing alert);
 - cohort shift within one version: a within-version notification for that cohort only.
 """
 
@@ -218,8 +220,9 @@ def test_harmful_update_pages_oncall_naming_version_and_cohort_and_dashboards_ha
     began = time.time()
     switch_at = agent.replay(_events(traffic, root, scenarios.build_scenario("harmful_update", versions), seed=1))
     harmful = versions["harmful"]
-    found = _wait(lambda: webhook.alerts("AttentionDriftAfterModelUpdate", began, model_version=harmful), 300,
-                  "no AttentionDriftAfterModelUpdate notification for the harmful version", every=2.0)
+    found = _wait(lambda: webhook.alerts("AttentionDriftAfterModelUpdate", began, model_version=harmful,
+                                         severity="critical"), 300,
+                  "no critical AttentionDriftAfterModelUpdate notification for the harmful version", every=2.0)
     arrived, payload, alert = found[0]
     assert payload["receiver"] == "oncall-critical"
     assert alert["labels"]["severity"] == "critical"
@@ -251,10 +254,17 @@ def test_benign_update_is_judged_and_pages_nobody(agent_for, models, traffic, we
     # The new version was really judged against the previous baseline, over several rounds ...
     _wait(lambda: _query(prometheus_url, f'attnmon_drift_samples{{kind="model_update",model_version="{benign}"}}'),
           120, "the benign version was never judged")
-    time.sleep(45)  # longer than the rule's `for` plus Alertmanager's group_wait
-    # ... and nothing fired.
-    assert not _query(prometheus_url, f'ALERTS{{alertname="AttentionDriftAfterModelUpdate",model_version="{benign}"}}')
-    assert not webhook.alerts("AttentionDriftAfterModelUpdate", began, model_version=benign)
+    time.sleep(45)  # longer than the rules' `for` plus Alertmanager's group_wait
+    # ... and nothing paged. The update alert's warning (a cohort's statistic just past the floor
+    # while the paired comparison judged and does not confirm: what a benign retrain occasionally
+    # does) is a ticket, not a page; it is reported, not failed.
+    update = "AttentionDriftAfterModelUpdate"
+    assert not _query(prometheus_url, f'ALERTS{{alertname="{update}",severity!="warning",model_version="{benign}"}}')
+    assert not [a for _, _, a in webhook.alerts(update, began, model_version=benign) if a["labels"]["severity"] != "warning"]
+    for _, payload, alert in webhook.alerts(update, began, model_version=benign):
+        assert payload["receiver"] == "oncall-warning", payload
+        print(f"\nbenign update: {update} warning for {alert['labels']['dimension']}={alert['labels']['cohort']}: "
+              f"{alert['annotations']['description']}")
     assert not webhook.alerts("AttentionCollapse", began, model_version=benign)
     # A retrain serves other items than its predecessor, not more concentrated lists.
     assert not webhook.alerts("RecommendationsNarrowedToFewItems", began, model_version=benign)

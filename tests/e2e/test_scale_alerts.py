@@ -5,12 +5,12 @@ stack's real Prometheus scrapes both (their ports are chosen at start: a file_sd
 ``scrape_targets``) and evaluates ``alerts/attnmon.rules.yml``; the real Alertmanager routes
 with ``alerts/alertmanager.yml`` to this test's webhook (``test_alert_path``' receiver).
 Traffic streams in real time (event time = send time) at the scale test's density; a harmful
-model update half-way makes AttentionDriftAfterModelUpdate fire. Once the first judge's alerts
-have reached the webhook, the judge is killed (kill -9); the other replica is elected (< 15 s),
+model update half-way makes AttentionDriftAfterModelUpdate fire (critical: the paired comparison
+confirms, flags a window or has not judged yet). Once the first judge's alerts have reached the webhook, the judge is killed (kill -9); the other replica is elected (< 15 s),
 resumes the state and judges on, and the alerts keep firing.
 
 What "no duplicate" means here. Alertmanager notifies a group (alertname, model_version,
-dimension, cohort: one alert each for this rule) when it first fires, again when its alerts
+dimension, cohort, within the route its severity takes: one alert each for this rule) when it first fires, again when its alerts
 change (one resolves, or a new one joins: a refire is a new alert, its startsAt new), and
 otherwise only after ``repeat_interval``. The test reads the running Alertmanager's intervals
 and requires ``repeat_interval`` longer than what it observes, so within it every second
@@ -46,6 +46,7 @@ pytestmark = pytest.mark.timeout(1200)
 FIXTURES = (models, traffic, webhook, scale_kafka)  # imported fixtures, requested by name below
 
 ALERT = "AttentionDriftAfterModelUpdate"
+SEVERITY = "critical"  # ALERT's page; its warning (paired judged, does not confirm) is another rule
 DRIFT_ALERTS = (ALERT, "AttentionChangedByModelUpdate", "AttentionDriftWithinVersion", "AttentionNarrowedToFewItems")
 RATE = 1000 // STEP_MS  # events/s: test_scale_processes' event-time density (500 per 2 s window)
 SWITCH = 4_000  # base-version events before the harmful update: its baselines freeze (reference_events 1000)
@@ -79,7 +80,7 @@ class Timing:
     @classmethod
     def read(cls, prometheus_url: str, alertmanager_url: str) -> Timing:
         rule = next(r for g in _get(f"{prometheus_url}/api/v1/rules")["data"]["groups"]
-                    for r in g["rules"] if r["name"] == ALERT)
+                    for r in g["rules"] if r["name"] == ALERT and r.get("labels", {}).get("severity") == SEVERITY)
         config = yaml.safe_load(_get(f"{prometheus_url}/api/v1/status/config")["data"]["yaml"])
         route = yaml.safe_load(_get(f"{alertmanager_url}/api/v2/status")["config"]["original"])["route"]
         critical = next((r for r in route.get("routes", []) if 'severity="critical"' in r.get("matchers", [])), {})
@@ -131,8 +132,15 @@ def _started(alert: dict) -> float:
     return datetime.fromisoformat(alert["startsAt"].replace("Z", "+00:00")).timestamp()
 
 
-def _group(labels: dict) -> tuple[str, str, str, str]:
-    return labels["alertname"], labels.get("model_version", ""), labels.get("dimension", ""), labels.get("cohort", "")
+def _group(labels: dict) -> tuple[str, str, str, str, str]:
+    """Alertmanager's group of an alert: its group_by labels, within the route its severity takes
+    (ALERT's critical and warning alerts of one cohort are two groups)."""
+    return (labels["alertname"], labels.get("model_version", ""), labels.get("dimension", ""), labels.get("cohort", ""),
+            labels.get("severity", ""))
+
+
+def _payload_group(payload: dict) -> tuple[str, str, str, str, str]:
+    return _group({**payload["groupLabels"], "severity": payload["commonLabels"].get("severity", "")})
 
 
 def _active(prometheus_url: str, alertmanager_url: str, version: str) -> list:
@@ -171,13 +179,14 @@ def test_a_killed_judge_sends_no_duplicate_notification(
         def notified() -> dict[tuple, tuple[float, dict]]:
             """Group -> (arrival, alert) of its first notification."""
             out: dict[tuple, tuple[float, dict]] = {}
-            for arrived, _, alert in webhook.alerts(ALERT, began, model_version=harmful):
+            for arrived, _, alert in webhook.alerts(ALERT, began, model_version=harmful, severity=SEVERITY):
                 out.setdefault(_group(alert["labels"]), (arrived, alert))
             return out
 
         def settled() -> dict | None:
             firing = {_group({**s["metric"], "alertname": ALERT}) for s in _query(
-                prometheus_url, f'ALERTS{{alertname="{ALERT}",alertstate="firing",model_version="{harmful}"}}')}
+                prometheus_url,
+                f'ALERTS{{alertname="{ALERT}",severity="{SEVERITY}",alertstate="firing",model_version="{harmful}"}}')}
             seen = notified()
             return seen if seen and firing <= set(seen) else None
 
@@ -215,11 +224,11 @@ def test_a_killed_judge_sends_no_duplicate_notification(
         ours = [(arrived, payload) for arrived, _, payload in webhook.received if arrived >= began
                 and payload["groupLabels"].get("alertname") in DRIFT_ALERTS
                 and payload["groupLabels"].get("model_version") == harmful]
-        resolved = [p["groupLabels"] for _, p in ours if any(a["status"] == "resolved" for a in p["alerts"])]
+        resolved = [_payload_group(p) for _, p in ours if any(a["status"] == "resolved" for a in p["alerts"])]
         assert not resolved, f"resolved notifications: {resolved}"
         per_group: dict[tuple, list[dict]] = {}
         for _, payload in ours:
-            per_group.setdefault(_group(payload["groupLabels"]), []).append(payload)
+            per_group.setdefault(_payload_group(payload), []).append(payload)
         duplicates = {g: [[(a["labels"].get("cohort"), a["startsAt"]) for a in p["alerts"]] for p in ps]
                       for g, ps in per_group.items() if g[0] == ALERT and len(ps) != 1}
         assert not duplicates, f"groups notified more than once: {duplicates}"
@@ -240,7 +249,7 @@ def test_a_killed_judge_sends_no_duplicate_notification(
         samples = _query(prometheus_url, f'attnmon_drift_cohort_verdict{{kind="model_update",model_version="{harmful}"}}[{span}s]')
         gaps = []
         for group in before_kill:
-            mine = [s for s in samples if (s["metric"]["dimension"], s["metric"]["cohort"]) == group[2:]]
+            mine = [s for s in samples if (s["metric"]["dimension"], s["metric"]["cohort"]) == group[2:4]]
             last_old = max((float(t) for s in mine if s["metric"]["instance"] == f"127.0.0.1:{judge.port}"
                            for t, _ in s["values"]), default=float("-inf"))
             first_new = min((float(t) for s in mine if s["metric"]["instance"] == f"127.0.0.1:{heir.port}"

@@ -58,6 +58,7 @@ def test_amtool_check_config(amtool: str) -> None:
     ("labels", "receiver"),
     [
         (["severity=critical", "alertname=AttentionDriftAfterModelUpdate"], "oncall-critical"),
+        (["severity=warning", "alertname=AttentionDriftAfterModelUpdate"], "oncall-warning"),
         (["severity=warning", "alertname=AttentionDriftWithinVersion"], "oncall-warning"),
         (["alertname=SomethingWithoutSeverity"], "oncall-warning"),
     ],
@@ -85,6 +86,45 @@ def test_every_alert_is_labelled_and_documented(rule: dict) -> None:
     if rule["alert"].startswith("Attention"):  # cohort alerts name version and cohort
         for label in ("model_version", "dimension", "cohort"):
             assert f"$labels.{label}" in annotations["summary"], label
+
+
+def test_the_update_alert_pages_unless_the_paired_comparison_judged_without_confirming() -> None:
+    """AttentionDriftAfterModelUpdate: one expression, whose value is the paired state (0 not
+    judged, 1 judged, not confirming, nothing flagged, 2 confirms or its last window flagged), split by its last comparison into a
+    critical rule (0 and 2) and a warning rule (1); the promtool cases pin the behaviour."""
+    rules = [rule for rule in alert_rules() if rule["alert"] == "AttentionDriftAfterModelUpdate"]
+    by_severity = {rule["labels"]["severity"]: rule for rule in rules}
+    assert len(rules) == 2 and set(by_severity) == {"critical", "warning"}
+
+    def split(expr: str) -> tuple[str, str]:
+        lines = [line.strip() for line in expr.strip().splitlines()]
+        filters = [line for line in lines if re.fullmatch(r"(==|!=)\s*1", line)]
+        assert len(filters) == 1, expr
+        return "\n".join(line for line in lines if line not in filters), filters[0].replace(" ", "")
+
+    critical, warning = split(by_severity["critical"]["expr"]), split(by_severity["warning"]["expr"])
+    assert critical[0] == warning[0], "the two rules must share the expression but for the value filter"
+    assert (critical[1], warning[1]) == ("!=1", "==1")
+    assert by_severity["warning"]["for"] == by_severity["critical"]["keep_firing_for"] == "1m"
+    assert "does not confirm" in by_severity["warning"]["annotations"]["summary"]
+    assert "49 of 50" in by_severity["warning"]["annotations"]["description"]
+    # Alertmanager: the page covers the warning of the same cohort while both fire (1 -> 2).
+    inhibit = yaml.safe_load(ALERTMANAGER.read_text())["inhibit_rules"]
+    assert {
+        "source_matchers": ['alertname="AttentionDriftAfterModelUpdate"', 'severity="critical"'],
+        "target_matchers": ['alertname="AttentionDriftAfterModelUpdate"', 'severity="warning"'],
+        "equal": ["model_version", "dimension", "cohort"],
+    } in inhibit
+    assert not any(r["source_matchers"] == ['alertname="AttentionDriftAfterModelUpdate"', 'severity="warning"']
+                   for r in inhibit), "the warning must not hold back the page"
+
+
+def test_alerts_sharing_a_name_differ_in_severity() -> None:
+    seen: dict[str, set[str]] = {}
+    for rule in alert_rules():
+        severities = seen.setdefault(rule["alert"], set())
+        assert rule["labels"]["severity"] not in severities, f"two {rule['alert']} rules of one severity"
+        severities.add(rule["labels"]["severity"])
 
 
 def test_runbook_has_a_section_per_alert() -> None:

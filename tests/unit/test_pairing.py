@@ -213,6 +213,9 @@ def test_paired_series_are_exported_per_layer_with_their_users_and_share():
         assert registry.get_sample_value("attnmon_update_paired_share_above", at) == share
         assert registry.get_sample_value("attnmon_update_paired_effective_users", at) == pytest.approx(40, rel=0.1)
         assert registry.get_sample_value("attnmon_update_paired_pairs", at) == 120
+        # one flagged window: the moved layer's flag shows before the verdict (two in a row) does
+        assert registry.get_sample_value("attnmon_update_paired_window_flagged", at) == float(layer == "1")
+        assert registry.get_sample_value("attnmon_update_paired_verdict", at) == 0.0
 
 
 def test_each_versions_statistics_are_paired_for_the_agreement_test(tmp_path, catalog):
