@@ -270,6 +270,11 @@ class PairedResult:
     served_p_adjusted: float = 1.0
     served_flagged: bool = False
 
+    @property
+    def window_flagged(self) -> bool:
+        """The last window was flagged by any test (rows, agreement, served lists), before hysteresis."""
+        return self.flagged or self.served_flagged
+
 
 @dataclass(frozen=True, slots=True)
 class PairedReport:

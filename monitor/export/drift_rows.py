@@ -53,7 +53,7 @@ class DriftRows:
                 "dimension": result.key.dimension, "cohort": result.key.cohort, "layer": result.key.layer,
                 "mean_js": result.mean_js, "pairs": result.total_pairs, "effective_users": result.effective_users,
                 "share_above": result.fraction_above, "changed": int(result.model_caused),
-                "window_flagged": int(result.flagged or result.served_flagged),
+                "window_flagged": int(result.window_flagged),
                 "agreement": result.agreement, "served_ratio": result.served_ratio,
             }
         self._prune(alive)

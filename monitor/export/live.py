@@ -115,7 +115,7 @@ class LiveState:
                 "share_above": result.fraction_above, "cutoff": result.cutoff,
                 "benign_fraction": result.benign_fraction, "mean_js": result.mean_js,
                 "p_value": result.p_value, "p_adjusted": result.p_adjusted, "model_caused": result.model_caused,
-                "flagged": result.flagged or result.served_flagged, "agreement": result.agreement, "agreement_se": result.agreement_se,
+                "flagged": result.window_flagged, "agreement": result.agreement, "agreement_se": result.agreement_se,
                 "agreement_pairs": result.agreement_pairs, "agreement_p_adjusted": result.agreement_p_adjusted,
                 "served_ratio": result.served_ratio, "served_share": result.served_share,
                 "served_previous_share": result.served_previous_share, "served_lists": result.served_lists,
